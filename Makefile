@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make run` (the study) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= study
+SEEDS  ?= 1
+
+.PHONY: run test lint data bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# The Debian package is the fastest offline source; without root or apt, fashionclf downloads
+# Zalando's files into ~/.cache/fashionclf on first use and verifies their MD5s.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "apt install failed; fashionclf will download the data"; \
+	fi
+
+run: $(STAMP) data
+	$(BIN)/fashionclf compare --seeds $(SEEDS) --out $(OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint data
+	$(BIN)/pytest -q -rs
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,63 @@
+"""Batched augmentation on tensors: one affine warp per batch, parameters drawn per sample.
+
+Everything here takes and returns float tensors (N, C, H, W) and a torch.Generator,
+so a seed fixes the result and no Python loop runs over samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    rotation: float = 10.0  # max degrees either way; 0-30 is sensible for upright product shots
+    zoom: float = 0.1  # scale drawn in [1-zoom, 1+zoom]
+    shift: float = 0.1  # max translation as a fraction of the image side
+    hflip: bool = True  # garments are left-right symmetric enough; vertical flips are not
+    erase: float = 0.0  # probability of random erasing (a rectangle set to 0), 0 disables
+
+
+def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate, zoom, shift and flip each image of the batch with its own parameters (zero padding)."""
+    n = x.shape[0]
+
+    def uniform(lo, hi):
+        return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+    angle = uniform(-cfg.rotation, cfg.rotation) * (math.pi / 180)
+    scale = uniform(1 - cfg.zoom, 1 + cfg.zoom)
+    tx, ty = uniform(-cfg.shift, cfg.shift) * 2, uniform(-cfg.shift, cfg.shift) * 2  # grid units span [-1, 1]
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(n)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # theta maps output coordinates to input coordinates; the flip negates the x input axis.
+    theta = torch.stack([torch.stack([cos * flip, -sin * flip, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_erase(x: torch.Tensor, p: float, generator: torch.Generator | None = None, area=(0.02, 0.25)) -> torch.Tensor:
+    """Zero a random rectangle in a fraction p of the images (Zhong et al., 2017), as one masked op."""
+    n, _, h, w = x.shape
+    a = torch.empty(n).uniform_(*area, generator=generator) * h * w
+    ratio = torch.exp(torch.empty(n).uniform_(math.log(0.3), math.log(3.3), generator=generator))
+    eh = (a * ratio).sqrt().clamp(1, h).round()
+    ew = (a / ratio).sqrt().clamp(1, w).round()
+    y0 = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
+    x0 = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    mask = (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1)) & (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1))
+    mask &= (torch.rand(n, generator=generator) < p).view(n, 1, 1)
+    return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    x = random_affine(x, cfg, generator)
+    if cfg.erase > 0:
+        x = random_erase(x, cfg.erase, generator)
+    return x

@@ -1,0 +1,225 @@
+"""The `fashionclf` command line: parses arguments, calls the library, prints.
+
+Errors a user can fix (bad data, bad run folder, unknown names) print one
+line saying what and how, and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from .data import DataError, load_fashion_mnist, load_split
+from .metrics import classification_report
+from .models import count_params, create_model, list_models, model_info
+from .runs import RunError, load_run
+from .train import PRESETS, RECOMMENDED_MODEL, infer, resolve_config, resolve_precision
+
+
+def _progress(quiet: bool):
+    """tqdm callbacks for fit(): one bar per epoch with running loss and accuracy."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    state = {}
+
+    def on_batch_factory(epoch, n_batches):
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr, dynamic_ncols=True)
+        state["bar"] = bar
+
+        def on_batch(b, loss, acc):
+            bar.update(1)
+            if b % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+
+        return on_batch
+
+    def on_epoch(row):
+        if "bar" in state:
+            state["bar"].close()
+        print(
+            f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+            file=sys.stderr,
+        )
+
+    return on_epoch, on_batch_factory
+
+
+def _load_data(args):
+    data = load_fashion_mnist(args.data_dir, val_size=6000, allow_download=not args.no_download)
+    if args.train_limit:
+        # A stratified prefix keeps quick runs (tests, smoke checks) balanced.
+        n = args.train_limit
+        data.train_x, data.train_y = data.train_x[:n], data.train_y[:n]
+    return data
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the model's seed setting)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random affine augmentation")
+    p.add_argument("--early-stopping", type=int, help="patience in epochs (0 = off)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading when the data are not found")
+    p.add_argument("--train-limit", type=int, help="train on the first N training images only (quick checks)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _overrides(args) -> dict:
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "augment": args.augment,
+        "early_stopping": args.early_stopping,
+        "precision": args.precision,
+        "device": args.device,
+        "threads": args.threads,
+    }
+
+
+def cmd_models(args) -> int:
+    for name in list_models():
+        print(f"{name:14s} {count_params(create_model(name)):>9,d} params  {model_info(name).description}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .study import train_and_save
+
+    cfg = resolve_config(args.model, args.preset, seed=args.seed, **_overrides(args))
+    out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
+    from .runs import check_writable
+
+    check_writable(out, args.overwrite)
+    data = _load_data(args)
+    on_epoch, on_batch_factory = _progress(args.quiet)
+    print(f"training {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source} -> {out}", file=sys.stderr)
+    m = train_and_save(cfg, data, out, args.overwrite, on_epoch, on_batch_factory)
+    print(
+        f"{cfg.model}: test accuracy {m['test_accuracy']:.4f}  test loss {m['test_loss']:.4f}  "
+        f"val accuracy {m['val_accuracy']:.4f}  {m['epochs_run']} epochs in {m['train_seconds']:.1f}s  "
+        f"({m['params']:,d} params, {m['precision']} on {m['device']})"
+    )
+    print(f"run folder: {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    run = load_run(args.run)
+    if args.data_dir:
+        # Any folder holding a t10k pair: Fashion-MNIST's own, or a user's set in the same format.
+        x, y, _ = load_split(args.data_dir, "test", official=False)
+        source = args.data_dir
+    else:
+        data = load_fashion_mnist(None, allow_download=not args.no_download)
+        x, y, source = data.test_x, data.test_y, data.source
+    if len(y) and int(y.max()) >= len(run.classes):
+        raise DataError(f"{source}: label {int(y.max())} but the run knows {len(run.classes)} classes")
+    device = torch.device("cpu")
+    logits = infer(
+        run.model, x, device=device, amp_dtype=resolve_precision(run.config.precision, device), channels_last=run.config.channels_last
+    )
+    rep = {"run": str(args.run), "model": run.meta["model"], "data": str(source), **classification_report(logits, y, run.classes)}
+    if args.json:
+        print(json.dumps(rep))
+        return 0
+    print(f"{rep['model']} on {rep['data']}: accuracy {rep['accuracy']:.4f}  loss {rep['loss']:.4f}  ({rep['n']} images)")
+    print(f"\n{'class':14s} {'precision':>9s} {'recall':>7s} {'f1':>7s} {'support':>8s}")
+    for c in rep["per_class"]:
+        print(f"{c['class']:14s} {c['precision']:9.4f} {c['recall']:7.4f} {c['f1']:7.4f} {c['support']:8d}")
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    for name, row in zip(run.classes, rep["confusion_matrix"]):
+        print(f"{name:14s} " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import write_report
+    from .study import compare
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else ["mlp", "simple_cnn", "tuned_cnn", "advanced_cnn"]
+    for n in names:
+        model_info(n)
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    configs = [resolve_config(n, None, seed=s, **_overrides(args)) for n in names for s in range(args.seeds)]
+    out = Path(args.out)
+    if args.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out / "runs", ignore_errors=True)
+    data = _load_data(args)
+    on_epoch, on_batch_factory = _progress(args.quiet)
+
+    def on_run_start(cfg, run_dir):
+        print(f"== {cfg.model} seed {cfg.seed} -> {run_dir}", file=sys.stderr)
+
+    results = compare(configs, data, out, True, on_run_start, on_epoch, on_batch_factory)
+    paths = write_report(out, results, data)
+    from .report import summarize
+
+    for row in summarize(results["runs"]):
+        print(
+            f"{row['model']:14s} test acc {row['acc_mean'] * 100:6.2f} ± {row['acc_std'] * 100:.2f}  "
+            f"({row['n']} seeds, {row['train_seconds']:.0f}s train, {row['params']:,d} params)"
+        )
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fashionclf", description="Train, compare and evaluate Fashion-MNIST classifiers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the registered models")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("train", help="train one model into a run folder")
+    s.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: {RECOMMENDED_MODEL}, the seed's production pick)")
+    s.add_argument("--preset", help=f"a named recipe: {', '.join(PRESETS) or '(none yet)'}")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="run folder (default: runs/<model>-s<seed>-<time>)")
+    _add_train_options(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="score a run on the test set or on a folder of t10k IDX files")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--data-dir", help="folder holding t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
+    s.add_argument("--no-download", action="store_true")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("compare", help="the seed study: train several models over seeds and write a report")
+    s.add_argument("--models", help=f"comma-separated (default: mlp,simple_cnn,tuned_cnn,advanced_cnn); valid: {', '.join(list_models())}")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per model (0..N-1)")
+    s.add_argument("--out", default="study", help="output folder (default: study)")
+    _add_train_options(s)
+    s.set_defaults(func=cmd_compare)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, RunError, ValueError) as e:
+        print(f"fashionclf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fashionclf: interrupted; finished runs are kept", file=sys.stderr)
+        return 130

@@ -1,0 +1,297 @@
+"""The study report, derived only from stored outputs (results.json, run folders, test logits).
+
+The report is built once as a list of blocks (headings, paragraphs, tables,
+figures) and rendered twice: Markdown with PNG files beside it, and one
+self-contained HTML file with the same figures inlined.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .metrics import confusion_matrix, mean_std, most_confused  # noqa: E402
+from .runs import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+# Recommendation rule, stated in the report: models within this many points of the best
+# mean validation accuracy count as equally accurate; among them the fastest at inference wins.
+ACCURACY_TOLERANCE = 0.005
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per model: mean and spread over seeds, in the order models first appear."""
+    order = list(dict.fromkeys(r["model"] for r in runs))
+    rows = []
+    for m in order:
+        rs = [r for r in runs if r["model"] == m]
+        acc, acc_sd = mean_std([r["test_accuracy"] for r in rs])
+        val, val_sd = mean_std([r["val_accuracy"] for r in rs])
+        rows.append(
+            {
+                "model": m,
+                "n": len(rs),
+                "acc_mean": acc,
+                "acc_std": acc_sd,
+                "val_mean": val,
+                "val_std": val_sd,
+                "test_loss": mean_std([r["test_loss"] for r in rs])[0],
+                "params": rs[0]["params"],
+                "train_seconds": mean_std([r["train_seconds"] for r in rs])[0],
+                "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in rs])[0],
+                "epochs": mean_std([r["epochs_run"] for r in rs])[0],
+                "images_per_s": mean_std([r["infer_images_per_s"] for r in rs])[0],
+                "robustness": mean_std([r["robustness"] for r in rs])[0] if all(r.get("robustness") is not None for r in rs) else None,
+            }
+        )
+    return rows
+
+
+def recommend(rows: list[dict], tolerance: float = ACCURACY_TOLERANCE) -> tuple[dict, str]:
+    """Pick a production model by a stated rule, on validation figures only."""
+    best_val = max(r["val_mean"] for r in rows)
+    tier = [r for r in rows if r["val_mean"] >= best_val - tolerance]
+    if all(r["robustness"] is not None for r in tier):
+        pick = max(tier, key=lambda r: (r["robustness"], r["images_per_s"]))
+        why = "the highest robustness score"
+    else:
+        pick = max(tier, key=lambda r: r["images_per_s"])
+        why = "the fastest inference (robustness not measured in this study)"
+    names = ", ".join(r["model"] for r in tier)
+    text = (
+        f"Rule: among the models whose mean validation accuracy is within {tolerance * 100:.1f} points of the best "
+        f"({best_val * 100:.2f}%), take the one with {why}. Candidates: {names}. "
+        f"Recommended: **{pick['model']}** (test accuracy {pick['acc_mean'] * 100:.2f} ± {pick['acc_std'] * 100:.2f}%, "
+        f"{pick['params']:,d} parameters, {pick['images_per_s']:,.0f} images/s)."
+    )
+    return pick, text
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def fig_examples(x, y, classes, per_class=8, seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.8, len(classes) * 0.85))
+    for c, name in enumerate(classes):
+        idx = rng.choice(np.flatnonzero(y == c), per_class, replace=False)
+        for j, i in enumerate(idx):
+            ax = axes[c, j]
+            ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    return _png(fig)
+
+
+def fig_curves(histories: dict[str, list[dict]]) -> bytes:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, h) in enumerate(histories.items()):
+        ep = [int(r["epoch"]) for r in h]
+        color = f"C{i}"
+        a1.plot(ep, [float(r["train_loss"]) for r in h], "--", color=color, alpha=0.6)
+        a1.plot(ep, [float(r["val_loss"]) for r in h], "-", color=color, label=name)
+        a2.plot(ep, [float(r["train_accuracy"]) for r in h], "--", color=color, alpha=0.6)
+        a2.plot(ep, [float(r["val_accuracy"]) for r in h], "-", color=color, label=name)
+    a1.set(xlabel="epoch", ylabel="loss", title="loss (dashed: train, solid: validation)")
+    a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy (dashed: train, solid: validation)")
+    a1.legend()
+    a2.legend()
+    return _png(fig)
+
+
+def fig_confusion(cm: np.ndarray, classes, title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _png(fig)
+
+
+def fig_gallery(x, items: list[tuple[int, str]], cols=10) -> bytes:
+    rows = max(1, (len(items) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (i, caption) in zip(axes.flat, items):
+        ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=6)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _render_md(blocks) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h1":
+            out.append(f"# {b[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {b[1]}\n")
+        elif kind == "p":
+            out.append(b[1] + "\n")
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "---|" * len(head))
+            out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+            out.append("")
+        elif kind == "img":
+            out.append(f"![{b[3]}](figures/{b[1]})\n")
+    return "\n".join(out)
+
+
+def _md_inline(text: str) -> str:
+    """The little Markdown the report uses in paragraphs: **bold** only."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _render_html(blocks, title: str) -> str:
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f4f4f4}td:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+    ]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_md_inline(b[1])}</p>")
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b[1]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2]]
+            out.append("</table>")
+        elif kind == "img":
+            data = base64.b64encode(b[2]).decode()
+            cap = html.escape(b[3])
+            out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{cap}'><figcaption>{cap}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _read_history(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def build_blocks(out: Path, results: dict, data) -> list:
+    from .study import load_predictions
+
+    runs = results["runs"]
+    classes = list(data.classes)
+    rows = summarize(runs)
+    blocks: list = [("h1", "Fashion-MNIST model comparison")]
+    blocks.append(
+        (
+            "p",
+            f"Data: {data.source}. Train {len(data.train_x):,d}, validation {len(data.val_x):,d} "
+            f"(stratified, split seed {data.split_seed}), test {len(data.test_x):,d}. "
+            "Models are chosen on validation figures; the test set only reports.",
+        )
+    )
+
+    blocks.append(("h2", "The data"))
+    counts = [np.bincount(t.numpy(), minlength=len(classes)) for t in (data.train_y, data.val_y, data.test_y)]
+    blocks.append(("table", ["class", "train", "validation", "test"], [[c, *(int(k[i]) for k in counts)] for i, c in enumerate(classes)]))
+    blocks.append(
+        ("img", "examples.png", fig_examples(data.train_x.numpy(), data.train_y.numpy(), classes), "random training examples per class")
+    )
+
+    blocks.append(("h2", "Comparison"))
+    head = ["model", "seeds", "test acc % (mean ± std)", "val acc %", "test loss", "params", "train s", "s/epoch", "epochs", "infer img/s"]
+    table = [
+        [
+            r["model"],
+            r["n"],
+            f"{r['acc_mean'] * 100:.2f} ± {r['acc_std'] * 100:.2f}",
+            f"{r['val_mean'] * 100:.2f} ± {r['val_std'] * 100:.2f}",
+            f"{r['test_loss']:.4f}",
+            f"{r['params']:,d}",
+            f"{r['train_seconds']:.0f}",
+            f"{r['seconds_per_epoch']:.1f}",
+            f"{r['epochs']:.1f}",
+            f"{r['images_per_s']:,.0f}",
+        ]
+        for r in rows
+    ]
+    blocks.append(("table", head, table))
+    devices = sorted({f"{r['precision']} on {r['device']}" for r in runs})
+    blocks.append(("p", f"Std is the sample standard deviation over seeds (0 with one seed). Ran in {', '.join(devices)}."))
+
+    blocks.append(("h2", "Recommendation"))
+    pick, text = recommend(rows)
+    blocks.append(("p", text))
+
+    blocks.append(("h2", "Learning curves (first seed of each model)"))
+    histories = {}
+    for r in rows:
+        first = next(x for x in runs if x["model"] == r["model"])
+        histories[r["model"]] = _read_history(out / first["run_dir"] / "history.csv")
+    blocks.append(("img", "curves.png", fig_curves(histories), "learning curves"))
+
+    # Error analysis on the most accurate single run by validation accuracy.
+    best = max(runs, key=lambda x: x["val_accuracy"])
+    logits, labels = load_predictions(out / best["run_dir"])
+    pred = logits.argmax(1).numpy()
+    y = labels.numpy()
+    cm = confusion_matrix(y, pred, len(classes))
+    blocks.append(("h2", f"Errors of the best run: {best['model']} seed {best['seed']}"))
+    blocks.append(
+        ("img", "confusion.png", fig_confusion(cm, classes, f"{best['model']} seed {best['seed']}, test set"), "confusion matrix")
+    )
+    pairs = most_confused(cm, classes, top=5)
+    blocks.append(
+        ("table", ["pair", "a as b", "b as a", "total"], [[f"{p['a']} / {p['b']}", p["a_as_b"], p["b_as_a"], p["total"]] for p in pairs])
+    )
+    if pairs:
+        worst = pairs[0]
+        a, b = classes.index(worst["a"]), classes.index(worst["b"])
+        wrong = np.flatnonzero(((y == a) & (pred == b)) | ((y == b) & (pred == a)))
+        probs = logits.softmax(1).numpy()
+        wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:30]  # most confident mistakes first
+        items = [(int(i), f"#{i} {classes[y[i]][:8]}→{classes[pred[i]][:8]}") for i in wrong]
+        blocks.append(
+            (
+                "img",
+                "worst_pair.png",
+                fig_gallery(data.test_x.numpy(), items),
+                f"misclassified test images, {worst['a']} vs {worst['b']} (true→predicted)",
+            )
+        )
+    return blocks
+
+
+def write_report(out: str | Path, results: dict, data) -> list[Path]:
+    out = Path(out)
+    blocks = build_blocks(out, results, data)
+    for b in blocks:
+        if b[0] == "img":
+            atomic_write_bytes(out / "figures" / b[1], b[2])
+    atomic_write_text(out / "report.md", _render_md(blocks))
+    atomic_write_text(out / "report.html", _render_html(blocks, "fashionclf report"))
+    return [out / "report.md", out / "report.html"]

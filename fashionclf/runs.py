@@ -1,0 +1,194 @@
+"""Run folders: weights in safetensors, everything else in JSON/CSV. Nothing here unpickles.
+
+A run folder is written complete into a hidden temporary sibling and renamed
+into place, so a crash never leaves half a run, and an existing run is only
+replaced when asked to.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from . import __version__
+from .models import create_model, model_info
+from .train import MEAN, STD, TrainConfig, config_from_dict, config_to_dict
+
+WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
+
+
+class RunError(Exception):
+    """A run folder is missing, incomplete or would be overwritten."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray, torch.Tensor)):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def versions() -> dict:
+    return {"fashionclf": __version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+
+
+def check_writable(out: str | Path, overwrite: bool = False) -> None:
+    """Fail before any training if `out` holds something that would be lost."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is a file; choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunError(f"{out} already holds files; choose another --out, or pass --overwrite to replace it")
+
+
+def history_csv(history: list[dict]) -> str:
+    if not history:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
+
+
+def save_run(
+    out: str | Path,
+    model: nn.Module,
+    cfg: TrainConfig,
+    metrics: dict,
+    history: list[dict],
+    classes,
+    data_info: dict,
+    overwrite: bool = False,
+    extra_meta: dict | None = None,
+) -> Path:
+    out = Path(out)
+    check_writable(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": 1,
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "classes": list(classes),
+        "input": {"channels": 1, "height": 28, "width": 28, "dtype": "uint8 pixels scaled to [0, 1]"},
+        "normalization": {"mean": MEAN, "std": STD},
+        "config": config_to_dict(cfg),
+        "data": data_info,
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra_meta or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        safetensors.torch.save_file(state, str(tmp / WEIGHTS), metadata={"model": cfg.model, "format": "fashionclf-1"})
+        (tmp / META).write_text(to_json(meta))
+        (tmp / METRICS).write_text(to_json(metrics))
+        (tmp / HISTORY).write_text(history_csv(history))
+        if out.exists():  # only reached with overwrite=True: swap, then delete the old run
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.rmdir(old)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@dataclass
+class Run:
+    path: Path
+    model: nn.Module
+    meta: dict
+    metrics: dict
+    config: TrainConfig
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; is {path.parent} a run folder written by `fashionclf train`?") from None
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e}); the run folder is damaged, train again") from None
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model from meta.json and load its safetensors weights (no pickle, no code execution)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path} is not a folder; pass the --out folder of a `fashionclf train` run")
+    meta = read_json(path / META)
+    for key in ("model", "classes"):
+        if key not in meta:
+            raise RunError(f"{path / META} has no {key!r} field; the run folder is damaged or from another tool")
+    try:
+        model_info(meta["model"])
+    except ValueError as e:
+        raise RunError(f"{path / META}: {e}") from None
+    metrics = read_json(path / METRICS) if (path / METRICS).exists() else {}
+    model = create_model(meta["model"], num_classes=len(meta["classes"]), **meta.get("model_kwargs", {}))
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise RunError(f"{weights} is missing; the run did not finish, train again")
+    try:
+        state = safetensors.torch.load_file(str(weights), device="cpu")
+    except safetensors.SafetensorError as e:
+        raise RunError(f"{weights} is not a valid safetensors file ({e}); train again") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunError(f"{weights} does not fit model {meta['model']!r}: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    return Run(path, model, meta, metrics, config_from_dict(meta.get("config", {})))

@@ -1,0 +1,46 @@
+import torch
+
+from fashionclf.augment import AugmentConfig, augment_batch, random_affine, random_erase
+
+
+def _batch():
+    x = torch.zeros(16, 1, 28, 28)
+    x[:, :, 8:20, 10:18] = 1.0
+    return x
+
+
+def test_shape_range_and_determinism():
+    cfg = AugmentConfig(rotation=15, zoom=0.1, shift=0.1, hflip=True, erase=0.5)
+    a = augment_batch(_batch(), cfg, torch.Generator().manual_seed(1))
+    b = augment_batch(_batch(), cfg, torch.Generator().manual_seed(1))
+    c = augment_batch(_batch(), cfg, torch.Generator().manual_seed(2))
+    assert a.shape == (16, 1, 28, 28)
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_parameters_differ_per_sample():
+    out = random_affine(_batch(), AugmentConfig(), torch.Generator().manual_seed(0))
+    assert len({tuple(o.flatten().round(decimals=3).tolist()) for o in out}) == 16
+
+
+def test_identity_when_disabled():
+    x = _batch()
+    out = random_affine(x, AugmentConfig(rotation=0, zoom=0, shift=0, hflip=False), torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_flip_only_mirrors():
+    x = torch.rand(64, 1, 28, 28)
+    out = random_affine(x, AugmentConfig(rotation=0, zoom=0, shift=0, hflip=True), torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.allclose(o, i.flip(-1), atol=1e-5) for o, i in zip(out, x)])
+    same = torch.tensor([torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x)])
+    assert (flipped | same).all() and 10 < flipped.sum() < 54
+
+
+def test_erase_zeroes_a_rectangle_in_some_images():
+    x = torch.ones(100, 1, 28, 28)
+    out = random_erase(x, 0.5, torch.Generator().manual_seed(0))
+    erased = (out == 0).flatten(1).any(1)
+    assert 25 < erased.sum() < 75
+    assert torch.equal(out[~erased], x[~erased])

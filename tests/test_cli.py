@@ -1,0 +1,98 @@
+"""The CLI end to end, in-process, on small subsets (real data) and on synthetic files."""
+
+import json
+
+import pytest
+from conftest import make_split
+
+from fashionclf.cli import main
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mlp", "simple_cnn", "tuned_cnn", "advanced_cnn"):
+        assert name in out
+
+
+def test_unknown_model_is_one_clear_line(capsys):
+    assert main(["train", "--model", "nope", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nope'" in err and "valid models: mlp" in err and "Traceback" not in err
+
+
+def test_evaluate_missing_run_is_clear(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "3000",
+        "--out",
+        str(run),
+        "--quiet",
+        "--data-dir",
+        str(real_data_dir),
+    ]
+    assert main(args) == 0
+    for f in ("model.safetensors", "meta.json", "metrics.json", "history.csv"):
+        assert (run / f).exists(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    for k in ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "params", "epochs_run"):
+        assert k in metrics
+    assert metrics["test_accuracy"] > 0.6 and metrics["epochs_run"] == 1
+    capsys.readouterr()
+
+    # A second train into the same folder is refused and leaves the run intact.
+    assert main(args) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+
+    assert main(["evaluate", str(run), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert len(rep["per_class"]) == 10 and len(rep["confusion_matrix"]) == 10 and rep["loss"] > 0
+
+    # Any folder holding a t10k pair: here a synthetic one.
+    other = tmp_path / "other"
+    make_split(other, "t10k", 5, gz=False)
+    assert main(["evaluate", str(run), "--data-dir", str(other), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n"] == 50 and sum(map(sum, rep["confusion_matrix"])) == 50
+
+    assert main(["evaluate", str(run)]) == 0
+    assert "confusion matrix" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
+    out = tmp_path / "study"
+    args = ["compare", "--models", "mlp,tuned_cnn", "--seeds", "2", "--epochs", "1", "--train-limit", "2000", "--out", str(out), "--quiet"]
+    assert main(args + ["--data-dir", str(real_data_dir)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["seed"]) for r in results["runs"]] == [("mlp", 0), ("mlp", 1), ("tuned_cnn", 0), ("tuned_cnn", 1)]
+    for r in results["runs"]:
+        for k in ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "params"):
+            assert k in r
+    md = (out / "report.md").read_text()
+    assert "Recommended: **" in md and "± " in md
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "src='http" not in html
+    for f in ("examples.png", "curves.png", "confusion.png", "worst_pair.png"):
+        assert (out / "figures" / f).stat().st_size > 1000
+    capsys.readouterr()
+
+    # Re-running resumes: finished runs are reused, not retrained.
+    mtime = (out / "runs" / "mlp-s0" / "model.safetensors").stat().st_mtime_ns
+    assert main(args + ["--data-dir", str(real_data_dir)]) == 0
+    assert (out / "runs" / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == mtime

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from fashionclf.models import count_params, create_model, list_models
+
+# Hand-counted parameter totals of the seed's four architectures (weights + biases + BN affine).
+EXPECTED_PARAMS = {
+    "mlp": 784 * 128 + 128 + 128 * 10 + 10,
+    "simple_cnn": (9 * 32 + 32) + (32 * 13 * 13 * 100 + 100) + (100 * 10 + 10),
+    "tuned_cnn": (9 * 32 + 2 * 32) + (9 * 32 * 64 + 2 * 64) + (64 * 25 * 128 + 128) + (128 * 10 + 10),
+}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(4, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert count_params(model) > 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last_bf16_matches_fp32(name):
+    """The fast path (channels_last + bf16 autocast) computes the same function as plain fp32."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(8, 1, 28, 28)
+    ref = model(x)
+    fast = model.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x.contiguous(memory_format=torch.channels_last)).float()
+    assert torch.allclose(out, ref, atol=0.1 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_param_counts(name):
+    assert count_params(create_model(name)) == EXPECTED_PARAMS[name]
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown model 'resnet1000'.*mlp.*tuned_cnn"):
+        create_model("resnet1000")
