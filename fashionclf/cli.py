@@ -30,7 +30,10 @@ def _progress(quiet: bool):
     state = {}
 
     def on_batch_factory(epoch, n_batches):
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr, dynamic_ncols=True)
+        # A bar only on a terminal; logs (CI, nohup) get the one line per epoch below.
+        bar = tqdm(
+            total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty()
+        )
         state["bar"] = bar
 
         def on_batch(b, loss, acc):

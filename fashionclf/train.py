@@ -55,12 +55,16 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
 
 
-# The seed study's settings, per model (10 epochs with Adam; Model 4 with augmentation and
-# the two callbacks). More epochs for Model 4 because augmentation slows convergence.
+# The seed study's settings, per model: 10 epochs with Adam for Models 1-3, Model 4 with augmentation
+# and the two callbacks (early stopping, ReduceLROnPlateau). Within those 10 epochs Models 1-3 use a
+# one-cycle learning rate instead of a constant one and keep the best epoch (validation accuracy,
+# tuned_cnn with 'valid' padding, 10 epochs: plateau 91.4%, one-cycle 91.7%, one-cycle + label
+# smoothing 0.1 92.3%; the same with 'same' padding 93.1%).
+# Model 4 gets 20 epochs because augmentation slows convergence (still improving at epoch 20).
 MODEL_DEFAULTS: dict[str, dict] = {
-    "mlp": {},
-    "simple_cnn": {},
-    "tuned_cnn": {},
+    "mlp": {"schedule": "onecycle", "lr": 2e-3, "early_stopping": 0},
+    "simple_cnn": {"schedule": "onecycle", "lr": 2e-3, "early_stopping": 0},
+    "tuned_cnn": {"schedule": "onecycle", "lr": 3e-3, "early_stopping": 0, "label_smoothing": 0.1},
     "advanced_cnn": {"augment": True, "epochs": 20, "early_stopping": 5, "plateau_patience": 2},
 }
 
@@ -133,7 +137,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 def setup_threads(threads: int = 0) -> None:
     # One intra-op thread per physical core; inter-op parallelism only adds contention for these small graphs.
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    # sched_getaffinity respects container CPU limits where os.cpu_count() reports the host's cores.
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

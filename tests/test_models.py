@@ -7,7 +7,7 @@ from fashionclf.models import count_params, create_model, list_models
 EXPECTED_PARAMS = {
     "mlp": 784 * 128 + 128 + 128 * 10 + 10,
     "simple_cnn": (9 * 32 + 32) + (32 * 13 * 13 * 100 + 100) + (100 * 10 + 10),
-    "tuned_cnn": (9 * 32 + 2 * 32) + (9 * 32 * 64 + 2 * 64) + (64 * 25 * 128 + 128) + (128 * 10 + 10),
+    "tuned_cnn": (9 * 32 + 2 * 32) + (9 * 32 * 64 + 2 * 64) + (64 * 49 * 128 + 128) + (128 * 10 + 10),
 }
 
 

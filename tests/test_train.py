@@ -19,7 +19,7 @@ def test_resolve_defaults_and_overrides():
     cfg = resolve_config(None, None)
     assert cfg.model == RECOMMENDED_MODEL and cfg.augment == MODEL_DEFAULTS[RECOMMENDED_MODEL]["augment"]
     cfg = resolve_config("mlp", None, epochs=3, lr=None, aug_rotation=5.0)
-    assert (cfg.model, cfg.epochs, cfg.lr, cfg.aug.rotation) == ("mlp", 3, 1e-3, 5.0)
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.aug.rotation) == ("mlp", 3, MODEL_DEFAULTS["mlp"]["lr"], 5.0)
 
 
 def test_resolve_rejects_unknown_names():
