@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import io
+import json
 from pathlib import Path
 
 import matplotlib
@@ -60,11 +61,11 @@ def recommend(rows: list[dict], tolerance: float = ACCURACY_TOLERANCE) -> tuple[
     best_val = max(r["val_mean"] for r in rows)
     tier = [r for r in rows if r["val_mean"] >= best_val - tolerance]
     if all(r["robustness"] is not None for r in tier):
-        pick = max(tier, key=lambda r: (r["robustness"], r["images_per_s"]))
-        why = "the highest robustness score"
+        pick = max(tier, key=lambda r: (r["robustness"], r["images_per_s"], -r["params"]))
+        why = "the highest robustness score, then the fastest inference, then the fewest parameters"
     else:
-        pick = max(tier, key=lambda r: r["images_per_s"])
-        why = "the fastest inference (robustness not measured in this study)"
+        pick = max(tier, key=lambda r: (r["images_per_s"], -r["params"]))
+        why = "the fastest inference, then the fewest parameters (robustness not measured in this study)"
     names = ", ".join(r["model"] for r in tier)
     text = (
         f"Rule: among the models whose mean validation accuracy is within {tolerance * 100:.1f} points of the best "
@@ -242,6 +243,13 @@ def build_blocks(out: Path, results: dict, data) -> list:
     blocks.append(("table", head, table))
     devices = sorted({f"{r['precision']} on {r['device']}" for r in runs})
     blocks.append(("p", f"Std is the sample standard deviation over seeds (0 with one seed). Ran in {', '.join(devices)}."))
+
+    blocks.append(("h2", "Per-class test recall (mean over seeds)"))
+    recall = {}
+    for r in rows:
+        per = [json.loads((out / x["run_dir"] / "metrics.json").read_text())["test_per_class"] for x in runs if x["model"] == r["model"]]
+        recall[r["model"]] = [np.mean([p[i]["recall"] for p in per]) for i in range(len(classes))]
+    blocks.append(("table", ["class", *recall], [[c, *(f"{recall[m][i] * 100:.1f}" for m in recall)] for i, c in enumerate(classes)]))
 
     blocks.append(("h2", "Recommendation"))
     pick, text = recommend(rows)

@@ -8,6 +8,10 @@ EXPECTED_PARAMS = {
     "mlp": 784 * 128 + 128 + 128 * 10 + 10,
     "simple_cnn": (9 * 32 + 32) + (32 * 13 * 13 * 100 + 100) + (100 * 10 + 10),
     "tuned_cnn": (9 * 32 + 2 * 32) + (9 * 32 * 64 + 2 * 64) + (64 * 49 * 128 + 128) + (128 * 10 + 10),
+    # three blocks of conv(no bias)+BN, conv(no bias)+BN, then Dense(128) and Dense(10)
+    "advanced_cnn": sum(9 * i * o + 2 * o + 9 * o * o + 2 * o for i, o in [(1, 32), (32, 64), (64, 128)])
+    + (128 * 128 + 128)
+    + (128 * 10 + 10),
 }
 
 

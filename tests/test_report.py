@@ -1,0 +1,45 @@
+from fashionclf.report import recommend, summarize
+
+
+def _run(model, seed, acc, val, ips, params=1000, robustness=None):
+    r = {
+        "model": model,
+        "seed": seed,
+        "test_accuracy": acc,
+        "val_accuracy": val,
+        "test_loss": 0.3,
+        "params": params,
+        "train_seconds": 10.0,
+        "seconds_per_epoch": 1.0,
+        "epochs_run": 10,
+        "infer_images_per_s": ips,
+    }
+    if robustness is not None:
+        r["robustness"] = robustness
+    return r
+
+
+def test_summarize_mean_and_std_over_seeds():
+    rows = summarize([_run("a", 0, 0.90, 0.91, 100), _run("a", 1, 0.92, 0.93, 300), _run("b", 0, 0.80, 0.81, 50)])
+    a, b = rows
+    assert (a["model"], a["n"], b["n"]) == ("a", 2, 1)
+    assert abs(a["acc_mean"] - 0.91) < 1e-12 and abs(a["acc_std"] - 0.0141421356) < 1e-8
+    assert b["acc_std"] == 0.0 and a["images_per_s"] == 200
+
+
+def test_recommend_fastest_within_tolerance_on_validation():
+    # c has the best *test* accuracy but is outside the validation tolerance: the test set does not choose.
+    runs = [_run("a", 0, 0.93, 0.930, 100), _run("b", 0, 0.92, 0.927, 900), _run("c", 0, 0.95, 0.90, 5000)]
+    pick, text = recommend(summarize(runs), tolerance=0.005)
+    assert pick["model"] == "b" and "Candidates: a, b" in text and "**b**" in text
+
+
+def test_recommend_prefers_robustness_when_measured():
+    runs = [_run("a", 0, 0.93, 0.93, 100, robustness=0.80), _run("b", 0, 0.93, 0.93, 900, robustness=0.70)]
+    pick, text = recommend(summarize(runs))
+    assert pick["model"] == "a" and "robustness" in text
+
+
+def test_recommend_smaller_model_breaks_speed_ties():
+    runs = [_run("a", 0, 0.93, 0.93, 500, params=9000), _run("b", 0, 0.93, 0.93, 500, params=100)]
+    assert recommend(summarize(runs))[0]["model"] == "b"
