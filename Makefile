@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 OUT    ?= study
 SEEDS  ?= 1
 
-.PHONY: run test lint data bench clean
+.PHONY: run test lint data bench bench-keras clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 
 # The Debian package is the fastest offline source; without root or apt, fashionclf downloads
 # Zalando's files into ~/.cache/fashionclf on first use and verifies their MD5s.
-data:
+data: $(STAMP)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "apt install failed; fashionclf will download the data"; \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "apt install failed; downloading instead"; \
 	fi
+	@$(BIN)/python -c "from fashionclf.data import locate; print('Fashion-MNIST:', locate())"
 
 run: $(STAMP) data
 	$(BIN)/fashionclf compare --seeds $(SEEDS) --out $(OUT)
@@ -29,6 +30,18 @@ lint: $(STAMP)
 
 test: lint data
 	$(BIN)/pytest -q -rs
+
+# Speed benchmarks (minutes; results in benchmarks/results/). The Keras baseline gets its own venv.
+bench: $(STAMP) data
+	$(BIN)/python benchmarks/epoch_speed.py
+
+.venv-keras/.installed-stamp: benchmarks/requirements-keras.txt
+	$(PYTHON) -m venv .venv-keras
+	.venv-keras/bin/pip install -q -r benchmarks/requirements-keras.txt
+	touch $@
+
+bench-keras: $(STAMP) data .venv-keras/.installed-stamp
+	$(BIN)/python benchmarks/vs_keras.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -32,11 +32,11 @@ keras.utils.set_random_seed(0)
 model = keras.Sequential(
     [
         keras.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, use_bias=False),
+        layers.Conv2D(32, 3, padding="same", use_bias=False),
         layers.MaxPooling2D(),
         layers.BatchNormalization(),
         layers.ReLU(),
-        layers.Conv2D(64, 3, use_bias=False),
+        layers.Conv2D(64, 3, padding="same", use_bias=False),
         layers.MaxPooling2D(),
         layers.BatchNormalization(),
         layers.ReLU(),

@@ -4,7 +4,7 @@ Both train on the same 54k/6k split and score on the same 10k test set. Keras ru
 at the seed study's batch size (32) and at fashionclf's (128), so the speed-up is
 shown with and without the batch-size difference. Needs the Keras venv:
 
-    make .venv-keras     # python -m venv .venv-keras && .venv-keras/bin/pip install -r benchmarks/requirements-keras.txt
+    make bench-keras     # creates .venv-keras (benchmarks/requirements-keras.txt), then runs this script
     .venv/bin/python benchmarks/vs_keras.py [--epochs 10] [--out benchmarks/results/vs_keras.json]
 """
 
@@ -75,6 +75,8 @@ def main():
             )
 
     ours = float(np.median(secs))
+    if any(k["params"] != res.params for k in result["keras"]):
+        sys.exit(f"parameter counts differ ({res.params} vs {[k['params'] for k in result['keras']]}): not the same model")
     for k in result["keras"]:
         k["speedup_per_epoch"] = float(np.median(k["epoch_seconds"])) / ours
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -17,7 +17,7 @@ import torch
 from .data import DataError, load_fashion_mnist, load_split
 from .metrics import classification_report
 from .models import count_params, create_model, list_models, model_info
-from .runs import RunError, load_run
+from .runs import RunError, check_writable, load_run
 from .train import PRESETS, RECOMMENDED_MODEL, infer, resolve_config, resolve_precision
 
 
@@ -58,8 +58,8 @@ def _print_epoch(row: dict) -> None:
     )
 
 
-def _load_data(args):
-    data = load_fashion_mnist(args.data_dir, val_size=6000, allow_download=not args.no_download)
+def _load_data(args, cfg):
+    data = load_fashion_mnist(args.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, allow_download=not args.no_download)
     if args.train_limit:
         # The official order is already shuffled, so a prefix is close to class-balanced.
         n = args.train_limit
@@ -109,10 +109,8 @@ def cmd_train(args) -> int:
 
     cfg = resolve_config(args.model, args.preset, seed=args.seed, **_overrides(args))
     out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
-    from .runs import check_writable
-
     check_writable(out, args.overwrite)
-    data = _load_data(args)
+    data = _load_data(args, cfg)
     on_epoch, on_batch_factory = _progress(args.quiet)
     print(f"training {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source} -> {out}", file=sys.stderr)
     m = train_and_save(cfg, data, out, args.overwrite, on_epoch, on_batch_factory)
@@ -134,12 +132,14 @@ def cmd_evaluate(args) -> int:
     else:
         data = load_fashion_mnist(None, allow_download=not args.no_download)
         x, y, source = data.test_x, data.test_y, data.source
-    if len(y) and int(y.max()) >= len(run.classes):
+    if len(y) == 0:
+        raise DataError(f"{source}: the test files hold no images")
+    if int(y.max()) >= len(run.classes):
         raise DataError(f"{source}: label {int(y.max())} but the run knows {len(run.classes)} classes")
     device = torch.device("cpu")
-    logits = infer(
-        run.model, x, device=device, amp_dtype=resolve_precision(run.config.precision, device), channels_last=run.config.channels_last
-    )
+    # The machine that evaluates may lack bf16 even if the one that trained had it: "auto" falls back to fp32.
+    precision = "fp32" if run.config.precision == "fp32" else "auto"
+    logits = infer(run.model, x, device=device, amp_dtype=resolve_precision(precision, device), channels_last=run.config.channels_last)
     rep = {"run": str(args.run), "model": run.meta["model"], "data": str(source), **classification_report(logits, y, run.classes)}
     if args.json:
         print(json.dumps(rep))
@@ -155,7 +155,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import write_report
+    from .report import summarize, write_report  # matplotlib loads only for reports
     from .study import compare
 
     names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else ["mlp", "simple_cnn", "tuned_cnn", "advanced_cnn"]
@@ -165,20 +165,14 @@ def cmd_compare(args) -> int:
         raise ValueError("--seeds must be at least 1")
     configs = [resolve_config(n, None, seed=s, **_overrides(args)) for n in names for s in range(args.seeds)]
     out = Path(args.out)
-    if args.overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out / "runs", ignore_errors=True)
-    data = _load_data(args)
+    data = _load_data(args, configs[0])
     on_epoch, on_batch_factory = _progress(args.quiet)
 
     def on_run_start(cfg, run_dir):
         print(f"== {cfg.model} seed {cfg.seed} -> {run_dir}", file=sys.stderr)
 
-    results = compare(configs, data, out, True, on_run_start, on_epoch, on_batch_factory)
+    results = compare(configs, data, out, args.overwrite, on_run_start, on_epoch, on_batch_factory)
     paths = write_report(out, results, data)
-    from .report import summarize
-
     for row in summarize(results["runs"]):
         print(
             f"{row['model']:14s} test acc {row['acc_mean'] * 100:6.2f} ± {row['acc_std'] * 100:.2f}  "
@@ -225,6 +219,9 @@ def main(argv=None) -> int:
         return args.func(args)
     except (DataError, RunError, ValueError) as e:
         print(f"fashionclf: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. --out on a read-only or full disk
+        print(f"fashionclf: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fashionclf: interrupted; finished runs are kept", file=sys.stderr)

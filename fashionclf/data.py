@@ -15,6 +15,7 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def _open_maybe_gzip(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: gzip data is corrupt or truncated ({e}). Delete the file and download it again.") from e
     return raw
 
@@ -213,10 +214,18 @@ def locate(data_dir: str | Path | None = None, allow_download: bool = True, base
         folder = Path(data_dir)
         if not all(find_file(folder, n) for n in FILES):
             missing = [n for n in FILES if not find_file(folder, n)]
-            raise DataError(f"--data-dir {folder}: missing {', '.join(missing)} (.gz or raw).")
+            raise DataError(
+                f"--data-dir {folder}: missing {', '.join(missing)} (.gz or raw). Put Fashion-MNIST's four IDX files there, "
+                "or leave out --data-dir to use the installed or cached copy."
+            )
         return folder
     if os.environ.get("FASHIONCLF_DATA"):
-        candidates.append(Path(os.environ["FASHIONCLF_DATA"]))
+        # An explicit setting that points at the wrong place is an error, not a reason to look elsewhere.
+        folder = Path(os.environ["FASHIONCLF_DATA"])
+        missing = [n for n in FILES if not find_file(folder, n)]
+        if missing:
+            raise DataError(f"$FASHIONCLF_DATA={folder}: missing {', '.join(missing)} (.gz or raw). Fix or unset the variable.")
+        return folder
     candidates += [DEBIAN_DIR, cache_dir()]
     for folder in candidates:
         if all(find_file(folder, n) for n in FILES):

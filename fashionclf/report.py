@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .metrics import confusion_matrix, mean_std, most_confused  # noqa: E402
-from .runs import atomic_write_bytes, atomic_write_text  # noqa: E402
+from .runs import atomic_write_bytes, atomic_write_text, load_predictions  # noqa: E402
 
 # Recommendation rule, stated in the report: models within this many points of the best
 # mean validation accuracy count as equally accurate; among them the fastest at inference wins.
@@ -90,7 +90,8 @@ def fig_examples(x, y, classes, per_class=8, seed=0) -> bytes:
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.8, len(classes) * 0.85))
     for c, name in enumerate(classes):
-        idx = rng.choice(np.flatnonzero(y == c), per_class, replace=False)
+        members = np.flatnonzero(y == c)
+        idx = rng.choice(members, min(per_class, len(members)), replace=False)
         for j, i in enumerate(idx):
             ax = axes[c, j]
             ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
@@ -201,8 +202,6 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def build_blocks(out: Path, results: dict, data) -> list:
-    from .study import load_predictions
-
     runs = results["runs"]
     classes = list(data.classes)
     rows = summarize(runs)

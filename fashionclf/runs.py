@@ -29,6 +29,7 @@ from .models import create_model, model_info
 from .train import MEAN, STD, TrainConfig, config_from_dict, config_to_dict
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
+PREDICTIONS = "test_predictions.safetensors"  # stored outputs: reports derive everything from these
 
 
 class RunError(Exception):
@@ -77,7 +78,13 @@ def _json_default(o):
 
 
 def versions() -> dict:
-    return {"fashionclf": __version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    return {
+        "fashionclf": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+    }
 
 
 def check_writable(out: str | Path, overwrite: bool = False) -> None:
@@ -87,6 +94,13 @@ def check_writable(out: str | Path, overwrite: bool = False) -> None:
         raise RunError(f"{out} exists and is a file; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} already holds files; choose another --out, or pass --overwrite to replace it")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunError(f"cannot create {out}: {ancestor} is a file; choose another --out")
+    if not os.access(ancestor, os.W_OK):
+        raise RunError(f"cannot create {out}: {ancestor} is not writable; choose another --out")
 
 
 def history_csv(history: list[dict]) -> str:
@@ -109,6 +123,7 @@ def save_run(
     data_info: dict,
     overwrite: bool = False,
     extra_meta: dict | None = None,
+    predictions: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     out = Path(out)
     check_writable(out, overwrite)
@@ -134,6 +149,11 @@ def save_run(
         (tmp / META).write_text(to_json(meta))
         (tmp / METRICS).write_text(to_json(metrics))
         (tmp / HISTORY).write_text(history_csv(history))
+        if predictions is not None:
+            safetensors.torch.save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp / PREDICTIONS))
+        for f in tmp.iterdir():  # durable before the rename makes the run visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
         if out.exists():  # only reached with overwrite=True: swap, then delete the old run
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.rmdir(old)
@@ -198,3 +218,12 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         raise RunError(f"{weights} does not fit model {meta['model']!r}: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
     return Run(path, model, meta, metrics, config_from_dict(meta.get("config", {})))
+
+
+def load_predictions(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored test logits and labels of a run."""
+    path = Path(run_dir) / PREDICTIONS
+    if not path.exists():
+        raise RunError(f"{path} is missing; the run was saved without test predictions, train it again")
+    t = safetensors.torch.load_file(str(path))
+    return t["logits"], t["labels"]

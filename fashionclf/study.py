@@ -12,15 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from .data import FashionMNIST
 from .metrics import classification_report
-from .runs import RunError, atomic_write_text, check_writable, load_run, save_run, to_json
+from .runs import PREDICTIONS, RunError, atomic_write_text, check_writable, load_run, save_run, to_json
 from .train import TrainConfig, config_to_dict, fit, infer, resolve_precision
-
-PREDICTIONS = "test_predictions.safetensors"
 
 
 def measure_inference(model, x_u8, device, amp_dtype, channels_last, batch_size=1024) -> float:
@@ -66,7 +63,14 @@ def train_and_save(
         "test_per_class": test_rep["per_class"],
         "test_confusion_matrix": test_rep["confusion_matrix"],
     }
-    data_info = {
+    predictions = {"logits": test_logits, "labels": data.test_y}
+    save_run(out, res.model, cfg, metrics, res.history, data.classes, data_info(data), overwrite=overwrite, predictions=predictions)
+    return metrics
+
+
+def data_info(data: FashionMNIST) -> dict:
+    """What meta.json records of the data a run saw; compare() resumes only on the same data."""
+    return {
         "source": data.source,
         "checksums": data.checksums,
         "train": len(data.train_x),
@@ -74,17 +78,6 @@ def train_and_save(
         "test": len(data.test_x),
         "split_seed": data.split_seed,
     }
-    save_run(out, res.model, cfg, metrics, res.history, data.classes, data_info, overwrite=overwrite)
-    # Stored outputs for reports: logits and labels of the test set, in safetensors (no pickle).
-    tmp = Path(out) / f".{PREDICTIONS}.tmp"
-    safetensors.torch.save_file({"logits": test_logits.contiguous(), "labels": data.test_y.contiguous()}, str(tmp))
-    tmp.replace(Path(out) / PREDICTIONS)
-    return metrics
-
-
-def load_predictions(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    t = safetensors.torch.load_file(str(Path(run_dir) / PREDICTIONS))
-    return t["logits"], t["labels"]
 
 
 RESULT_KEYS = (
@@ -109,24 +102,26 @@ def compare(
     configs: list[TrainConfig],
     data: FashionMNIST,
     out: str | Path,
-    resume: bool = True,
+    overwrite: bool = False,
     on_run_start: Callable[[TrainConfig, Path], None] | None = None,
     on_epoch: Callable | None = None,
     on_batch_factory: Callable | None = None,
 ) -> dict:
     """Train every config into out/runs/<model>-s<seed>; write out/results.json after each run.
 
-    A finished run folder (with its predictions) is reused, so an interrupted study resumes.
+    A finished run with the same config and data is reused, so an interrupted study resumes;
+    overwrite=True retrains every run, each old run replaced only once its new one is complete.
     """
     out = Path(out)
     runs = []
     for cfg in configs:
         run_dir = out / "runs" / f"{cfg.model}-s{cfg.seed}"
-        if resume and (run_dir / PREDICTIONS).exists():
+        if not overwrite and (run_dir / PREDICTIONS).exists():
             done = load_run(run_dir)
-            if done.meta.get("config") != json.loads(to_json(config_to_dict(cfg))):
+            same = json.loads(to_json({"config": config_to_dict(cfg), "data": data_info(data)}))
+            if {"config": done.meta.get("config"), "data": done.meta.get("data")} != same:
                 raise RunError(
-                    f"{run_dir} holds a finished run with another configuration; "
+                    f"{run_dir} holds a finished run with another configuration or other data; "
                     "use another --out, or --overwrite to train everything again"
                 )
             metrics = done.metrics

@@ -138,7 +138,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 def setup_threads(threads: int = 0) -> None:
     # One intra-op thread per physical core; inter-op parallelism only adds contention for these small graphs.
     # sched_getaffinity respects container CPU limits where os.cpu_count() reports the host's cores.
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

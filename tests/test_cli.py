@@ -21,6 +21,13 @@ def test_unknown_model_is_one_clear_line(capsys):
     assert "unknown model 'nope'" in err and "valid models: mlp" in err and "Traceback" not in err
 
 
+def test_out_on_unwritable_path_is_clear(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--model", "mlp", "--out", str(blocker / "run")]) == 2
+    assert f"{blocker} is a file" in capsys.readouterr().err
+
+
 def test_evaluate_missing_run_is_clear(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
@@ -95,4 +102,11 @@ def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
     # Re-running resumes: finished runs are reused, not retrained.
     mtime = (out / "runs" / "mlp-s0" / "model.safetensors").stat().st_mtime_ns
     assert main(args + ["--data-dir", str(real_data_dir)]) == 0
+    assert (out / "runs" / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+
+    # Other data (here: another training subset) is not silently mixed with the finished runs.
+    other = [a if a != "2000" else "1500" for a in args]
+    assert main(other + ["--data-dir", str(real_data_dir)]) == 2
+    assert "another configuration or other data" in capsys.readouterr().err
     assert (out / "runs" / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == mtime

@@ -56,6 +56,15 @@ def test_truncated_gzip_is_clear(tmp_path):
         read_idx(p)
 
 
+def test_corrupt_gzip_is_clear(tmp_path):
+    blob = bytearray(gzip.compress(idx_bytes(np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28))))
+    blob[20:40] = b"\xff" * 20  # damage the deflate stream, not its length
+    p = tmp_path / "t10k-images-idx3-ubyte.gz"
+    p.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: gzip data is corrupt"):
+        read_idx(p)
+
+
 def test_load_split_structure_checks(tmp_path):
     make_split(tmp_path, "t10k", 3)
     x, y, sums = load_split(tmp_path, "test", official=False)
@@ -153,6 +162,9 @@ def test_locate_search_order(tmp_path, monkeypatch):
     assert D.locate(explicit) == explicit
     with pytest.raises(DataError, match="--data-dir .*missing"):
         D.locate(tmp_path / "empty")
+    monkeypatch.setenv("FASHIONCLF_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"\$FASHIONCLF_DATA=.*missing"):
+        D.locate()
     monkeypatch.delenv("FASHIONCLF_DATA")
     with pytest.raises(DataError, match="not found in"):
         D.locate(allow_download=False)
