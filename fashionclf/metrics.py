@@ -59,3 +59,21 @@ def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """Exact McNemar test on paired per-item correctness of two classifiers on the same items.
+
+    b = items only A gets right, c = items only B gets right. Under "equally accurate" each
+    discordant item is a fair coin, so p is the two-sided binomial tail of min(b, c) in b + c.
+    """
+    a, b_ = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return {"b": 0, "c": 0, "p": 1.0}
+    # log-space binomial terms keep thousands of discordant items exact enough
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
+    return {"b": b, "c": c, "p": min(1.0, 2 * tail)}

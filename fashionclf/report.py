@@ -20,8 +20,10 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .metrics import confusion_matrix, mean_std, most_confused  # noqa: E402
+from .metrics import confusion_matrix, mcnemar, mean_std, most_confused  # noqa: E402
 from .runs import atomic_write_bytes, atomic_write_text, load_predictions  # noqa: E402
+
+SIGNIFICANCE = 0.05  # McNemar p below this counts as a real difference
 
 # Recommendation rule, stated in the report: models within this many points of the best
 # mean validation accuracy count as equally accurate; among them the fastest at inference wins.
@@ -253,6 +255,38 @@ def build_blocks(out: Path, results: dict, data) -> list:
     blocks.append(("h2", "Recommendation"))
     pick, text = recommend(rows)
     blocks.append(("p", text))
+
+    if len(rows) > 1:
+        blocks.append(("h2", "Is each step's gain real?"))
+        blocks.append(
+            (
+                "p",
+                "Exact McNemar tests on paired test predictions, model against the next one in the list, same seed against same "
+                f"seed. 'only A' / 'only B' count the test images that only that model gets right; p < {SIGNIFICANCE} counts as real.",
+            )
+        )
+        table, verdicts = [], []
+        for a, b in zip(rows, rows[1:]):
+            ps = []
+            for ra in (x for x in runs if x["model"] == a["model"]):
+                rb = next((x for x in runs if x["model"] == b["model"] and x["seed"] == ra["seed"]), None)
+                if rb is None:
+                    continue
+                la, ya = load_predictions(out / ra["run_dir"])
+                lb, _ = load_predictions(out / rb["run_dir"])
+                t = mcnemar((la.argmax(1) == ya).numpy(), (lb.argmax(1) == ya).numpy())
+                ps.append(t["p"])
+                table.append(
+                    [f"{a['model']} → {b['model']}", ra["seed"], f"{ra['test_accuracy'] * 100:.2f}", f"{rb['test_accuracy'] * 100:.2f}"]
+                    + [t["b"], t["c"], f"{t['p']:.2g}"]
+                )
+            if ps:
+                n_sig = sum(p < SIGNIFICANCE for p in ps)
+                gain = (b["acc_mean"] - a["acc_mean"]) * 100
+                word = "real" if n_sig == len(ps) else "not distinguishable from noise" if n_sig == 0 else "not consistent across seeds"
+                verdicts.append(f"{a['model']} → {b['model']}: {gain:+.2f} points, significant in {n_sig} of {len(ps)} seed pairs: {word}.")
+        blocks.append(("table", ["step", "seed", "acc A %", "acc B %", "only A", "only B", "p"], table))
+        blocks += [("p", v) for v in verdicts]
 
     blocks.append(("h2", "Learning curves (first seed of each model)"))
     histories = {}

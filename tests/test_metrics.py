@@ -40,3 +40,18 @@ def test_mean_std():
     assert mean_std([1.0]) == (1.0, 0.0)
     m, s = mean_std([1.0, 2.0, 3.0])
     assert m == 2.0 and s == pytest.approx(1.0)
+
+
+def test_mcnemar_by_hand():
+    from fashionclf.metrics import mcnemar
+
+    same = mcnemar([1, 0, 1], [1, 0, 1])
+    assert same == {"b": 0, "c": 0, "p": 1.0}
+    # 10 items only A gets right, none only B: p = 2 * 0.5**10
+    r = mcnemar([1] * 10 + [1] * 5, [0] * 10 + [1] * 5)
+    assert (r["b"], r["c"]) == (10, 0) and r["p"] == pytest.approx(2 * 0.5**10)
+    # b=3, c=5: p = 2 * P(X <= 3), X ~ Bin(8, 1/2) = 2 * (1 + 8 + 28 + 56) / 256
+    r = mcnemar([1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1, 1])
+    assert r["p"] == pytest.approx(2 * 93 / 256)
+    # balanced discordance caps at 1
+    assert mcnemar([1, 0], [0, 1])["p"] == 1.0
