@@ -12,13 +12,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from .data import DataError, load_fashion_mnist, load_split
-from .metrics import classification_report
 from .models import count_params, create_model, list_models, model_info
 from .runs import RunError, check_writable, load_run
-from .train import PRESETS, RECOMMENDED_MODEL, infer, resolve_config, resolve_precision
+from .train import RECOMMENDED_MODEL, resolve_config
 
 
 def _progress(quiet: bool):
@@ -107,7 +104,7 @@ def cmd_models(args) -> int:
 def cmd_train(args) -> int:
     from .study import train_and_save
 
-    cfg = resolve_config(args.model, args.preset, seed=args.seed, **_overrides(args))
+    cfg = resolve_config(args.model, None, seed=args.seed, **_overrides(args))
     out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     check_writable(out, args.overwrite)
     data = _load_data(args, cfg)
@@ -124,6 +121,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .study import evaluate_run
+
     run = load_run(args.run)
     if args.data_dir:
         # Any folder holding a t10k pair: Fashion-MNIST's own, or a user's set in the same format.
@@ -132,15 +131,11 @@ def cmd_evaluate(args) -> int:
     else:
         data = load_fashion_mnist(None, allow_download=not args.no_download)
         x, y, source = data.test_x, data.test_y, data.source
-    if len(y) == 0:
-        raise DataError(f"{source}: the test files hold no images")
-    if int(y.max()) >= len(run.classes):
-        raise DataError(f"{source}: label {int(y.max())} but the run knows {len(run.classes)} classes")
-    device = torch.device("cpu")
-    # The machine that evaluates may lack bf16 even if the one that trained had it: "auto" falls back to fp32.
-    precision = "fp32" if run.config.precision == "fp32" else "auto"
-    logits = infer(run.model, x, device=device, amp_dtype=resolve_precision(precision, device), channels_last=run.config.channels_last)
-    rep = {"run": str(args.run), "model": run.meta["model"], "data": str(source), **classification_report(logits, y, run.classes)}
+    try:
+        scores = evaluate_run(run, x, y)
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
+    rep = {"run": str(args.run), "model": run.meta["model"], "data": str(source), **scores}
     if args.json:
         print(json.dumps(rep))
         return 0
@@ -156,9 +151,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_compare(args) -> int:
     from .report import summarize, write_report  # matplotlib loads only for reports
-    from .study import compare
+    from .study import DEFAULT_MODELS, compare
 
-    names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else ["mlp", "simple_cnn", "tuned_cnn", "advanced_cnn"]
+    names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(DEFAULT_MODELS)
     for n in names:
         model_info(n)
     if args.seeds < 1:
@@ -191,7 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train one model into a run folder")
     s.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: {RECOMMENDED_MODEL}, the seed's production pick)")
-    s.add_argument("--preset", help=f"a named recipe: {', '.join(PRESETS) or '(none yet)'}")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="run folder (default: runs/<model>-s<seed>-<time>)")
     _add_train_options(s)

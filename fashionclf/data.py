@@ -71,9 +71,9 @@ def cache_dir() -> Path:
     return Path(base) / "fashionclf" / "fashion-mnist"
 
 
-def _open_maybe_gzip(path: Path) -> bytes:
+def _open_maybe_gzip(path: Path, raw: bytes | None = None) -> bytes:
     """Return the file's bytes, gunzipped if it starts with the gzip magic (not by its name)."""
-    raw = path.read_bytes()
+    raw = path.read_bytes() if raw is None else raw
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
@@ -122,14 +122,17 @@ def has_split(folder: Path, split: str) -> bool:
     return all(find_file(folder, n) is not None for n in SPLITS[split])
 
 
-def verify_md5(path: Path, name: str) -> str:
-    """Check a file against the official MD5 of its .gz or of its raw contents; return the raw MD5."""
+def verify_md5(path: Path, name: str, blob: bytes | None = None, content: bytes | None = None) -> str:
+    """Check a file against the official MD5 of its .gz or of its raw contents; return the raw MD5.
+
+    blob (the file's bytes) and content (uncompressed) may be passed in when already read.
+    """
     gz_md5, raw_md5, _ = FILES[name]
-    blob = path.read_bytes()
+    blob = path.read_bytes() if blob is None else blob
     file_md5 = hashlib.md5(blob).hexdigest()
     if file_md5 == gz_md5:
         return raw_md5
-    content = _open_maybe_gzip(path)
+    content = _open_maybe_gzip(path, blob) if content is None else content
     content_md5 = hashlib.md5(content).hexdigest()
     if content_md5 == raw_md5:
         return raw_md5
@@ -157,8 +160,14 @@ def load_split(folder: str | Path, split: str, official: bool = True) -> tuple[t
         if p is None:
             raise DataError(f"{folder}: missing {n} or {n}.gz. Expected the {split} files of Fashion-MNIST in this folder.")
         paths[n] = p
-    checksums = {n: verify_md5(p, n) for n, p in paths.items()} if official else {}
-    images, labels = read_idx(paths[img_name]), read_idx(paths[lbl_name])
+    arrays, checksums = {}, {}
+    for n, p in paths.items():  # each file read and gunzipped once
+        blob = p.read_bytes()
+        content = _open_maybe_gzip(p, blob)
+        if official:
+            checksums[n] = verify_md5(p, n, blob, content)
+        arrays[n] = parse_idx(content, str(p))
+    images, labels = arrays[img_name], arrays[lbl_name]
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{paths[img_name]}: images have shape {images.shape}, expected (N, 28, 28).")
     if labels.ndim != 1:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .data import FashionMNIST
+from .data import DataError, FashionMNIST
 from .metrics import classification_report
-from .runs import PREDICTIONS, RunError, atomic_write_text, check_writable, load_run, save_run, to_json
+from .runs import PREDICTIONS, Run, RunError, atomic_write_text, check_writable, load_run, save_run, to_json
 from .train import TrainConfig, config_to_dict, fit, infer, resolve_precision
 
 
@@ -78,6 +78,23 @@ def data_info(data: FashionMNIST) -> dict:
         "test": len(data.test_x),
         "split_seed": data.split_seed,
     }
+
+
+# The seed study's ladder, in order: dense -> CNN -> regularised CNN -> augmented deeper CNN.
+DEFAULT_MODELS = ("mlp", "simple_cnn", "tuned_cnn", "advanced_cnn")
+
+
+def evaluate_run(run: Run, x_u8: torch.Tensor, y: torch.Tensor, device: str = "cpu") -> dict:
+    """The full classification report of a loaded run on a labelled set."""
+    if len(y) == 0:
+        raise DataError("the evaluation set holds no images")
+    if int(y.max()) >= len(run.classes):
+        raise DataError(f"label {int(y.max())} in the evaluation set, but the run knows {len(run.classes)} classes")
+    dev = torch.device(device)
+    # The machine that evaluates may lack bf16 even if the one that trained had it: "auto" falls back to fp32.
+    amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
+    logits = infer(run.model.to(dev), x_u8, device=dev, amp_dtype=amp, channels_last=run.config.channels_last)
+    return classification_report(logits, y, run.classes)
 
 
 RESULT_KEYS = (

@@ -93,6 +93,7 @@ def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
             assert k in r
     md = (out / "report.md").read_text()
     assert "Recommended: **" in md and "± " in md
+    assert "mlp → tuned_cnn" in md and "seed pairs" in md  # McNemar verdicts for each step
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "src='http" not in html
     for f in ("examples.png", "curves.png", "confusion.png", "worst_pair.png"):
