@@ -73,7 +73,8 @@ print(
             "epoch_seconds": times,
             "train_seconds": total,
             "test_accuracy": float(acc),
-            "params": int(model.count_params()),
+            # trainable only: Keras counts BatchNorm's moving statistics as parameters, PyTorch keeps them as buffers
+            "params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         }
     )
 )
