@@ -97,14 +97,19 @@ def _overrides(args) -> dict:
 
 def cmd_models(args) -> int:
     for name in list_models():
-        print(f"{name:14s} {count_params(create_model(name)):>9,d} params  {model_info(name).description}")
+        print(f"{name:18s} {count_params(create_model(name)):>9,d} params  {model_info(name).description}")
     return 0
 
 
 def cmd_train(args) -> int:
     from .study import train_and_save
 
-    cfg = resolve_config(args.model, None, seed=args.seed, **_overrides(args))
+    model_kwargs = None
+    if args.no_pretrained:
+        if not model_info(args.model or RECOMMENDED_MODEL).pretrained:
+            raise ValueError(f"--no-pretrained: {args.model or RECOMMENDED_MODEL} has no pretrained weights to leave out")
+        model_kwargs = {"pretrained": False}
+    cfg = resolve_config(args.model, None, seed=args.seed, model_kwargs=model_kwargs, **_overrides(args))
     out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     check_writable(out, args.overwrite)
     data = _load_data(args, cfg)
@@ -188,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: {RECOMMENDED_MODEL}, the seed's production pick)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="run folder (default: runs/<model>-s<seed>-<time>)")
+    s.add_argument("--no-pretrained", action="store_true", help="train a pretrained-capable model (efficientnet_lite0) from scratch")
     _add_train_options(s)
     s.set_defaults(func=cmd_train)
 

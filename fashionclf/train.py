@@ -21,10 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig, augment_batch
+from .data import MEAN, STD
 from .models import count_params, create_model, model_info
-
-# Fashion-MNIST train-set pixel statistics after scaling to [0, 1]; stored in meta.json with every run.
-MEAN, STD = 0.2860, 0.3530
 
 RECOMMENDED_MODEL = "advanced_cnn"  # the seed study's production pick; `train` with no --model trains it
 

@@ -28,6 +28,11 @@ def test_out_on_unwritable_path_is_clear(tmp_path, capsys):
     assert f"{blocker} is a file" in capsys.readouterr().err
 
 
+def test_no_pretrained_only_for_pretrained_models(capsys):
+    assert main(["train", "--model", "mlp", "--no-pretrained", "--out", "x"]) == 2
+    assert "mlp has no pretrained weights" in capsys.readouterr().err
+
+
 def test_evaluate_missing_run_is_clear(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fashionclf.data import CLASSES
-from fashionclf.models import create_model
+from fashionclf.models import create_model, list_models
 from fashionclf.runs import META, WEIGHTS, RunError, load_run, save_run
 from fashionclf.train import infer, resolve_config
 
@@ -15,6 +15,19 @@ def _save(path, **kw):
     model = create_model("tuned_cnn").eval()
     save_run(path, model, cfg, {"test_accuracy": 0.5}, [{"epoch": 1, "val_loss": 1.0}], CLASSES, {"source": "synthetic"}, **kw)
     return model
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_round_trips(tmp_path, name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():  # move BatchNorm statistics off their defaults so a reload that ignores them shows
+        model.train()(torch.randn(8, 1, 28, 28))
+    model.eval()
+    save_run(tmp_path / "run", model, resolve_config(name, None), {}, [], CLASSES, {})
+    run = load_run(tmp_path / "run")
+    x = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    assert torch.equal(infer(model, x, amp_dtype=None), infer(run.model, x, amp_dtype=None))
 
 
 def test_round_trip_same_predictions(tmp_path):
