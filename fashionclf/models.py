@@ -50,6 +50,15 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, **kwargs) 
     return model_info(name).build(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
+def split_body_head(model: nn.Module) -> tuple[list, list]:
+    """(pretrained body parameters, head parameters); models trained from scratch are all head."""
+    if isinstance(model, _Upsampled):
+        head = list(model.net.get_classifier().parameters())
+        ids = {id(p) for p in head}
+        return [p for p in model.parameters() if id(p) not in ids], head
+    return [], list(model.parameters())
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from .augment import AugmentConfig, augment_batch
 from .data import MEAN, STD
-from .models import count_params, create_model, model_info
+from .models import count_params, create_model, model_info, split_body_head
 
 RECOMMENDED_MODEL = "advanced_cnn"  # the seed study's production pick; `train` with no --model trains it
 
@@ -40,6 +40,8 @@ class TrainConfig:
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     schedule: str = "plateau"  # plateau (ReduceLROnPlateau on val loss) | onecycle | cosine (per step, to zero)
     warmup: float = 0.2  # onecycle: fraction of steps spent warming up
+    freeze_epochs: int = 0  # pretrained models: epochs training only the new head before the body joins (0 = none)
+    body_lr_mult: float = 1.0  # pretrained models: the body's learning rate as a fraction of the head's (discriminative LRs)
     early_stopping: int = 3  # stop after this many epochs without a lower val loss (0 = never); best weights are restored
     plateau_patience: int = 1  # ReduceLROnPlateau: epochs without improvement before the LR is cut (0 = off)
     plateau_factor: float = 0.5
@@ -224,13 +226,22 @@ def train_one_epoch(
     return {"train_loss": total_loss.item() / seen, "train_accuracy": total_correct.item() / seen}
 
 
+def param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
+    """One group, or body and head groups with their own learning rates for models that have a pretrained body."""
+    body, head = split_body_head(model)
+    if not body:
+        return [{"params": head, "lr": cfg.lr}]
+    return [{"params": body, "lr": cfg.lr * cfg.body_lr_mult}, {"params": head, "lr": cfg.lr}]
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(cfg, model)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adam, adamw, sgd")
 
 
@@ -242,7 +253,8 @@ def make_schedules(cfg: TrainConfig, optimizer, total_steps: int):
         # torch counts epochs *beyond* patience; Keras' patience=1 is torch's patience=0.
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience - 1), None
     if cfg.schedule == "onecycle":
-        return None, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup)
+        max_lr = [g["lr"] for g in optimizer.param_groups]  # keeps the body/head ratio through the cycle
+        return None, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=cfg.warmup)
     if cfg.schedule == "cosine":
         return None, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: plateau, onecycle, cosine")
@@ -287,8 +299,11 @@ def fit(
     history: list[dict] = []
     best = (math.inf, 0, None)  # (val loss, epoch, state)
     start = time.perf_counter()
+    body, _ = split_body_head(model)
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        for p in body:  # frozen warm-up: a random head first learns from stable pretrained features
+            p.requires_grad_(epoch > cfg.freeze_epochs)
         on_batch = on_batch_factory(epoch, n_batches) if on_batch_factory else None
         stats = train_one_epoch(model, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule)
         val = evaluate(model, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last)

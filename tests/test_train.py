@@ -70,3 +70,24 @@ def test_short_real_training_beats_threshold(real_data):
     acc = evaluate(res.model, d.test_x, d.test_y)["accuracy"]
     assert acc >= 0.86, acc
     assert np.isfinite(res.history[0]["train_loss"])
+
+
+def test_frozen_warmup_and_discriminative_lrs():
+    x, y = _synthetic(4)
+    cfg = resolve_config(
+        "efficientnet_lite0", None, epochs=1, batch_size=20, freeze_epochs=1, body_lr_mult=0.1, model_kwargs={"pretrained": False}
+    )
+    torch.manual_seed(cfg.seed)
+    from fashionclf.models import create_model, split_body_head
+    from fashionclf.train import make_optimizer
+
+    groups = make_optimizer(cfg, create_model("efficientnet_lite0", pretrained=False)).param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-4), 1e-3]
+
+    res = fit(cfg, x[:30], y[:30], x[30:], y[30:])
+    torch.manual_seed(cfg.seed)
+    start = create_model("efficientnet_lite0", pretrained=False)
+    body, head = split_body_head(res.model)
+    body0, head0 = split_body_head(start)
+    assert all(torch.equal(a, b) for a, b in zip(body, body0))  # frozen for the only epoch
+    assert not all(torch.equal(a, b) for a, b in zip(head, head0))
