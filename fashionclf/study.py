@@ -20,11 +20,11 @@ from .runs import PREDICTIONS, Run, RunError, atomic_write_text, check_writable,
 from .train import TrainConfig, config_to_dict, fit, infer, resolve_precision
 
 
-def measure_inference(model, x_u8, device, amp_dtype, channels_last, batch_size=1024) -> float:
+def measure_inference(model, x_u8, device, amp_dtype, channels_last, tta=False, batch_size=1024) -> float:
     """Images per second of `infer` over x_u8 (one untimed warm-up batch first)."""
-    infer(model, x_u8[:batch_size], batch_size, device, amp_dtype, channels_last)
+    infer(model, x_u8[:batch_size], batch_size, device, amp_dtype, channels_last, tta)
     t0 = time.perf_counter()
-    infer(model, x_u8, batch_size, device, amp_dtype, channels_last)
+    infer(model, x_u8, batch_size, device, amp_dtype, channels_last, tta)
     return len(x_u8) / (time.perf_counter() - t0)
 
 
@@ -41,8 +41,8 @@ def train_and_save(
     res = fit(cfg, data.train_x, data.train_y, data.val_x, data.val_y, len(data.classes), on_epoch, on_batch_factory)
     device = torch.device(res.device)
     amp = resolve_precision(cfg.precision, device)
-    val_logits = infer(res.model, data.val_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last)
-    test_logits = infer(res.model, data.test_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last)
+    val_logits = infer(res.model, data.val_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last, tta=cfg.tta)
+    test_logits = infer(res.model, data.test_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last, tta=cfg.tta)
     val_rep = classification_report(val_logits, data.val_y, data.classes)
     test_rep = classification_report(test_logits, data.test_y, data.classes)
     metrics = {
@@ -59,7 +59,7 @@ def train_and_save(
         "best_epoch": res.best_epoch,
         "device": res.device,
         "precision": res.precision,
-        "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cfg.channels_last),
+        "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cfg.channels_last, cfg.tta),
         "test_per_class": test_rep["per_class"],
         "test_confusion_matrix": test_rep["confusion_matrix"],
     }
@@ -93,7 +93,7 @@ def evaluate_run(run: Run, x_u8: torch.Tensor, y: torch.Tensor, device: str = "c
     dev = torch.device(device)
     # The machine that evaluates may lack bf16 even if the one that trained had it: "auto" falls back to fp32.
     amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
-    logits = infer(run.model.to(dev), x_u8, device=dev, amp_dtype=amp, channels_last=run.config.channels_last)
+    logits = infer(run.model.to(dev), x_u8, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
     return classification_report(logits, y, run.classes)
 
 

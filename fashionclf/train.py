@@ -40,6 +40,10 @@ class TrainConfig:
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     schedule: str = "plateau"  # plateau (ReduceLROnPlateau on val loss) | onecycle | cosine (per step, to zero)
     warmup: float = 0.2  # onecycle: fraction of steps spent warming up
+    ema_decay: float = (
+        0.0  # exponential moving average of the weights, e.g. 0.999; validated and saved instead of the raw weights (0 = off)
+    )
+    tta: bool = False  # test-time augmentation: average the predictions of each image and its mirror image
     freeze_epochs: int = 0  # pretrained models: epochs training only the new head before the body joins (0 = none)
     body_lr_mult: float = 1.0  # pretrained models: the body's learning rate as a fraction of the head's (discriminative LRs)
     early_stopping: int = 3  # stop after this many epochs without a lower val loss (0 = never); best weights are restored
@@ -161,14 +165,25 @@ def to_input(x_u8: torch.Tensor, device: torch.device, channels_last: bool = Tru
 
 
 @torch.no_grad()
-def infer(model: nn.Module, x_u8: torch.Tensor, batch_size: int = 1024, device=None, amp_dtype=None, channels_last=True) -> torch.Tensor:
-    """Logits (N, classes) as float32 on the CPU, in eval mode."""
+def infer(
+    model: nn.Module, x_u8: torch.Tensor, batch_size: int = 1024, device=None, amp_dtype=None, channels_last=True, tta: bool = False
+) -> torch.Tensor:
+    """Logits (N, classes) as float32 on the CPU, in eval mode.
+
+    With tta, the log of the mean softmax of each image and its horizontal mirror: still valid logits
+    for argmax, softmax and cross-entropy.
+    """
     device = device or next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(x_u8), batch_size):
+        x = to_input(x_u8[i : i + batch_size], device, channels_last)
         with autocast(device, amp_dtype):
-            out.append(model(to_input(x_u8[i : i + batch_size], device, channels_last)).float().cpu())
+            logits = model(x).float()
+            if tta:
+                both = torch.stack([logits, model(x.flip(-1)).float()])
+                logits = both.log_softmax(-1).logsumexp(0) - math.log(2)
+        out.append(logits.cpu())
     return torch.cat(out) if out else torch.empty(0, 10)
 
 
@@ -189,6 +204,7 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None,
     on_batch: Callable[[int, float, float], None] | None = None,
     step_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> dict:
     model.train()
     n = len(x_u8)
@@ -217,6 +233,8 @@ def train_one_epoch(
         optimizer.step()
         if step_schedule is not None:
             step_schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
         # Accumulate on-device; a .item() per batch would synchronise a GPU every step.
         total_loss += loss.detach() * len(idx)
         total_correct += (logits.argmax(1) == yb).sum()
@@ -300,19 +318,26 @@ def fit(
     best = (math.inf, 0, None)  # (val loss, epoch, state)
     start = time.perf_counter()
     body, _ = split_body_head(model)
+    # EMA over parameters and BatchNorm buffers; the averaged copy is what gets validated and kept.
+    ema = (
+        torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay
+        else None
+    )
+    scored = ema.module if ema is not None else model
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         for p in body:  # frozen warm-up: a random head first learns from stable pretrained features
             p.requires_grad_(epoch > cfg.freeze_epochs)
         on_batch = on_batch_factory(epoch, n_batches) if on_batch_factory else None
-        stats = train_one_epoch(model, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule)
-        val = evaluate(model, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+        stats = train_one_epoch(model, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule, ema)
+        val = evaluate(scored, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
         row = {
             "epoch": epoch,
             **stats,
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": optimizer.param_groups[-1]["lr"],  # the head's, where body and head differ
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
@@ -321,11 +346,11 @@ def fit(
         if plateau is not None:
             plateau.step(val["loss"])
         if val["loss"] < best[0]:
-            best = (val["loss"], epoch, copy.deepcopy(model.state_dict()))
+            best = (val["loss"], epoch, copy.deepcopy(scored.state_dict()))
         elif cfg.early_stopping and epoch - best[1] >= cfg.early_stopping:
             break
     train_seconds = time.perf_counter() - start
     if best[2] is not None:
-        model.load_state_dict(best[2])
-    model.eval()
-    return FitResult(model, history, train_seconds, best[1], count_params(model), str(device), "bf16" if amp_dtype else "fp32")
+        scored.load_state_dict(best[2])
+    scored.eval()
+    return FitResult(scored, history, train_seconds, best[1], count_params(model), str(device), "bf16" if amp_dtype else "fp32")

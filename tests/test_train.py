@@ -91,3 +91,25 @@ def test_frozen_warmup_and_discriminative_lrs():
     body0, head0 = split_body_head(start)
     assert all(torch.equal(a, b) for a, b in zip(body, body0))  # frozen for the only epoch
     assert not all(torch.equal(a, b) for a, b in zip(head, head0))
+
+
+def test_tta_same_shape_valid_logits_and_no_loss_of_accuracy():
+    from fashionclf.train import infer
+
+    x, y = _synthetic()
+    cfg = resolve_config("tuned_cnn", None, epochs=3, batch_size=64, val_size=0)
+    model = fit(cfg, x[:500], y[:500], x[500:], y[500:]).model
+    plain, tta = infer(model, x[500:], amp_dtype=None), infer(model, x[500:], amp_dtype=None, tta=True)
+    assert tta.shape == plain.shape
+    assert torch.allclose(tta.logsumexp(1), torch.zeros(len(tta)), atol=1e-5)  # log of a probability distribution
+    acc = lambda logits: (logits.argmax(1) == y[500:]).float().mean().item()  # noqa: E731
+    assert acc(tta) >= acc(plain) - 0.02  # the synthetic classes are mirror-symmetric: flipping must not hurt
+
+
+def test_ema_weights_are_what_is_kept():
+    x, y = _synthetic()
+    base = dict(epochs=2, batch_size=64, val_size=0, precision="fp32", early_stopping=0)
+    raw = fit(resolve_config("mlp", None, **base), x[:500], y[:500], x[500:], y[500:])
+    ema = fit(resolve_config("mlp", None, ema_decay=0.9, **base), x[:500], y[:500], x[500:], y[500:])
+    assert not torch.equal(raw.model[1].weight, ema.model[1].weight)
+    assert evaluate(ema.model, x[500:], y[500:])["accuracy"] > 0.9
