@@ -135,8 +135,10 @@ def compare(
         run_dir = out / "runs" / f"{cfg.model}-s{cfg.seed}"
         if not overwrite and (run_dir / PREDICTIONS).exists():
             done = load_run(run_dir)
-            same = json.loads(to_json({"config": config_to_dict(cfg), "data": data_info(data)}))
-            if {"config": done.meta.get("config"), "data": done.meta.get("data")} != same:
+            # Through config_from_dict, a run saved before a new config field existed reads with its default.
+            now = json.loads(to_json({"config": config_to_dict(cfg), "data": data_info(data)}))
+            then = json.loads(to_json({"config": config_to_dict(done.config), "data": done.meta.get("data")}))
+            if then != now:
                 raise RunError(
                     f"{run_dir} holds a finished run with another configuration or other data; "
                     "use another --out, or --overwrite to train everything again"
