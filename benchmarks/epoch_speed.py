@@ -17,6 +17,7 @@ import torch
 from fashionclf.data import load_fashion_mnist
 from fashionclf.models import create_model, list_models
 from fashionclf.runs import atomic_write_text
+from fashionclf.study import DEFAULT_MODELS
 from fashionclf.train import make_optimizer, resolve_config, resolve_precision, setup_threads, train_one_epoch
 
 
@@ -39,7 +40,7 @@ def epoch_seconds(name: str, d, precision: str, channels_last: bool) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(list_models()))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from: {', '.join(list_models())}")
     ap.add_argument("--out", default="benchmarks/results/epoch_speed.json")
     args = ap.parse_args()
     d = load_fashion_mnist()
