@@ -176,7 +176,7 @@ def cmd_compare(args) -> int:
     for row in summarize(results["runs"]):
         print(
             f"{row['model']:14s} test acc {row['acc_mean'] * 100:6.2f} ± {row['acc_std'] * 100:.2f}  "
-            f"({row['n']} seeds, {row['train_seconds']:.0f}s train, {row['params']:,d} params)"
+            f"({row['n']} seed{'s' if row['n'] > 1 else ''}, {row['train_seconds']:.0f}s train, {row['params']:,d} params)"
         )
     print("report: " + ", ".join(str(p) for p in paths))
     return 0
