@@ -136,8 +136,9 @@ def compare(
         if not overwrite and (run_dir / PREDICTIONS).exists():
             done = load_run(run_dir)
             # Through config_from_dict, a run saved before a new config field existed reads with its default.
-            now = json.loads(to_json({"config": config_to_dict(cfg), "data": data_info(data)}))
-            then = json.loads(to_json({"config": config_to_dict(done.config), "data": done.meta.get("data")}))
+            # The same files found in another folder are the same data: compare checksums and sizes, not the path.
+            now = json.loads(to_json({"config": config_to_dict(cfg), "data": {**data_info(data), "source": None}}))
+            then = json.loads(to_json({"config": config_to_dict(done.config), "data": {**done.meta.get("data", {}), "source": None}}))
             if then != now:
                 raise RunError(
                     f"{run_dir} holds a finished run with another configuration or other data; "
