@@ -71,9 +71,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random affine augmentation")
     p.add_argument("--early-stopping", type=int, help="patience in epochs (0 = off)")
+    p.add_argument("--schedule", choices=["plateau", "onecycle", "cosine"], help="learning-rate schedule")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float, help="0-0.2")
+    p.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights, e.g. 0.999 (0 = off)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image")
+    p.add_argument("--freeze-epochs", type=int, help="pretrained models: epochs that train only the new head")
+    p.add_argument("--body-lr-mult", type=float, help="pretrained models: the body's learning rate as a fraction of the head's")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per CPU this process may use)")
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading when the data are not found")
     p.add_argument("--train-limit", type=int, help="train on the first N training images only (quick checks)")
@@ -89,6 +96,13 @@ def _overrides(args) -> dict:
         "optimizer": args.optimizer,
         "augment": args.augment,
         "early_stopping": args.early_stopping,
+        "schedule": args.schedule,
+        "weight_decay": args.weight_decay,
+        "label_smoothing": args.label_smoothing,
+        "ema_decay": args.ema_decay,
+        "tta": args.tta,
+        "freeze_epochs": args.freeze_epochs,
+        "body_lr_mult": args.body_lr_mult,
         "precision": args.precision,
         "device": args.device,
         "threads": args.threads,

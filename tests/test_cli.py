@@ -55,6 +55,7 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
         "--data-dir",
         str(real_data_dir),
     ]
+    args += ["--schedule", "cosine", "--label-smoothing", "0.05", "--tta"]
     assert main(args) == 0
     for f in ("model.safetensors", "meta.json", "metrics.json", "history.csv"):
         assert (run / f).exists(), f
@@ -62,6 +63,8 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
     for k in ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "params", "epochs_run"):
         assert k in metrics
     assert metrics["test_accuracy"] > 0.6 and metrics["epochs_run"] == 1
+    config = json.loads((run / "meta.json").read_text())["config"]
+    assert (config["schedule"], config["label_smoothing"], config["tta"]) == ("cosine", 0.05, True)
     capsys.readouterr()
 
     # A second train into the same folder is refused and leaves the run intact.
