@@ -121,10 +121,6 @@ def find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def has_split(folder: Path, split: str) -> bool:
-    return all(find_file(folder, n) is not None for n in SPLITS[split])
-
-
 def verify_md5(path: Path, name: str, blob: bytes | None = None, content: bytes | None = None) -> str:
     """Check a file against the official MD5 of its .gz or of its raw contents; return the raw MD5.
 
