@@ -155,13 +155,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 # --------------------------------------------------------------------------- batches
 
 
-def to_input(x_u8: torch.Tensor, device: torch.device, channels_last: bool = True, mean=MEAN, std=STD) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, C, H, W) -> normalised float (N, C, H, W) on device."""
+def to_unit(x_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> float pixels in [0, 1], (N, C, H, W), on device (where augmentation works)."""
     x = x_u8.to(device, non_blocking=True)
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    x = x.float().div_(255).sub_(mean).div_(std)
+    return (x.unsqueeze(1) if x.dim() == 3 else x).float().div_(255)
+
+
+def normalize(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """Pixels in [0, 1] -> the models' input: the dataset's mean and std, optionally channels_last."""
+    x = x.sub_(MEAN).div_(STD)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def to_input(x_u8: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    return normalize(to_unit(x_u8, device), channels_last)
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    # A last batch smaller than 2 is dropped: BatchNorm cannot normalise a single sample.
+    return n // batch_size + (1 if n % batch_size >= 2 else 0)
 
 
 @torch.no_grad()
@@ -207,24 +219,18 @@ def train_one_epoch(
     ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> dict:
     model.train()
-    n = len(x_u8)
-    perm = torch.randperm(n, generator=generator)
-    # Drop a last batch smaller than 2: BatchNorm cannot normalise a single sample.
-    n_batches = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)
+    perm = torch.randperm(len(x_u8), generator=generator)
+    n_batches = batches_per_epoch(len(x_u8), cfg.batch_size)
     total_loss = torch.zeros((), device=device)
     total_correct = torch.zeros((), device=device)
     seen = 0
     for b in range(n_batches):
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         yb = y[idx].to(device, non_blocking=True)
-        xb = x_u8[idx].to(device, non_blocking=True)
-        xb = xb.unsqueeze(1) if xb.dim() == 3 else xb
-        xb = xb.float().div_(255)
+        xb = to_unit(x_u8[idx], device)
         if cfg.augment:
             xb = augment_batch(xb, cfg.aug, generator)
-        xb = xb.sub_(MEAN).div_(STD)
-        if cfg.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = normalize(xb, cfg.channels_last)
         with autocast(device, amp_dtype):
             logits = model(xb)
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
@@ -311,7 +317,7 @@ def fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cuda":  # the whole dataset fits on any GPU: copy once, gather batches there
         train_x, train_y = train_x.to(device), train_y.to(device)
-    n_batches = math.ceil(len(train_x) / cfg.batch_size)
+    n_batches = batches_per_epoch(len(train_x), cfg.batch_size)
     plateau, step_schedule = make_schedules(cfg, optimizer, n_batches * cfg.epochs)
 
     history: list[dict] = []
