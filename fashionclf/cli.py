@@ -15,7 +15,7 @@ from pathlib import Path
 from .data import DataError, load_fashion_mnist, load_split
 from .models import count_params, create_model, list_models, model_info
 from .runs import RunError, check_writable, load_run
-from .train import RECOMMENDED_MODEL, resolve_config
+from .train import PRESETS, RECOMMENDED_MODEL, resolve_config
 
 
 def _progress(quiet: bool):
@@ -78,6 +78,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image")
     p.add_argument("--freeze-epochs", type=int, help="pretrained models: epochs that train only the new head")
     p.add_argument("--body-lr-mult", type=float, help="pretrained models: the body's learning rate as a fraction of the head's")
+    p.add_argument("--resolution", type=int, help="pixels per side the model sees (1-28; below 28 images are downsampled, then upsampled)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the training step (GPUs)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per CPU this process may use)")
@@ -104,6 +106,8 @@ def _overrides(args) -> dict:
         "freeze_epochs": args.freeze_epochs,
         "body_lr_mult": args.body_lr_mult,
         "precision": args.precision,
+        "resolution": args.resolution,
+        "compile": args.compile,
         "device": args.device,
         "threads": args.threads,
     }
@@ -119,11 +123,12 @@ def cmd_train(args) -> int:
     from .study import train_and_save
 
     model_kwargs = None
+    model = args.model or (PRESETS[args.preset]["model"] if args.preset in PRESETS else None) or RECOMMENDED_MODEL
     if args.no_pretrained:
-        if not model_info(args.model or RECOMMENDED_MODEL).pretrained:
-            raise ValueError(f"--no-pretrained: {args.model or RECOMMENDED_MODEL} has no pretrained weights to leave out")
+        if not model_info(model).pretrained:
+            raise ValueError(f"--no-pretrained: {model} has no pretrained weights to leave out")
         model_kwargs = {"pretrained": False}
-    cfg = resolve_config(args.model, None, seed=args.seed, model_kwargs=model_kwargs, **_overrides(args))
+    cfg = resolve_config(args.model, args.preset, seed=args.seed, model_kwargs=model_kwargs, **_overrides(args))
     out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     check_writable(out, args.overwrite)
     data = _load_data(args, cfg)
@@ -168,16 +173,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _model_seeds(text: str, default: int) -> list[tuple[str, int]]:
+    """'mlp,resnet:3' -> [('mlp', default), ('resnet', 3)]: a model may have its own number of seeds."""
+    plan = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, _, k = item.partition(":")
+        model_info(name)
+        if k and (not k.isdigit() or int(k) < 1):
+            raise ValueError(f"--models {item!r}: the seed count after ':' must be a whole number of at least 1")
+        plan.append((name, int(k) if k else default))
+    return plan
+
+
 def cmd_compare(args) -> int:
     from .report import summarize, write_report  # matplotlib loads only for reports
     from .study import DEFAULT_MODELS, compare
 
-    names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(DEFAULT_MODELS)
-    for n in names:
-        model_info(n)
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
-    configs = [resolve_config(n, None, seed=s, **_overrides(args)) for n in names for s in range(args.seeds)]
+    plan = _model_seeds(args.models, args.seeds) if args.models else [(n, args.seeds) for n in DEFAULT_MODELS]
+    configs = [resolve_config(n, None, seed=s, **_overrides(args)) for n, k in plan for s in range(k)]
     out = Path(args.out)
     data = _load_data(args, configs[0])
     on_epoch, on_batch_factory = _progress(args.quiet)
@@ -196,6 +213,43 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_resolution(args) -> int:
+    from .report import write_resolution_report
+    from .study import compare, resolution_configs
+
+    sizes = _int_list(args.sizes, "--sizes")
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    overrides = {k: v for k, v in _overrides(args).items() if k != "resolution"}
+    configs = resolution_configs(args.model, sizes, args.seeds, **overrides)
+    data = _load_data(args, configs[0])
+    on_epoch, on_batch_factory = _progress(args.quiet)
+
+    def on_run_start(cfg, run_dir):
+        print(f"== {cfg.model} at {cfg.resolution} px, seed {cfg.seed} -> {run_dir}", file=sys.stderr)
+
+    results = compare(configs, data, args.out, args.overwrite, on_run_start, on_epoch, on_batch_factory)
+    paths, summary = write_resolution_report(args.out, results, list(data.classes))
+    print(f"{'px':>4s} {'test acc %':>10s}  " + "  ".join(f"{c[:11]:>11s}" for c in summary["recall"][sizes[0]]))
+    for px in summary["sizes"]:
+        print(f"{px:4d} {summary['overall'][px] * 100:10.2f}  " + "  ".join(f"{v * 100:11.1f}" for v in summary["recall"][px].values()))
+    for c, v in summary["last_step"].items():
+        word = "still climbing" if v["climbing"] else "flat"
+        print(f"{c}: {v['gain_points']:+.2f} points over the last step ({v['significant_pairs']}/{v['pairs']} seeds significant): {word}")
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. 7,14,21,28") from None
+    if not values or values[0] < 1 or values[-1] > 28:
+        raise ValueError(f"{flag} {text!r}: expected sizes between 1 and 28 pixels")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fashionclf", description="Train, compare and evaluate Fashion-MNIST classifiers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -205,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train one model into a run folder")
     s.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: {RECOMMENDED_MODEL}, the seed's production pick)")
+    s.add_argument("--preset", help=f"a named recipe: {', '.join(PRESETS)} (its model unless --model is given; flags override it)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="run folder (default: runs/<model>-s<seed>-<time>)")
     s.add_argument("--no-pretrained", action="store_true", help="train a pretrained-capable model (efficientnet_lite0) from scratch")
@@ -219,11 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("compare", help="the seed study: train several models over seeds and write a report")
-    s.add_argument("--models", help=f"comma-separated (default: mlp,simple_cnn,tuned_cnn,advanced_cnn); valid: {', '.join(list_models())}")
+    s.add_argument(
+        "--models",
+        help=f"comma-separated, NAME:SEEDS for a model's own seed count (default: mlp,simple_cnn,tuned_cnn,advanced_cnn); "
+        f"valid: {', '.join(list_models())}",
+    )
     s.add_argument("--seeds", type=int, default=1, help="seeds per model (0..N-1)")
     s.add_argument("--out", default="study", help="output folder (default: study)")
     _add_train_options(s)
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("resolution", help="train one model at several resolutions: does accuracy still climb at 28 px?")
+    s.add_argument("--model", default="tuned_cnn", help=f"one of: {', '.join(list_models())} (default: tuned_cnn)")
+    s.add_argument("--sizes", default="7,14,21,28", help="pixels per side, comma-separated (default: 7,14,21,28)")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per size (0..N-1)")
+    s.add_argument("--out", default="resolution", help="output folder (default: resolution)")
+    _add_train_options(s)
+    s.set_defaults(func=cmd_resolution)
     return p
 
 

@@ -50,6 +50,27 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, **kwargs) 
     return model_info(name).build(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
+def at_resolution(model: nn.Module, pixels: int, size: int = 28) -> nn.Module:
+    """Make model see its size x size input as if it had been captured at pixels x pixels.
+
+    Area-downsampling then bilinear upsampling back, in a forward pre-hook: the weights, their names and
+    the input shape stay those of the plain model. Both steps average with weights that sum to one, so they
+    commute with the per-pixel normalisation and can run on normalised input.
+    """
+    if pixels == size:
+        return model
+    if not 1 <= pixels < size:
+        raise ValueError(f"resolution {pixels} px: expected 1-{size}")
+
+    def resample(module, args):
+        x = args[0]
+        low = nn.functional.interpolate(x, size=(pixels, pixels), mode="area")
+        return (nn.functional.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False), *args[1:])
+
+    model.register_forward_pre_hook(resample)
+    return model
+
+
 def split_body_head(model: nn.Module) -> tuple[list, list]:
     """(pretrained body parameters, head parameters); models trained from scratch are all head."""
     if isinstance(model, _Upsampled):
@@ -132,6 +153,40 @@ def advanced_cnn(num_classes=10, in_chans=1, widths=(32, 64, 128), hidden=128, d
     )
 
 
+def _cbr(c_in, c_out):
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+class _Residual(nn.Module):
+    """x + (conv-BN-ReLU twice)(x): the identity path lets a deeper net train in few epochs."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(*_cbr(c, c), *_cbr(c, c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+@register("resnet", "ResNet-9-style net for 28x28 (widths 32-64-128-256, two residual blocks): the best-cpu preset's model")
+def resnet(num_classes=10, in_chans=1, widths=(32, 64, 128, 256)):
+    # The layout of the ResNet-9 that won DAWNBench on CIFAR-10, at a quarter of its width, so that ~25 epochs
+    # fit in 20 minutes on a 2-core CPU. Each width doubling comes with a halving of the map, so most layers
+    # cost about the same (~14.5M multiply-adds per image each).
+    w0, w1, w2, w3 = widths
+    return nn.Sequential(
+        *_cbr(in_chans, w0),  # 28x28
+        *_conv_pool_bn(w0, w1, padding=1),  # -> 14x14
+        _Residual(w1),
+        *_conv_pool_bn(w1, w2, padding=1),  # -> 7x7
+        *_conv_pool_bn(w2, w3, padding=1),  # -> 3x3
+        _Residual(w3),
+        nn.AdaptiveMaxPool2d(1),  # max, not mean: "is the feature anywhere", as in ResNet-9
+        nn.Flatten(),
+        nn.Linear(w3, num_classes),
+    )
+
+
 class _Upsampled(nn.Module):
     """Fashion-MNIST-normalised 28x28 input -> ImageNet-normalised image_size input -> net."""
 
@@ -156,3 +211,11 @@ def efficientnet_lite0(num_classes=10, in_chans=1, pretrained=True, image_size=6
     # image_size: the 28x28 input is upscaled to this before the network; 64 is the smallest size that leaves
     # its five stride-2 stages a 2x2 map. weights: "package" (offline, the default) or "timm" (timm's hub).
     return _Upsampled(create_lite0(num_classes, in_chans, pretrained, weights), image_size)
+
+
+@register(
+    "efficientnet_lite0_scratch",
+    "EfficientNet-Lite0 (timm) from random initialisation: what ImageNet pretraining buys, at equal time",
+)
+def efficientnet_lite0_scratch(num_classes=10, in_chans=1, image_size=64):
+    return _Upsampled(create_lite0(num_classes, in_chans, False), image_size)

@@ -30,12 +30,17 @@ SIGNIFICANCE = 0.05  # McNemar p below this counts as a real difference
 ACCURACY_TOLERANCE = 0.005
 
 
+def name(run: dict) -> str:
+    """A run's name in the report: its model, and its resolution where not 28 px (results.json's 'name')."""
+    return run.get("name") or run["model"]
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per model: mean and spread over seeds, in the order models first appear."""
-    order = list(dict.fromkeys(r["model"] for r in runs))
+    """One row per model (per name): mean and spread over seeds, in the order they first appear."""
+    order = list(dict.fromkeys(name(r) for r in runs))
     rows = []
     for m in order:
-        rs = [r for r in runs if r["model"] == m]
+        rs = [r for r in runs if name(r) == m]
         acc, acc_sd = mean_std([r["test_accuracy"] for r in rs])
         val, val_sd = mean_std([r["val_accuracy"] for r in rs])
         rows.append(
@@ -248,7 +253,7 @@ def build_blocks(out: Path, results: dict, data) -> list:
     blocks.append(("h2", "Per-class test recall (mean over seeds)"))
     recall = {}
     for r in rows:
-        per = [json.loads((out / x["run_dir"] / "metrics.json").read_text())["test_per_class"] for x in runs if x["model"] == r["model"]]
+        per = [json.loads((out / x["run_dir"] / "metrics.json").read_text())["test_per_class"] for x in runs if name(x) == r["model"]]
         recall[r["model"]] = [np.mean([p[i]["recall"] for p in per]) for i in range(len(classes))]
     blocks.append(("table", ["class", *recall], [[c, *(f"{recall[m][i] * 100:.1f}" for m in recall)] for i, c in enumerate(classes)]))
 
@@ -268,8 +273,8 @@ def build_blocks(out: Path, results: dict, data) -> list:
         table, verdicts = [], []
         for a, b in zip(rows, rows[1:]):
             ps = []
-            for ra in (x for x in runs if x["model"] == a["model"]):
-                rb = next((x for x in runs if x["model"] == b["model"] and x["seed"] == ra["seed"]), None)
+            for ra in (x for x in runs if name(x) == a["model"]):
+                rb = next((x for x in runs if name(x) == b["model"] and x["seed"] == ra["seed"]), None)
                 if rb is None:
                     continue
                 la, ya = load_predictions(out / ra["run_dir"])
@@ -291,7 +296,7 @@ def build_blocks(out: Path, results: dict, data) -> list:
     blocks.append(("h2", "Learning curves (first seed of each model)"))
     histories = {}
     for r in rows:
-        first = next(x for x in runs if x["model"] == r["model"])
+        first = next(x for x in runs if name(x) == r["model"])
         histories[r["model"]] = _read_history(out / first["run_dir"] / "history.csv")
     blocks.append(("img", "curves.png", fig_curves(histories), "learning curves"))
 
@@ -336,3 +341,107 @@ def write_report(out: str | Path, results: dict, data) -> list[Path]:
     atomic_write_text(out / "report.md", _render_md(blocks))
     atomic_write_text(out / "report.html", _render_html(blocks, "fashionclf report"))
     return [out / "report.md", out / "report.html"]
+
+
+# --------------------------------------------------------------------------- the resolution study
+
+FOCUS = ("T-shirt/top", "Pullover", "Coat", "Shirt")  # the classes the seed study could not tell apart
+
+
+def fig_resolution(sizes, overall, per_class: dict[str, list[float]], focus) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c, ys in per_class.items():
+        if c not in focus:
+            ax.plot(sizes, [v * 100 for v in ys], color="0.8", lw=1)
+    for c in focus:
+        ax.plot(sizes, [v * 100 for v in per_class[c]], marker="o", label=c)
+    ax.plot(sizes, [v * 100 for v in overall], marker="s", color="k", lw=2.5, label="all classes")
+    ax.set_xticks(sizes)
+    ax.set_xlabel("pixels per side the model saw")
+    ax.set_ylabel("test accuracy / recall % (mean over seeds)")
+    ax.set_title("accuracy against resolution (gray: the other six classes)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def resolution_blocks(out: Path, results: dict, classes: list[str]) -> tuple[list, dict]:
+    """Blocks and a summary: accuracy per resolution, per class, and whether the last step (to 28 px) still pays."""
+    runs = results["runs"]
+    sizes = sorted({r["resolution"] for r in runs})
+    model = runs[0]["model"]
+    per_size = {px: [r for r in runs if r["resolution"] == px] for px in sizes}
+    recall = {}  # px -> class -> mean recall over seeds
+    for px, rs in per_size.items():
+        per = [json.loads((out / r["run_dir"] / "metrics.json").read_text())["test_per_class"] for r in rs]
+        recall[px] = {c: float(np.mean([p[i]["recall"] for p in per])) for i, c in enumerate(classes)}
+    overall = {px: mean_std([r["test_accuracy"] for r in rs]) for px, rs in per_size.items()}
+
+    blocks: list = [("h1", f"Resolution study: {model}")]
+    blocks.append(
+        (
+            "p",
+            f"The same model and recipe trained and tested on images area-downsampled to each size and upsampled back to 28x28 "
+            f"(bilinear), {len(per_size[sizes[0]])} seed(s) per size. Recall per class is that class's accuracy.",
+        )
+    )
+    focus = [c for c in FOCUS if c in classes]
+    head = ["px", "test acc % (mean ± std)", *focus, "others (mean)"]
+    table = []
+    for px in sizes:
+        m, sd = overall[px]
+        others = np.mean([recall[px][c] for c in classes if c not in focus])
+        table.append([px, f"{m * 100:.2f} ± {sd * 100:.2f}", *(f"{recall[px][c] * 100:.1f}" for c in focus), f"{others * 100:.1f}"])
+    blocks.append(("table", head, table))
+    blocks.append(
+        (
+            "img",
+            "resolution.png",
+            fig_resolution(sizes, [overall[px][0] for px in sizes], {c: [recall[px][c] for px in sizes] for c in classes}, focus),
+            "accuracy against resolution",
+        )
+    )
+
+    # Does the last step still pay? McNemar per seed on the test images of each class (and on all of them).
+    summary = {"model": model, "sizes": sizes, "overall": {px: overall[px][0] for px in sizes}, "recall": recall, "last_step": {}}
+    if len(sizes) > 1:
+        lo, hi = sizes[-2], sizes[-1]
+        blocks.append(("h2", f"Does going from {lo} to {hi} px still pay?"))
+        rows, verdicts = [], []
+        for c in ["all classes", *focus]:
+            ps, gains = [], []
+            for ra in per_size[lo]:
+                rb = next((r for r in per_size[hi] if r["seed"] == ra["seed"]), None)
+                if rb is None:
+                    continue
+                la, y = load_predictions(out / ra["run_dir"])
+                lb, _ = load_predictions(out / rb["run_dir"])
+                keep = np.ones(len(y), bool) if c == "all classes" else (y == classes.index(c)).numpy()
+                ca, cb = (la.argmax(1) == y).numpy()[keep], (lb.argmax(1) == y).numpy()[keep]
+                t = mcnemar(ca, cb)
+                ps.append(t["p"])
+                gains.append((cb.mean() - ca.mean()) * 100)
+                rows.append([c, ra["seed"], f"{ca.mean() * 100:.1f}", f"{cb.mean() * 100:.1f}", t["b"], t["c"], f"{t['p']:.2g}"])
+            if not ps:
+                continue
+            n_sig = sum(p < SIGNIFICANCE for p in ps)
+            gain = float(np.mean(gains))
+            climbing = n_sig == len(ps) and gain > 0
+            word = "still climbing: sharper images would pay" if climbing else "flat within noise: more pixels would not pay"
+            summary["last_step"][c] = {"gain_points": gain, "significant_pairs": n_sig, "pairs": len(ps), "climbing": climbing}
+            verdicts.append(f"{c}: {gain:+.2f} points from {lo} to {hi} px, significant in {n_sig} of {len(ps)} seeds: {word}.")
+        blocks.append(("table", ["test images", "seed", f"{lo} px %", f"{hi} px %", f"only {lo}", f"only {hi}", "p"], rows))
+        blocks += [("p", v) for v in verdicts]
+    return blocks, summary
+
+
+def write_resolution_report(out: str | Path, results: dict, classes: list[str]) -> tuple[list[Path], dict]:
+    out = Path(out)
+    blocks, summary = resolution_blocks(out, results, classes)
+    for b in blocks:
+        if b[0] == "img":
+            atomic_write_bytes(out / "figures" / b[1], b[2])
+    atomic_write_text(out / "report.md", _render_md(blocks))
+    atomic_write_text(out / "report.html", _render_html(blocks, "fashionclf resolution study"))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return [out / "report.md", out / "report.html", out / "summary.json"], summary

@@ -26,8 +26,8 @@ from torch import nn
 
 from . import __version__
 from .data import MEAN, STD
-from .models import create_model, model_info
-from .train import TrainConfig, config_from_dict, config_to_dict
+from .models import model_info
+from .train import TrainConfig, build_model, config_from_dict, config_to_dict
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
 PREDICTIONS = "test_predictions.safetensors"  # stored outputs: reports derive everything from these
@@ -205,10 +205,12 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except ValueError as e:
         raise RunError(f"{path / META}: {e}") from None
     metrics = read_json(path / METRICS) if (path / METRICS).exists() else {}
-    kwargs = dict(meta.get("model_kwargs", {}))
-    if model_info(meta["model"]).pretrained:
-        kwargs["pretrained"] = False  # the run's own weights replace any pretrained ones just below
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), **kwargs)
+    config = config_from_dict({**meta.get("config", {}), "model": meta["model"], "model_kwargs": meta.get("model_kwargs", {})})
+    try:
+        # pretrained=False: the run's own weights replace any pretrained ones just below
+        model = build_model(config, len(meta["classes"]), pretrained=False)
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{path / META}: the model cannot be rebuilt from its config ({e})") from None
     weights = path / WEIGHTS
     if not weights.exists():
         raise RunError(f"{weights} is missing; the run did not finish, train again")
@@ -221,7 +223,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except RuntimeError as e:
         raise RunError(f"{weights} does not fit model {meta['model']!r}: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
-    return Run(path, model, meta, metrics, config_from_dict(meta.get("config", {})))
+    return Run(path, model, meta, metrics, config)
 
 
 def load_predictions(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -115,6 +115,11 @@ RESULT_KEYS = (
 )
 
 
+def run_label(cfg: TrainConfig) -> str:
+    """A config's name in reports and run folders: the model, and its resolution where it is not 28 px."""
+    return cfg.model if cfg.resolution == 28 else f"{cfg.model}@{cfg.resolution}px"
+
+
 def compare(
     configs: list[TrainConfig],
     data: FashionMNIST,
@@ -124,7 +129,7 @@ def compare(
     on_epoch: Callable | None = None,
     on_batch_factory: Callable | None = None,
 ) -> dict:
-    """Train every config into out/runs/<model>-s<seed>; write out/results.json after each run.
+    """Train every config into out/runs/<label>-s<seed>; write out/results.json after each run.
 
     A finished run with the same config and data is reused, so an interrupted study resumes;
     overwrite=True retrains every run, each old run replaced only once its new one is complete.
@@ -132,7 +137,7 @@ def compare(
     out = Path(out)
     runs = []
     for cfg in configs:
-        run_dir = out / "runs" / f"{cfg.model}-s{cfg.seed}"
+        run_dir = out / "runs" / f"{run_label(cfg).replace('@', '-')}-s{cfg.seed}"
         if not overwrite and (run_dir / PREDICTIONS).exists():
             done = load_run(run_dir)
             # Through config_from_dict, a run saved before a new config field existed reads with its default.
@@ -149,6 +154,17 @@ def compare(
             if on_run_start:
                 on_run_start(cfg, run_dir)
             metrics = train_and_save(cfg, data, run_dir, overwrite=run_dir.exists(), on_epoch=on_epoch, on_batch_factory=on_batch_factory)
-        runs.append({**{k: metrics.get(k) for k in RESULT_KEYS}, "run_dir": str(run_dir.relative_to(out))})
+        row = {**{k: metrics.get(k) for k in RESULT_KEYS}, "name": run_label(cfg), "resolution": cfg.resolution}
+        runs.append({**row, "run_dir": str(run_dir.relative_to(out))})
         atomic_write_text(out / "results.json", to_json({"runs": runs}))
     return {"runs": runs}
+
+
+RESOLUTIONS = (7, 14, 21, 28)
+
+
+def resolution_configs(model: str, sizes=RESOLUTIONS, seeds: int = 1, **overrides) -> list[TrainConfig]:
+    """The same model and recipe at each resolution (images downsampled, then upsampled back to 28)."""
+    from .train import resolve_config
+
+    return [resolve_config(model, None, seed=s, resolution=px, **overrides) for px in sizes for s in range(seeds)]

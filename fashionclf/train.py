@@ -22,7 +22,7 @@ from torch import nn
 
 from .augment import AugmentConfig, augment_batch
 from .data import MEAN, STD
-from .models import count_params, create_model, model_info, split_body_head
+from .models import at_resolution, count_params, create_model, model_info, split_body_head
 
 RECOMMENDED_MODEL = "advanced_cnn"  # the seed study's production pick; `train` with no --model trains it
 
@@ -56,6 +56,8 @@ class TrainConfig:
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch; 0 = one per CPU this process may use
+    compile: bool = False  # torch.compile the training forward/backward (pays on GPUs; on this CPU it was slower)
+    resolution: int = 28  # pixels the model sees: below 28, images are downsampled to this and upsampled back
     model_kwargs: dict = field(default_factory=dict)
 
 
@@ -71,7 +73,49 @@ MODEL_DEFAULTS: dict[str, dict] = {
     "advanced_cnn": {"augment": True, "epochs": 20, "early_stopping": 5, "plateau_patience": 2},
 }
 
-PRESETS: dict[str, dict] = {}
+# The best accuracy this 2-core CPU reaches in 20 minutes of training (README: ablation and 3-seed results):
+# SGD-Nesterov with a one-cycle LR, label smoothing, random translation + mirror + erasing, an EMA of the
+# weights, and the mirror image averaged in at test time.
+BEST_CPU = {
+    "model": "resnet",
+    "epochs": 24,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "weight_decay": 5e-4,
+    "schedule": "onecycle",
+    "early_stopping": 0,  # the one-cycle schedule ends where it should; the EMA is validated every epoch
+    "label_smoothing": 0.1,
+    "augment": True,
+    "aug": {"rotation": 0.0, "zoom": 0.0, "shift": 0.1, "hflip": True, "erase": 0.25},
+    "ema_decay": 0.999,
+    "tta": True,
+}
+
+# Transfer learning: one epoch trains the new head on frozen ImageNet features, then the whole network
+# fine-tunes with the body at a quarter of the head's learning rate (discriminative LRs), at 64x64 input.
+TRANSFER = {
+    "model": "efficientnet_lite0",
+    "epochs": 5,
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 0.01,
+    "schedule": "onecycle",
+    "early_stopping": 0,
+    "label_smoothing": 0.1,
+    "augment": True,
+    "aug": {"rotation": 0.0, "zoom": 0.0, "shift": 0.1, "hflip": True, "erase": 0.0},
+    "freeze_epochs": 1,
+    "body_lr_mult": 0.25,
+    "tta": True,
+}
+
+MODEL_DEFAULTS["resnet"] = {k: v for k, v in BEST_CPU.items() if k != "model"}
+MODEL_DEFAULTS["efficientnet_lite0"] = {k: v for k, v in TRANSFER.items() if k != "model"}
+# From scratch at the same time budget: the same recipe, no frozen epoch, one learning rate for all layers.
+MODEL_DEFAULTS["efficientnet_lite0_scratch"] = {**MODEL_DEFAULTS["efficientnet_lite0"], "freeze_epochs": 0, "body_lr_mult": 1.0}
+
+PRESETS: dict[str, dict] = {"best-cpu": BEST_CPU, "transfer": TRANSFER}
 
 
 def resolve_config(model: str | None = None, preset: str | None = None, **overrides) -> TrainConfig:
@@ -108,6 +152,17 @@ def config_from_dict(d: dict) -> TrainConfig:
     aug = AugmentConfig(**d.pop("aug", {}))
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in valid}, aug=aug)
+
+
+def build_model(cfg: TrainConfig, num_classes: int = 10, pretrained: bool | None = None) -> nn.Module:
+    """The network a config trains: the registered model with its kwargs, at the config's resolution.
+
+    pretrained=False rebuilds a pretrained model without fetching weights (a run folder's replace them).
+    """
+    kwargs = dict(cfg.model_kwargs)
+    if pretrained is not None and model_info(cfg.model).pretrained:
+        kwargs["pretrained"] = pretrained
+    return at_resolution(create_model(cfg.model, num_classes=num_classes, **kwargs), cfg.resolution)
 
 
 # --------------------------------------------------------------------------- devices
@@ -310,9 +365,11 @@ def fit(
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
-    model = create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs).to(device)
+    model = build_model(cfg, num_classes).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # The compiled module shares the parameters; the plain one is what gets validated, averaged and saved.
+    trained = torch.compile(model) if cfg.compile else model
     optimizer = make_optimizer(cfg, model)
     generator = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cuda":  # the whole dataset fits on any GPU: copy once, gather batches there
@@ -336,7 +393,7 @@ def fit(
         for p in body:  # frozen warm-up: a random head first learns from stable pretrained features
             p.requires_grad_(epoch > cfg.freeze_epochs)
         on_batch = on_batch_factory(epoch, n_batches) if on_batch_factory else None
-        stats = train_one_epoch(model, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule, ema)
+        stats = train_one_epoch(trained, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule, ema)
         val = evaluate(scored, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
         row = {
             "epoch": epoch,

@@ -119,3 +119,54 @@ def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
     assert main(other + ["--data-dir", str(real_data_dir)]) == 2
     assert "another configuration or other data" in capsys.readouterr().err
     assert (out / "runs" / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.data
+def test_train_best_cpu_preset(tmp_path, capsys, real_data_dir):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "best-cpu", "--epochs", "1", "--train-limit", "1000", "--out", str(run), "--quiet"]
+    assert main(args + ["--data-dir", str(real_data_dir)]) == 0
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["model"] == "resnet" and meta["config"]["tta"] and meta["config"]["optimizer"] == "sgd"
+    assert "resnet: test accuracy" in capsys.readouterr().out
+
+
+def test_unknown_preset_lists_valid_ones(capsys):
+    assert main(["train", "--preset", "fastest", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'fastest'" in err and "best-cpu" in err
+
+
+def test_resolution_sizes_are_checked(capsys):
+    assert main(["resolution", "--sizes", "7,x"]) == 2
+    assert "expected comma-separated whole numbers" in capsys.readouterr().err
+    assert main(["resolution", "--sizes", "14,56"]) == 2
+    assert "between 1 and 28" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_resolution_study_report(tmp_path, capsys, real_data_dir):
+    out = tmp_path / "res"
+    args = ["resolution", "--model", "mlp", "--sizes", "3,28", "--seeds", "2", "--epochs", "1", "--train-limit", "3000"]
+    assert main(args + ["--out", str(out), "--quiet", "--data-dir", str(real_data_dir)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sizes"] == [3, 28] and set(summary["recall"]["3"]) >= {"Shirt", "Coat"}
+    # 3 px loses most of the detail: the 28 px model must be clearly better, and the report must say so
+    assert summary["overall"]["28"] > summary["overall"]["3"] + 0.02
+    assert summary["last_step"]["all classes"]["climbing"] and "still climbing" in printed
+    md = (out / "report.md").read_text()
+    assert "Does going from 3 to 28 px still pay?" in md and "Shirt" in md
+    assert (out / "figures" / "resolution.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["mlp-3px-s0", "mlp-3px-s1", "mlp-s0", "mlp-s1"]
+
+
+def test_compare_per_model_seed_counts():
+    from fashionclf.cli import _model_seeds
+
+    assert _model_seeds("mlp, resnet:3", 2) == [("mlp", 2), ("resnet", 3)]
+    with pytest.raises(ValueError, match="whole number of at least 1"):
+        _model_seeds("mlp:0", 1)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        _model_seeds("nope:2", 1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fashionclf.models import count_params, create_model, list_models
+from fashionclf.models import at_resolution, count_params, create_model, list_models
 
 # Hand-counted parameter totals of the seed's four architectures (weights + biases + BN affine).
 EXPECTED_PARAMS = {
@@ -12,6 +12,11 @@ EXPECTED_PARAMS = {
     "advanced_cnn": sum(9 * i * o + 2 * o + 9 * o * o + 2 * o for i, o in [(1, 32), (32, 64), (64, 128)])
     + (128 * 128 + 128)
     + (128 * 10 + 10),
+    # stem conv+BN, three conv+BN transitions, two residual blocks of two conv+BN each, Dense(10)
+    "resnet": (9 * 32 + 64)
+    + sum(9 * i * o + 2 * o for i, o in [(32, 64), (64, 128), (128, 256)])
+    + sum(2 * (9 * c * c + 2 * c) for c in (64, 256))
+    + (256 * 10 + 10),
 }
 
 
@@ -49,3 +54,29 @@ def test_param_counts(name):
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="unknown model 'resnet1000'.*mlp.*tuned_cnn"):
         create_model("resnet1000")
+
+
+@pytest.mark.parametrize("pixels", [7, 14, 21])
+def test_at_resolution_discards_detail_finer_than_its_pixels(pixels):
+    """The model sees the image as if captured at pixels x pixels: same shape and weights, less detail."""
+    torch.manual_seed(0)
+    seen = {}
+    model = at_resolution(torch.nn.Identity(), pixels)
+    x = torch.rand(2, 1, 28, 28)
+    out = model(x)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    # a constant image is unchanged (resampling averages with weights that sum to one) ...
+    assert torch.allclose(model(torch.full_like(x, 0.3)), torch.full_like(x, 0.3), atol=1e-6)
+    # ... and the result is fully determined by the pixels x pixels image
+    low = torch.nn.functional.interpolate(x, size=(pixels, pixels), mode="area")
+    seen[pixels] = torch.nn.functional.interpolate(low, size=(28, 28), mode="bilinear", align_corners=False)
+    assert torch.allclose(out, seen[pixels])
+    assert at_resolution(torch.nn.Identity(), 28)(x) is x
+    with pytest.raises(ValueError, match="resolution 40 px"):
+        at_resolution(torch.nn.Identity(), 40)
+
+
+def test_at_resolution_keeps_weight_names():
+    plain = create_model("tuned_cnn")
+    low = at_resolution(create_model("tuned_cnn"), 14)
+    assert list(plain.state_dict()) == list(low.state_dict())

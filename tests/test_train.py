@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionclf.train import MODEL_DEFAULTS, RECOMMENDED_MODEL, evaluate, fit, resolve_config
+from fashionclf.train import MODEL_DEFAULTS, PRESETS, RECOMMENDED_MODEL, evaluate, fit, resolve_config
 
 
 def _synthetic(n_per_class=60, seed=0):
@@ -75,7 +75,7 @@ def test_short_real_training_beats_threshold(real_data):
 def test_frozen_warmup_and_discriminative_lrs():
     x, y = _synthetic(4)
     cfg = resolve_config(
-        "efficientnet_lite0", None, epochs=1, batch_size=20, freeze_epochs=1, body_lr_mult=0.1, model_kwargs={"pretrained": False}
+        "efficientnet_lite0", None, epochs=1, batch_size=20, lr=1e-3, freeze_epochs=1, body_lr_mult=0.1, model_kwargs={"pretrained": False}
     )
     torch.manual_seed(cfg.seed)
     from fashionclf.models import create_model, split_body_head
@@ -113,3 +113,38 @@ def test_ema_weights_are_what_is_kept():
     ema = fit(resolve_config("mlp", None, ema_decay=0.9, **base), x[:500], y[:500], x[500:], y[500:])
     assert not torch.equal(raw.model[1].weight, ema.model[1].weight)
     assert evaluate(ema.model, x[500:], y[500:])["accuracy"] > 0.9
+
+
+def test_best_cpu_preset_resolves_to_the_documented_recipe():
+    """The README's best-cpu recipe, field by field; `train --model resnet` gets the same settings."""
+    cfg = resolve_config(None, "best-cpu")
+    assert cfg.model == "resnet"
+    assert (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule) == (24, 128, "sgd", 0.1, 5e-4, "onecycle")
+    assert (cfg.label_smoothing, cfg.ema_decay, cfg.tta, cfg.early_stopping) == (0.1, 0.999, True, 0)
+    assert cfg.augment and (cfg.aug.shift, cfg.aug.hflip, cfg.aug.erase, cfg.aug.rotation, cfg.aug.zoom) == (0.1, True, 0.25, 0.0, 0.0)
+    assert resolve_config("resnet", None) == cfg
+    # flags override the preset, the preset's model can be swapped
+    assert resolve_config(None, "best-cpu", epochs=3).epochs == 3
+    assert resolve_config("tuned_cnn", "best-cpu").model == "tuned_cnn"
+
+
+def test_transfer_preset_freezes_then_fine_tunes_with_a_slower_body():
+    cfg = resolve_config(None, "transfer")
+    assert cfg.model == "efficientnet_lite0" and cfg.freeze_epochs >= 1 and 0 < cfg.body_lr_mult < 1
+    scratch = resolve_config("efficientnet_lite0_scratch", None)
+    assert (scratch.freeze_epochs, scratch.body_lr_mult) == (0, 1.0)
+    assert (scratch.epochs, scratch.lr, scratch.optimizer) == (cfg.epochs, cfg.lr, cfg.optimizer)
+    assert set(PRESETS) >= {"best-cpu", "transfer"}
+
+
+def test_low_resolution_run_trains_and_reloads(tmp_path):
+    from fashionclf.runs import load_run, save_run
+    from fashionclf.train import infer
+
+    x, y = _synthetic()
+    cfg = resolve_config("tuned_cnn", None, epochs=2, batch_size=64, val_size=0, resolution=14, precision="fp32")
+    res = fit(cfg, x[:500], y[:500], x[500:], y[500:])
+    save_run(tmp_path / "r", res.model, cfg, {"test_accuracy": 0.5}, res.history, [str(i) for i in range(10)], {})
+    run = load_run(tmp_path / "r")
+    assert run.config.resolution == 14
+    assert torch.allclose(infer(run.model, x[500:], amp_dtype=None), infer(res.model, x[500:], amp_dtype=None), atol=1e-5)
