@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .calibrate import calibrate, calibration_report
 from .data import DataError, FashionMNIST
 from .metrics import classification_report
 from .runs import PREDICTIONS, Run, RunError, atomic_write_text, check_writable, load_run, save_run, to_json
@@ -45,6 +46,8 @@ def train_and_save(
     test_logits = infer(res.model, data.test_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last, tta=cfg.tta)
     val_rep = classification_report(val_logits, data.val_y, data.classes)
     test_rep = classification_report(test_logits, data.test_y, data.classes)
+    # Temperature and review threshold from the validation split; the test set only reports what they do.
+    calibration = calibrate(val_logits, data.val_y) if len(data.val_y) else None
     metrics = {
         "model": cfg.model,
         "seed": cfg.seed,
@@ -62,7 +65,10 @@ def train_and_save(
         "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cfg.channels_last, cfg.tta),
         "test_per_class": test_rep["per_class"],
         "test_confusion_matrix": test_rep["confusion_matrix"],
+        "calibration": calibration,
     }
+    if calibration is not None:
+        metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
     predictions = {"logits": test_logits, "labels": data.test_y}
     save_run(out, res.model, cfg, metrics, res.history, data.classes, data_info(data), overwrite=overwrite, predictions=predictions)
     return metrics
@@ -94,7 +100,10 @@ def evaluate_run(run: Run, x_u8: torch.Tensor, y: torch.Tensor, device: str = "c
     # The machine that evaluates may lack bf16 even if the one that trained had it: "auto" falls back to fp32.
     amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
     logits = infer(run.model.to(dev), x_u8, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
-    return classification_report(logits, y, run.classes)
+    report = classification_report(logits, y, run.classes)
+    if run.metrics.get("calibration"):  # runs saved before calibration existed have none
+        report.update(calibration_report(logits, y, run.metrics["calibration"]))
+    return report
 
 
 RESULT_KEYS = (

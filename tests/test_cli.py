@@ -76,6 +76,11 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
     rep = json.loads(capsys.readouterr().out)
     assert rep["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     assert len(rep["per_class"]) == 10 and len(rep["confusion_matrix"]) == 10 and rep["loss"] > 0
+    # calibrated review: temperature and threshold were fitted on validation at training time
+    assert 0 <= rep["ece"] <= 1 and 0 <= rep["ece_uncalibrated"] <= 1
+    cov = rep["coverage_at_precision"]["0.99"]
+    assert set(cov) == {"threshold", "coverage", "precision"} and 0 <= cov["coverage"] <= 1
+    assert metrics["calibration"]["temperature"] > 0
 
     # Any folder holding a t10k pair: here a synthetic one.
     other = tmp_path / "other"
