@@ -187,6 +187,25 @@ def _model_seeds(text: str, default: int) -> list[tuple[str, int]]:
     return plan
 
 
+def cmd_robustness(args) -> int:
+    from .study import robustness
+
+    run = load_run(args.run)
+    data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
+    x, y = data.test_x, data.test_y
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
+    rep = {"run": str(args.run), "model": run.meta["model"], **robustness(run, x, y, seed=args.seed)}
+    if args.json:
+        print(json.dumps(rep))
+        return 0
+    print(f"{rep['model']} on {rep['images']} test images: clean {rep['clean'] * 100:.2f}%  corrupted (mean) {rep['mean'] * 100:.2f}%")
+    print(f"\n{'corruption':16s} " + " ".join(f"{'sev ' + str(s):>7s}" for s in rep["severities"]) + "     mean")
+    for name, accs in rep["corruptions"].items():
+        print(f"{name:16s} " + " ".join(f"{a * 100:7.2f}" for a in accs) + f"  {sum(accs) / len(accs) * 100:7.2f}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .report import summarize, write_report  # matplotlib loads only for reports
     from .study import DEFAULT_MODELS, compare
@@ -272,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-download", action="store_true")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("robustness", help="accuracy of a run under 14 corruptions of the test set at 5 severities")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--limit", type=int, help="use the first N test images (quick checks)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random parts of the corruptions")
+    s.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
+    s.add_argument("--no-download", action="store_true")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    s.set_defaults(func=cmd_robustness)
 
     s = sub.add_parser("compare", help="the seed study: train several models over seeds and write a report")
     s.add_argument(

@@ -106,6 +106,33 @@ def evaluate_run(run: Run, x_u8: torch.Tensor, y: torch.Tensor, device: str = "c
     return report
 
 
+def robustness(run: Run, x_u8: torch.Tensor, y: torch.Tensor, names=None, seed: int = 0, device: str = "cpu") -> dict:
+    """Accuracy of a run on clean images and under each corruption of the suite at severities 1-5.
+
+    'mean' is the mean accuracy over every corruption and severity (Fashion-MNIST-C style).
+    """
+    from .corrupt import CORRUPTIONS, SEVERITIES, corrupt
+
+    names = list(names or CORRUPTIONS)
+    dev = torch.device(device)
+    amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
+    model = run.model.to(dev)
+
+    def accuracy(x):
+        logits = infer(model, x, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
+        return (logits.argmax(1) == y).float().mean().item()
+
+    table = {n: [accuracy(corrupt(x_u8, n, s, seed)) for s in SEVERITIES] for n in names}
+    return {
+        "clean": accuracy(x_u8),
+        "severities": list(SEVERITIES),
+        "corruptions": table,
+        "mean": sum(map(sum, table.values())) / (len(table) * len(SEVERITIES)),
+        "images": len(y),
+        "seed": seed,
+    }
+
+
 RESULT_KEYS = (
     "model",
     "seed",

@@ -92,6 +92,12 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
     assert main(["evaluate", str(run)]) == 0
     assert "confusion matrix" in capsys.readouterr().out
 
+    assert main(["robustness", str(run), "--limit", "300", "--json"]) == 0
+    rob = json.loads(capsys.readouterr().out)
+    assert rob["images"] == 300 and len(rob["corruptions"]) == 14 and all(len(v) == 5 for v in rob["corruptions"].values())
+    assert rob["mean"] < rob["clean"]  # the suite hurts an mlp trained without augmentation
+    assert rob["corruptions"]["rotation"][4] < rob["corruptions"]["rotation"][0]
+
 
 @pytest.mark.slow
 @pytest.mark.data
