@@ -13,8 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 from .data import DataError, load_fashion_mnist, load_split
+from .images import ImageError
 from .models import count_params, create_model, list_models, model_info
-from .runs import RunError, check_writable, load_run
+from .runs import RunError, atomic_write_text, check_writable, load_run
 from .train import PRESETS, RECOMMENDED_MODEL, resolve_config
 
 
@@ -206,6 +207,51 @@ def cmd_robustness(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .images import find_images
+    from .predict import predict_files
+
+    if args.top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+    run = load_run(args.run)
+    paths = find_images(args.inputs)
+    if not paths:
+        raise ValueError(f"no image files found in {', '.join(args.inputs)} (looked for .jpg, .png, .webp, .bmp, .gif, .tif)")
+    if args.out:
+        check_writable_file(Path(args.out))
+    lines, failed = [], 0
+    for r in predict_files(run, paths, top_k=args.top_k, save_preprocessed=args.save_preprocessed, method=args.method):
+        if "error" in r:
+            failed += 1
+            print(f"fashionclf: skipped {r['file']}: {r['error']}", file=sys.stderr)
+        line = json.dumps(r) if args.json or args.out else _predict_line(r)
+        if args.out:
+            lines.append(line)
+        else:
+            print(line, flush=True)
+    if args.out:
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
+        print(f"{len(paths) - failed} predictions, {failed} unreadable files -> {args.out}", file=sys.stderr)
+    if run.metrics.get("calibration") is None:
+        print("fashionclf: this run has no calibration (trained before it existed): every item is flagged for review", file=sys.stderr)
+    return 1 if failed == len(paths) else 0
+
+
+def _predict_line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['file']}\terror: {r['error']}"
+    flag = "  REVIEW" if r["needs_review"] else ""
+    others = ", ".join(f"{t['label']} {t['confidence']:.2f}" for t in r["top_k"][1:])
+    return f"{r['file']}\t{r['label']} {r['confidence']:.2f}{flag}" + (f"  ({others})" if others else "")
+
+
+def check_writable_file(path: Path) -> None:
+    if path.exists():
+        raise ValueError(f"--out {path} already exists; choose another file (results are never overwritten)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"--out {path}: {path.parent} is a file, not a folder")
+
+
 def cmd_compare(args) -> int:
     from .report import summarize, write_report  # matplotlib loads only for reports
     from .study import DEFAULT_MODELS, compare
@@ -292,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("predict", help="categorise product photos (files or folders) with a trained run")
+    s.add_argument("run", help="run folder")
+    s.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    s.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
+    s.add_argument("--out", help="write JSON lines to this file instead of stdout")
+    s.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per input, as PNG")
+    s.add_argument("--method", choices=["grabcut", "threshold"], default="grabcut", help="how the item is cut from its background")
+    s.set_defaults(func=cmd_predict)
+
     s = sub.add_parser("robustness", help="accuracy of a run under 14 corruptions of the test set at 5 severities")
     s.add_argument("run", help="run folder")
     s.add_argument("--limit", type=int, help="use the first N test images (quick checks)")
@@ -326,7 +382,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, RunError, ValueError) as e:
+    except (DataError, RunError, ImageError, ValueError) as e:
         print(f"fashionclf: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. --out on a read-only or full disk

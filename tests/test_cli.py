@@ -181,3 +181,40 @@ def test_compare_per_model_seed_counts():
         _model_seeds("mlp:0", 1)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         _model_seeds("nope:2", 1)
+
+
+@pytest.mark.data
+def test_predict_photos_json_lines(tmp_path, capsys, real_data_dir):
+    import numpy as np
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--train-limit", "3000", "--out", str(run), "--quiet"]) == 0
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    img = np.full((120, 90, 3), 240, np.uint8)
+    img[20:100, 25:65] = 40  # a dark trouser-like bar on white
+    Image.fromarray(img).save(photos / "a.jpg")
+    Image.fromarray(img).convert("RGBA").save(photos / "sub" / "b.png")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    capsys.readouterr()
+
+    pre = tmp_path / "pre"
+    assert main(["predict", str(run), str(photos), "--json", "--top-k", "2", "--save-preprocessed", str(pre)]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.out.splitlines()]
+    assert [x["file"] for x in lines] == [str(photos / "a.jpg"), str(photos / "broken.jpg"), str(photos / "sub" / "b.png")]
+    good = [x for x in lines if "error" not in x]
+    for x in good:
+        assert set(x) == {"file", "label", "index", "confidence", "top_k", "needs_review"}
+        assert len(x["top_k"]) == 2 and x["top_k"][0]["label"] == x["label"] and 0 < x["confidence"] <= 1
+        assert isinstance(x["needs_review"], bool)
+    assert good[0]["label"] == good[1]["label"]  # the same picture as JPEG and as RGBA PNG
+    assert "not an image" in lines[1]["error"] and "skipped" in captured.err
+    assert len(list(pre.glob("*.png"))) == 2
+
+    out = tmp_path / "preds.jsonl"
+    assert main(["predict", str(run), str(photos / "a.jpg"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["label"] == good[0]["label"]
+    assert main(["predict", str(run), str(photos / "a.jpg"), "--out", str(out)]) == 2  # never overwritten
+    assert "already exists" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""Reading image files a shop really has: any common format, mode and size, into an RGB array.
+
+Formats are recognised by content, not by name. EXIF orientation is applied; animated
+images give their first frame; transparency is composited onto white (a catalogue background);
+16-bit and CMYK images are converted. Images above a pixel limit are refused before decoding.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are refused before decoding (decompression bombs)
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # what a folder scan picks up
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with what was wrong and what to do."""
+
+
+def _open(source: str | Path | bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
+    except UnidentifiedImageError:
+        raise ImageError("not an image this tool can read (expected JPEG, PNG, WebP, BMP, GIF or TIFF content)") from None
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image") from None
+    except OSError as e:
+        raise ImageError(f"cannot be opened ({e.strerror or e})") from None
+
+
+def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array from a file path or bytes; ImageError says why it could not be read."""
+    if isinstance(source, bytes | bytearray) and len(source) == 0:
+        raise ImageError("the file is empty (0 bytes)")
+    im = _open(source)
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageError(f"{w}x{h} pixels is above the limit of {max_pixels:,d}; downscale the image first")
+    if w == 0 or h == 0:
+        raise ImageError("the image has no pixels")
+    try:
+        im.seek(0)  # first frame of an animation
+        im = ImageOps.exif_transpose(im)  # phone photos: orientation lives in EXIF
+        return _to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"truncated or damaged image data ({e})") from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        scale = 65535.0 if a.max() > 255 or im.mode.startswith("I;16") else 255.0
+        g = np.clip(a / scale * 255 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if im.mode == "F":
+        g = np.clip(np.asarray(im) * (255 if np.asarray(im).max() <= 1 else 1), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "RGB" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, im).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+def find_images(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, sorted); missing paths are kept to be reported."""
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            out += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        else:
+            out.append(item)
+    return out

@@ -1,0 +1,104 @@
+"""Predict categories of product photos with a trained run: decode, convert, infer, calibrate, flag for review.
+
+`predict_files` yields one result per input file, in input order, in batches; a file that
+cannot be read yields an error result and the rest still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import ImageError, load_rgb
+from .preprocess import to_fashion_mnist
+from .runs import Run, atomic_write_bytes
+from .train import infer, resolve_precision
+
+
+def calibrated_probs(run: Run, logits: torch.Tensor) -> torch.Tensor:
+    """Softmax of the logits over the run's temperature (1 for runs saved before calibration existed)."""
+    cal = run.metrics.get("calibration") or {}
+    return (logits.float() / cal.get("temperature", 1.0)).softmax(1)
+
+
+def review_threshold(run: Run) -> float | None:
+    """The run's confidence threshold for automatic labelling; None if it has none (everything needs review)."""
+    cal = run.metrics.get("calibration") or {}
+    return cal.get("threshold")
+
+
+def results_from_logits(run: Run, logits: torch.Tensor, top_k: int = 3) -> list[dict]:
+    probs = calibrated_probs(run, logits)
+    threshold = review_threshold(run)
+    k = min(top_k, probs.shape[1])
+    conf, idx = probs.topk(k, dim=1)
+    out = []
+    for c, i in zip(conf.tolist(), idx.tolist()):
+        out.append(
+            {
+                "label": run.classes[i[0]],
+                "index": i[0],
+                "confidence": c[0],
+                "top_k": [{"label": run.classes[j], "index": j, "confidence": p} for j, p in zip(i, c)],
+                "needs_review": threshold is None or c[0] < threshold,
+            }
+        )
+    return out
+
+
+def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu") -> list[dict]:
+    """Results for Fashion-MNIST-style images (N, 28, 28) uint8."""
+    x = torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8)
+    dev = torch.device(device)
+    amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
+    logits = infer(run.model.to(dev), x, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
+    return results_from_logits(run, logits, top_k)
+
+
+def preprocess_file(path: str | Path, method: str = "grabcut") -> np.ndarray:
+    return to_fashion_mnist(load_rgb(path), method).image
+
+
+def predict_files(
+    run: Run,
+    paths: list[Path],
+    top_k: int = 3,
+    batch_size: int = 64,
+    save_preprocessed: str | Path | None = None,
+    method: str = "grabcut",
+) -> Iterator[dict]:
+    """One dict per path, in order: the prediction, or {'file', 'error'} for a file that cannot be used."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images, rows = [], []
+        for p in chunk:
+            try:
+                images.append(preprocess_file(p, method))
+                rows.append({"file": str(p)})
+            except ImageError as e:
+                rows.append({"file": str(p), "error": str(e)})
+        preds = iter(predict_arrays(run, np.stack(images), top_k) if images else [])
+        it = iter(images)
+        for row in rows:
+            if "error" in row:
+                yield row
+                continue
+            img = next(it)
+            if save_preprocessed is not None:
+                _save_png(Path(save_preprocessed), Path(row["file"]), img)
+            yield {**row, **next(preds)}
+
+
+def _save_png(folder: Path, source: Path, img: np.ndarray) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    # The source's path, flattened, keeps names from different folders apart.
+    name = "__".join(p for p in source.with_suffix("").parts if p not in ("/", "..", ".")) + ".png"
+    atomic_write_bytes(folder / name, buf.getvalue())

@@ -1,0 +1,118 @@
+"""Decoding every listed format and mode, and the photo -> Fashion-MNIST conversion, on generated images."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionclf.images import ImageError, find_images, load_rgb
+from fashionclf.preprocess import to_fashion_mnist
+
+
+def _photo(light_background=True, item_gray=60, size=(300, 400), box=(100, 80, 260, 220)):
+    """A dark (or light) rectangle-ish garment on a light (or dark) noisy background, off centre."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    bg = 235 if light_background else 25
+    img = np.clip(bg + rng.normal(0, 4, (h, w, 3)), 0, 255)
+    y0, x0, y1, x1 = box
+    img[y0:y1, x0:x1] = np.clip(item_gray + rng.normal(0, 10, (y1 - y0, x1 - x0, 3)), 0, 255)
+    img[y0 - 30 : y0, x0 + 40 : x1 - 40] = item_gray  # a collar: not a plain rectangle
+    return img.astype(np.uint8)
+
+
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+RGB = Image.fromarray(_photo())
+
+
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [("JPEG", "RGB"), ("PNG", "RGB"), ("WEBP", "RGB"), ("BMP", "RGB"), ("GIF", "P"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "L")]
+    + [("JPEG", "CMYK"), ("JPEG", "L"), ("TIFF", "RGB")],
+)
+def test_formats_and_modes_decode_to_the_same_picture(fmt, mode):
+    data = _encode(RGB.convert(mode), fmt)
+    rgb = load_rgb(data)
+    assert rgb.shape == (300, 400, 3) and rgb.dtype == np.uint8
+    gray = rgb.astype(float).mean(2)
+    assert abs(gray[150, 180] - 60) < 25 and abs(gray[10, 10] - 235) < 25  # item dark, background light
+
+
+def test_sixteen_bit_png():
+    a16 = (np.asarray(RGB.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    data = _encode(Image.fromarray(a16), "PNG")
+    rgb = load_rgb(data)
+    assert np.abs(rgb[..., 0].astype(int) - np.asarray(RGB.convert("L"), dtype=int)).max() <= 1
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((50, 60, 4), np.uint8)
+    rgba[10:40, 20:40] = (30, 30, 30, 255)  # an opaque dark item; the rest fully transparent black
+    rgb = load_rgb(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert (rgb[0, 0] == 255).all() and (rgb[20, 30] == 30).all()
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("L", (40, 40), 200), Image.new("L", (40, 40), 20)]
+    data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    assert abs(int(load_rgb(data)[5, 5, 0]) - 200) <= 2
+
+
+def test_exif_orientation_is_applied():
+    im = Image.new("RGB", (60, 40), (255, 255, 255))
+    im.paste((0, 0, 0), (0, 0, 10, 40))  # a black bar on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    rgb = load_rgb(_encode(im, "JPEG", exif=exif.tobytes(), quality=95))
+    assert rgb.shape == (60, 40, 3)  # displayed upright: portrait
+    assert rgb[2, 20].mean() < 60 and rgb[-3, 20].mean() > 200  # the bar is now along the top
+
+
+def test_bad_inputs_say_what_is_wrong(tmp_path):
+    with pytest.raises(ImageError, match="empty"):
+        load_rgb(b"")
+    with pytest.raises(ImageError, match="not an image"):
+        load_rgb(b"this is text, named photo.jpg")
+    jpeg = _encode(RGB, "JPEG")
+    with pytest.raises(ImageError, match="truncated or damaged"):
+        load_rgb(jpeg[: len(jpeg) // 3])
+    big = _encode(Image.new("L", (3000, 2000)), "PNG")
+    with pytest.raises(ImageError, match="3000x2000 pixels is above the limit of 1,000,000"):
+        load_rgb(big, max_pixels=1_000_000)
+    with pytest.raises(ImageError, match="no such file"):
+        load_rgb(tmp_path / "missing.jpg")
+
+
+def test_find_images_recurses_and_keeps_missing_paths(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in ("a/1.jpg", "a/b/2.PNG", "a/notes.txt"):
+        (tmp_path / p).write_bytes(b"x")
+    found = find_images([tmp_path / "a", tmp_path / "missing.jpg"])
+    assert [p.name for p in found] == ["1.jpg", "2.PNG", "missing.jpg"]
+
+
+@pytest.mark.parametrize("light", [True, False])
+@pytest.mark.parametrize("method", ["grabcut", "threshold"])
+def test_item_ends_centred_light_on_black(light, method):
+    photo = _photo(light_background=light, item_gray=60 if light else 200)
+    out = to_fashion_mnist(photo, method)
+    img = out.image.astype(float)
+    assert out.image.shape == (28, 28) and out.image.dtype == np.uint8 and out.light_background == light
+    ys, xs = np.nonzero(img > 30)
+    assert ys.min() <= 3 and ys.max() >= 24 or xs.min() <= 1 and xs.max() >= 26  # the longer edge spans the square
+    cy, cx = (img * np.arange(28)[:, None]).sum() / img.sum(), (img * np.arange(28)[None, :]).sum() / img.sum()
+    assert abs(cy - 13.5) < 2.5 and abs(cx - 13.5) < 2.5  # centred although the photo's item was off centre
+    assert img[0, 0] == 0 and img[-1, -1] == 0  # background black
+    if light:
+        assert img[14, 14] > 150  # a dark item on white becomes light on black (negated)
+
+
+def test_blank_photo_gives_an_empty_item_not_an_error():
+    out = to_fashion_mnist(np.full((100, 80, 3), 240, np.uint8))
+    assert out.image.shape == (28, 28) and out.image.max() < 40
