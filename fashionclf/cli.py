@@ -252,6 +252,37 @@ def check_writable_file(path: Path) -> None:
         raise ValueError(f"--out {path}: {path.parent} is a file, not a folder")
 
 
+def cmd_label_issues(args) -> int:
+    import safetensors.torch
+    import torch
+
+    from .report import label_issue_blocks, write_blocks
+    from .runs import atomic_write_bytes, to_json
+    from .study import out_of_fold_probs
+
+    out = Path(args.out)
+    check_writable(out, args.overwrite)
+    cfg = resolve_config(args.model, None, seed=args.seed, **{**_overrides(args), "early_stopping": 0})
+    data = _load_data(args, cfg)
+    # every training image (train and validation split): label errors live there
+    x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+
+    def on_fold(f, n):
+        print(f"== fold {f + 1}/{n}: {cfg.model} on {len(y) - len(y) // n:,d} images", file=sys.stderr)
+
+    probs = out_of_fold_probs(cfg, x, y, args.folds, on_fold)
+    blocks, issues = label_issue_blocks(x.numpy(), y.numpy(), probs.numpy(), list(data.classes))
+    atomic_write_bytes(out / "oof_probs.safetensors", safetensors.torch.save({"probs": probs, "labels": y}))
+    atomic_write_text(out / "label_issues.json", to_json({"model": cfg.model, "folds": args.folds, "issues": issues}))
+    paths = write_blocks(out, blocks, "fashionclf: likely label errors")
+    acc = (probs.argmax(1) == y).float().mean().item()
+    print(f"out-of-fold accuracy {acc * 100:.2f}% on {len(y):,d} training images; {len(issues)} flagged as likely label errors")
+    for i in issues[:10]:
+        print(f"  #{i['index']:5d}  {data.classes[i['label']]:12s} -> {data.classes[i['suggested']]:12s}  p {i['p_suggested']:.3f}")
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .report import summarize, write_report  # matplotlib loads only for reports
     from .study import DEFAULT_MODELS, compare
@@ -347,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per input, as PNG")
     s.add_argument("--method", choices=["grabcut", "threshold"], default="grabcut", help="how the item is cut from its background")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("label-issues", help="find likely label errors in the training data with k-fold out-of-fold predictions")
+    s.add_argument("--model", default="tuned_cnn", help="the model each fold trains (default: tuned_cnn, ~1 minute per fold here)")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="label-issues", help="output folder (default: label-issues)")
+    _add_train_options(s)
+    s.set_defaults(func=cmd_label_issues)
 
     s = sub.add_parser("robustness", help="accuracy of a run under 14 corruptions of the test set at 5 severities")
     s.add_argument("run", help="run folder")

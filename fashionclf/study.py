@@ -204,3 +204,28 @@ def resolution_configs(model: str, sizes=RESOLUTIONS, seeds: int = 1, **override
     from .train import resolve_config
 
     return [resolve_config(model, None, seed=s, resolution=px, **overrides) for px in sizes for s in range(seeds)]
+
+
+def out_of_fold_probs(
+    cfg: TrainConfig, x_u8: torch.Tensor, y: torch.Tensor, folds: int = 5, on_fold: Callable | None = None
+) -> torch.Tensor:
+    """Probabilities for every item from a model that never trained on it (k-fold, stratified by position).
+
+    Each fold's model trains on the other folds with cfg (no validation split: the schedule runs to its end).
+    """
+    if folds < 2:
+        raise ValueError("--folds must be at least 2")
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    perm = torch.randperm(len(y), generator=g)
+    probs = torch.zeros(len(y), int(y.max()) + 1)
+    for f in range(folds):
+        held = perm[f::folds]
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[held] = False
+        if on_fold:
+            on_fold(f, folds)
+        res = fit(cfg, x_u8[keep], y[keep], x_u8[held][:0], y[held][:0], int(y.max()) + 1)
+        device = torch.device(res.device)
+        logits = infer(res.model, x_u8[held], device=device, amp_dtype=resolve_precision(cfg.precision, device), tta=cfg.tta)
+        probs[held] = logits.softmax(1)
+    return probs

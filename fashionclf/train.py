@@ -394,7 +394,10 @@ def fit(
             p.requires_grad_(epoch > cfg.freeze_epochs)
         on_batch = on_batch_factory(epoch, n_batches) if on_batch_factory else None
         stats = train_one_epoch(trained, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule, ema)
-        val = evaluate(scored, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
+        if len(val_x):
+            val = evaluate(scored, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
+        else:  # no validation split (cross-validation folds): the schedule runs to its end, the last weights are kept
+            val = {"loss": math.nan, "accuracy": math.nan}
         row = {
             "epoch": epoch,
             **stats,
@@ -406,14 +409,15 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if plateau is not None:
+        if plateau is not None and len(val_x):
             plateau.step(val["loss"])
         if val["loss"] < best[0]:
             best = (val["loss"], epoch, copy.deepcopy(scored.state_dict()))
-        elif cfg.early_stopping and epoch - best[1] >= cfg.early_stopping:
+        elif cfg.early_stopping and len(val_x) and epoch - best[1] >= cfg.early_stopping:
             break
     train_seconds = time.perf_counter() - start
     if best[2] is not None:
         scored.load_state_dict(best[2])
     scored.eval()
-    return FitResult(scored, history, train_seconds, best[1], count_params(model), str(device), "bf16" if amp_dtype else "fp32")
+    best_epoch = best[1] or len(history)  # without validation, the last epoch is the one kept
+    return FitResult(scored, history, train_seconds, best_epoch, count_params(model), str(device), "bf16" if amp_dtype else "fp32")

@@ -115,7 +115,8 @@ def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
     assert "mlp → tuned_cnn" in md and "seed pairs" in md  # McNemar verdicts for each step
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "src='http" not in html
-    for f in ("examples.png", "curves.png", "confusion.png", "worst_pair.png"):
+    assert "Top losses of" in md and "Duplicates across training and test data" in md
+    for f in ("examples.png", "curves.png", "confusion.png", "worst_pair.png", "top_losses.png", "duplicates.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     capsys.readouterr()
 
@@ -218,3 +219,18 @@ def test_predict_photos_json_lines(tmp_path, capsys, real_data_dir):
     assert json.loads(out.read_text())["label"] == good[0]["label"]
     assert main(["predict", str(run), str(photos / "a.jpg"), "--out", str(out)]) == 2  # never overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_label_issues_report(tmp_path, capsys, real_data_dir):
+    out = tmp_path / "li"
+    args = ["label-issues", "--model", "mlp", "--folds", "2", "--epochs", "1", "--train-limit", "3000", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    found = json.loads((out / "label_issues.json").read_text())
+    assert found["folds"] == 2 and found["issues"]
+    i = found["issues"][0]
+    assert i["label"] != i["suggested"] and i["p_suggested"] > i["p_label"]
+    assert "Likely label errors" in (out / "report.md").read_text() and (out / "figures" / "label_issues.png").exists()
+    assert "out-of-fold accuracy" in capsys.readouterr().out
+    assert main(args) == 2  # the finished folder is not overwritten
