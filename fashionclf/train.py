@@ -93,10 +93,12 @@ BEST_CPU = {
 }
 
 # Transfer learning: one epoch trains the new head on frozen ImageNet features, then the whole network
-# fine-tunes with the body at a quarter of the head's learning rate (discriminative LRs), at 64x64 input.
+# fine-tunes with the body at a quarter of the head's learning rate (discriminative LRs), at 56x56 input.
+# A first try (64 px, 5 epochs, shift 0.1) ended with training accuracy below validation: underfit, so
+# this recipe trades resolution for epochs and shifts less.
 TRANSFER = {
     "model": "efficientnet_lite0",
-    "epochs": 5,
+    "epochs": 7,
     "optimizer": "adamw",
     "lr": 2e-3,
     "weight_decay": 0.01,
@@ -104,7 +106,7 @@ TRANSFER = {
     "early_stopping": 0,
     "label_smoothing": 0.1,
     "augment": True,
-    "aug": {"rotation": 0.0, "zoom": 0.0, "shift": 0.1, "hflip": True, "erase": 0.0},
+    "aug": {"rotation": 0.0, "zoom": 0.0, "shift": 0.05, "hflip": True, "erase": 0.0},
     "freeze_epochs": 1,
     "body_lr_mult": 0.25,
     "tta": True,
@@ -112,8 +114,15 @@ TRANSFER = {
 
 MODEL_DEFAULTS["resnet"] = {k: v for k, v in BEST_CPU.items() if k != "model"}
 MODEL_DEFAULTS["efficientnet_lite0"] = {k: v for k, v in TRANSFER.items() if k != "model"}
-# From scratch at the same time budget: the same recipe, no frozen epoch, one learning rate for all layers.
-MODEL_DEFAULTS["efficientnet_lite0_scratch"] = {**MODEL_DEFAULTS["efficientnet_lite0"], "freeze_epochs": 0, "body_lr_mult": 1.0}
+# From scratch at about the same time: the same recipe, one learning rate for all layers, all layers training
+# from the first epoch, and one epoch fewer: the pretrained run's frozen epoch costs about a fifth of a full
+# one, so scratch gets ~4% less time; the report shows both times.
+MODEL_DEFAULTS["efficientnet_lite0_scratch"] = {
+    **MODEL_DEFAULTS["efficientnet_lite0"],
+    "epochs": TRANSFER["epochs"] - 1,
+    "freeze_epochs": 0,
+    "body_lr_mult": 1.0,
+}
 
 PRESETS: dict[str, dict] = {"best-cpu": BEST_CPU, "transfer": TRANSFER}
 
