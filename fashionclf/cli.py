@@ -56,7 +56,46 @@ def _print_epoch(row: dict) -> None:
     )
 
 
+def _folder_kwargs(args, model: str) -> dict | None:
+    """Model arguments for an image-folder dataset: RGB input at --image-size (None for Fashion-MNIST)."""
+    if not getattr(args, "data", None):
+        if getattr(args, "val_data", None) or getattr(args, "image_size", None):
+            raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
+        return None
+    import inspect
+
+    kwargs = {"in_chans": 3}
+    if "image_size" in inspect.signature(model_info(model).build).parameters:
+        kwargs["image_size"] = args.image_size or 128
+    return kwargs
+
+
+def _check_input_size(model: str, kwargs: dict, size: int) -> None:
+    """Fail before loading thousands of photos if the model cannot take size x size RGB input."""
+    import torch
+
+    net = create_model(model, **{**kwargs, **({"pretrained": False} if model_info(model).pretrained else {})})
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, size, size))
+    except RuntimeError as e:
+        raise ValueError(
+            f"model {model} cannot take {size}x{size} RGB images ({str(e).splitlines()[0]}); resnet, advanced_cnn and "
+            "efficientnet_lite0 can"
+        ) from None
+
+
 def _load_data(args, cfg):
+    if getattr(args, "data", None):
+        from .folders import load_image_folder
+
+        size = args.image_size or 128
+        data, skipped = load_image_folder(args.data, args.val_data, size, split_seed=cfg.split_seed)
+        for msg in skipped:
+            print(f"fashionclf: left out {msg}", file=sys.stderr)
+        if args.train_limit:
+            data.train_x, data.train_y = data.train_x[: args.train_limit], data.train_y[: args.train_limit]
+        return data
     data = load_fashion_mnist(args.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, allow_download=not args.no_download)
     if args.train_limit:
         # The official order is already shuffled, so a prefix is close to class-balanced.
@@ -85,6 +124,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per CPU this process may use)")
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
+    p.add_argument("--data", help="an image-folder dataset instead of Fashion-MNIST: one subfolder of photos per class")
+    p.add_argument("--val-data", help="with --data: a folder of the same classes for validation (model choice)")
+    p.add_argument("--image-size", type=int, help="with --data: photos are letterboxed to this square size (default 128)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading when the data are not found")
     p.add_argument("--train-limit", type=int, help="train on the first N training images only (quick checks)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -129,6 +171,10 @@ def cmd_train(args) -> int:
         if not model_info(model).pretrained:
             raise ValueError(f"--no-pretrained: {model} has no pretrained weights to leave out")
         model_kwargs = {"pretrained": False}
+    folder = _folder_kwargs(args, model)
+    if folder:
+        _check_input_size(model, folder, args.image_size or 128)
+        model_kwargs = {**(model_kwargs or {}), **folder}
     cfg = resolve_config(args.model, args.preset, seed=args.seed, model_kwargs=model_kwargs, **_overrides(args))
     out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     check_writable(out, args.overwrite)
@@ -149,7 +195,22 @@ def cmd_evaluate(args) -> int:
     from .study import evaluate_run
 
     run = load_run(args.run)
-    if args.data_dir:
+    if args.data:
+        # a labelled image folder (one subfolder per class, the run's class names): every photo is scored
+        from .folders import load_images, scan
+
+        classes, items = scan(args.data)
+        unknown = sorted(set(classes) - set(run.classes))
+        if unknown:
+            raise DataError(f"{args.data}: class folders {unknown} are not classes of this run ({', '.join(run.classes)})")
+        size = run.meta.get("input", {}).get("height", 28)
+        if run.meta.get("input", {}).get("channels", 1) != 3:
+            raise ValueError(f"{args.run} was trained on 28x28 Fashion-MNIST images; --data evaluates runs trained with train --data")
+        x, y, skipped = load_images([(p, run.classes.index(classes[i])) for p, i in items], size)
+        for msg in skipped:
+            print(f"fashionclf: left out {msg}", file=sys.stderr)
+        source = args.data
+    elif args.data_dir:
         # Any folder holding a t10k pair: Fashion-MNIST's own, or a user's set in the same format.
         x, y, _ = load_split(args.data_dir, "test", official=False)
         source = args.data_dir
@@ -290,7 +351,7 @@ def cmd_compare(args) -> int:
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     plan = _model_seeds(args.models, args.seeds) if args.models else [(n, args.seeds) for n in DEFAULT_MODELS]
-    configs = [resolve_config(n, None, seed=s, **_overrides(args)) for n, k in plan for s in range(k)]
+    configs = [resolve_config(n, None, seed=s, model_kwargs=_folder_kwargs(args, n), **_overrides(args)) for n, k in plan for s in range(k)]
     out = Path(args.out)
     data = _load_data(args, configs[0])
     on_epoch, on_batch_factory = _progress(args.quiet)
@@ -365,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="score a run on the test set or on a folder of t10k IDX files")
     s.add_argument("run", help="run folder")
     s.add_argument("--data-dir", help="folder holding t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
+    s.add_argument("--data", help="an image folder (one subfolder per class) for a run trained with train --data")
     s.add_argument("--no-download", action="store_true")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(func=cmd_evaluate)

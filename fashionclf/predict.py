@@ -50,7 +50,7 @@ def results_from_logits(run: Run, logits: torch.Tensor, top_k: int = 3) -> list[
 
 
 def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu") -> list[dict]:
-    """Results for Fashion-MNIST-style images (N, 28, 28) uint8."""
+    """Results for model-ready uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, 3, S, S) for image-folder runs."""
     x = torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8)
     dev = torch.device(device)
     amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
@@ -58,7 +58,13 @@ def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 
     return results_from_logits(run, logits, top_k)
 
 
-def preprocess_file(path: str | Path, method: str = "grabcut") -> np.ndarray:
+def preprocess_file(path: str | Path, method: str = "grabcut", run: Run | None = None) -> np.ndarray:
+    """What the run's model takes: a Fashion-MNIST-style (28, 28) image, or (3, S, S) RGB for image-folder runs."""
+    spec = run.meta.get("input", {}) if run is not None else {}
+    if spec.get("kind") == "rgb-letterbox":
+        from .folders import letterbox
+
+        return letterbox(load_rgb(path), spec["height"]).transpose(2, 0, 1)
     return to_fashion_mnist(load_rgb(path), method).image
 
 
@@ -76,7 +82,7 @@ def predict_files(
         images, rows = [], []
         for p in chunk:
             try:
-                images.append(preprocess_file(p, method))
+                images.append(preprocess_file(p, method, run))
                 rows.append({"file": str(p)})
             except ImageError as e:
                 rows.append({"file": str(p), "error": str(e)})
@@ -98,7 +104,7 @@ def _save_png(folder: Path, source: Path, img: np.ndarray) -> None:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
+    Image.fromarray(img.transpose(1, 2, 0) if img.ndim == 3 else img).save(buf, format="PNG")
     # The source's path, flattened, keeps names from different folders apart.
     name = "__".join(p for p in source.with_suffix("").parts if p not in ("/", "..", ".")) + ".png"
     atomic_write_bytes(folder / name, buf.getvalue())

@@ -36,6 +36,7 @@ def train_and_save(
     overwrite: bool = False,
     on_epoch: Callable | None = None,
     on_batch_factory: Callable | None = None,
+    extra_meta: dict | None = None,
 ) -> dict:
     """Fit cfg on data, score it on the test set, write the run folder; return its metrics."""
     check_writable(out, overwrite)  # before training, not after ten minutes of it
@@ -70,7 +71,21 @@ def train_and_save(
     if calibration is not None:
         metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
     predictions = {"logits": test_logits, "labels": data.test_y}
-    save_run(out, res.model, cfg, metrics, res.history, data.classes, data_info(data), overwrite=overwrite, predictions=predictions)
+    shape = tuple(data.train_x.shape[1:])
+    if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default
+        extra_meta = {"input": {"channels": shape[0], "height": shape[1], "width": shape[2], "kind": "rgb-letterbox"}, **(extra_meta or {})}
+    save_run(
+        out,
+        res.model,
+        cfg,
+        metrics,
+        res.history,
+        data.classes,
+        data_info(data),
+        overwrite=overwrite,
+        predictions=predictions,
+        extra_meta=extra_meta,
+    )
     return metrics
 
 
