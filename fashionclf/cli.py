@@ -359,7 +359,7 @@ def cmd_compare(args) -> int:
     def on_run_start(cfg, run_dir):
         print(f"== {cfg.model} seed {cfg.seed} -> {run_dir}", file=sys.stderr)
 
-    results = compare(configs, data, out, args.overwrite, on_run_start, on_epoch, on_batch_factory)
+    results = compare(configs, data, out, args.overwrite, on_run_start, on_epoch, on_batch_factory, args.robustness)
     paths = write_report(out, results, data)
     for row in summarize(results["runs"]):
         print(
@@ -466,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seeds", type=int, default=1, help="seeds per model (0..N-1)")
     s.add_argument("--out", default="study", help="output folder (default: study)")
+    s.add_argument(
+        "--robustness",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the corruption suite on N validation images per run (into the report and the recommendation)",
+    )
     _add_train_options(s)
     s.set_defaults(func=cmd_compare)
 

@@ -259,6 +259,9 @@ def build_blocks(out: Path, results: dict, data) -> list:
         recall[r["model"]] = [np.mean([p[i]["recall"] for p in per]) for i in range(len(classes))]
     blocks.append(("table", ["class", *recall], [[c, *(f"{recall[m][i] * 100:.1f}" for m in recall)] for i, c in enumerate(classes)]))
 
+    blocks += robustness_blocks(out, runs, rows)
+    blocks += calibration_blocks(out, runs, rows)
+
     blocks.append(("h2", "Recommendation"))
     pick, text = recommend(rows)
     blocks.append(("p", text))
@@ -345,6 +348,111 @@ def build_blocks(out: Path, results: dict, data) -> list:
 
     blocks += duplicate_blocks(data)
     return blocks
+
+
+def _run_json(out: Path, run: dict, name: str) -> dict | None:
+    path = out / run["run_dir"] / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fig_severity(curves: dict[str, list[float]], clean: dict[str, float]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for m, ys in curves.items():
+        ax.plot([0, 1, 2, 3, 4, 5], [clean[m] * 100] + [v * 100 for v in ys], marker="o", label=m)
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("accuracy % (mean over corruptions)")
+    ax.set_title("accuracy against corruption severity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def robustness_blocks(out: Path, runs: list[dict], rows: list[dict]) -> list:
+    """The corruption suite per model (mean over the seeds that have it), where compare --robustness ran it."""
+    found = {r["model"]: [x for x in (_run_json(out, y, "robustness.json") for y in runs if name(y) == r["model"]) if x] for r in rows}
+    found = {m: v for m, v in found.items() if v}
+    if not found:
+        return []
+    names = list(next(iter(found.values()))[0]["corruptions"])
+    blocks: list = [("h2", "Robustness: the corruption suite")]
+    first = next(iter(found.values()))[0]
+    blocks.append(
+        (
+            "p",
+            f"{len(names)} corruptions at severities 1-5 on the first {first['images']:,d} {first.get('split', 'test')} images "
+            "(`fashionclf robustness RUN` runs it on the test set). Accuracy %, mean over severities and seeds.",
+        )
+    )
+    table, curves, clean = [], {}, {}
+    for m, reps in found.items():
+        per = {c: np.mean([np.mean(rep["corruptions"][c]) for rep in reps]) for c in names}
+        clean[m] = float(np.mean([rep["clean"] for rep in reps]))
+        curves[m] = [float(np.mean([np.mean([rep["corruptions"][c][s] for c in names]) for rep in reps])) for s in range(5)]
+        mean = float(np.mean([rep["mean"] for rep in reps]))
+        table.append([m, f"{clean[m] * 100:.1f}", f"{mean * 100:.1f}", *(f"{per[c] * 100:.0f}" for c in names)])
+    blocks.append(("table", ["model", "clean", "corrupted (mean)", *names], table))
+    blocks.append(("img", "robustness.png", fig_severity(curves, clean), "accuracy against corruption severity"))
+    return blocks
+
+
+def fig_reliability(before: list[dict], after: list[dict], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
+    for bins, label in ((before, "before"), (after, "after temperature scaling")):
+        pts = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def calibration_blocks(out: Path, runs: list[dict], rows: list[dict]) -> list:
+    """ECE before/after temperature scaling and the share labelled automatically at the target precision (test set)."""
+    table, best = [], None
+    for r in rows:
+        mets = [_run_json(out, x, "metrics.json") for x in runs if name(x) == r["model"]]
+        cals = [m["test_calibration"] for m in mets if m and m.get("test_calibration")]
+        if not cals:
+            continue
+        target = next(iter(cals[0]["coverage_at_precision"]))
+        cov = [c["coverage_at_precision"][target] for c in cals]
+        precisions = [c["precision"] for c in cov if c["precision"] is not None]
+        table.append(
+            [
+                r["model"],
+                len(cals),
+                f"{np.mean([c['ece_uncalibrated'] for c in cals]) * 100:.2f}",
+                f"{np.mean([c['ece'] for c in cals]) * 100:.2f}",
+                f"{np.mean([c['temperature'] for c in cals]):.2f}",
+                f"{np.mean([c['coverage'] for c in cov]) * 100:.1f}",
+                f"{np.mean(precisions) * 100:.2f}" if precisions else "-",
+            ]
+        )
+        if best is None or r["val_mean"] > best[0]["val_mean"]:
+            best = (r, cals[0], target)
+    if not table:
+        return []
+    r, cal, target = best
+    return [
+        ("h2", "Calibrated review: how much labelling goes away"),
+        (
+            "p",
+            "A temperature fitted on the validation split rescales the logits (predictions unchanged); the review threshold is the "
+            f"lowest calibrated confidence at which validation items reach {float(target) * 100:.0f}% precision. Below, both applied "
+            "to the test set: the expected calibration error (15 bins) before and after, the share of test items labelled "
+            "automatically, and their precision. Means over seeds.",
+        ),
+        ("table", ["model", "seeds", "ECE % before", "ECE % after", "T", f"automatic % at {target}", "their precision %"], table),
+        (
+            "img",
+            "reliability.png",
+            fig_reliability(cal["reliability_uncalibrated"], cal["reliability"], f"{r['model']}, test set"),
+            "reliability",
+        ),
+    ]
 
 
 def duplicate_blocks(data, limit: int = 30) -> list:

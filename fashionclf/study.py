@@ -148,6 +148,21 @@ def robustness(run: Run, x_u8: torch.Tensor, y: torch.Tensor, names=None, seed: 
     }
 
 
+ROBUSTNESS = "robustness.json"
+
+
+def run_robustness(run_dir: Path, data: FashionMNIST, n: int) -> dict:
+    """The corruption suite on the first n validation images (validation: the figure may choose a model), cached in the run."""
+    path = Path(run_dir) / ROBUSTNESS
+    if path.exists():
+        done = json.loads(path.read_text())
+        if done.get("images") == min(n, len(data.val_y)) and done.get("split") == "validation":
+            return done
+    rep = {**robustness(load_run(run_dir), data.val_x[:n], data.val_y[:n]), "split": "validation"}
+    atomic_write_text(path, to_json(rep))
+    return rep
+
+
 RESULT_KEYS = (
     "model",
     "seed",
@@ -179,6 +194,7 @@ def compare(
     on_run_start: Callable[[TrainConfig, Path], None] | None = None,
     on_epoch: Callable | None = None,
     on_batch_factory: Callable | None = None,
+    robustness_images: int = 0,
 ) -> dict:
     """Train every config into out/runs/<label>-s<seed>; write out/results.json after each run.
 
@@ -206,6 +222,8 @@ def compare(
                 on_run_start(cfg, run_dir)
             metrics = train_and_save(cfg, data, run_dir, overwrite=run_dir.exists(), on_epoch=on_epoch, on_batch_factory=on_batch_factory)
         row = {**{k: metrics.get(k) for k in RESULT_KEYS}, "name": run_label(cfg), "resolution": cfg.resolution}
+        if robustness_images:
+            row["robustness"] = run_robustness(run_dir, data, robustness_images)["mean"]
         runs.append({**row, "run_dir": str(run_dir.relative_to(out))})
         atomic_write_text(out / "results.json", to_json({"runs": runs}))
     return {"runs": runs}

@@ -104,6 +104,7 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
 def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
     out = tmp_path / "study"
     args = ["compare", "--models", "mlp,tuned_cnn", "--seeds", "2", "--epochs", "1", "--train-limit", "2000", "--out", str(out), "--quiet"]
+    args += ["--robustness", "200"]
     assert main(args + ["--data-dir", str(real_data_dir)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [(r["model"], r["seed"]) for r in results["runs"]] == [("mlp", 0), ("mlp", 1), ("tuned_cnn", 0), ("tuned_cnn", 1)]
@@ -116,6 +117,9 @@ def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "src='http" not in html
     assert "Top losses of" in md and "Duplicates across training and test data" in md
+    assert "Robustness: the corruption suite" in md and "Calibrated review" in md
+    assert all(0 < r["robustness"] < 1 for r in results["runs"])
+    assert (out / "runs" / "mlp-s0" / "robustness.json").exists() and (out / "figures" / "reliability.png").exists()
     for f in ("examples.png", "curves.png", "confusion.png", "worst_pair.png", "top_losses.png", "duplicates.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     capsys.readouterr()
