@@ -20,6 +20,7 @@ class AugmentConfig:
     shift: float = 0.1  # max translation as a fraction of the image side
     hflip: bool = True  # garments are left-right symmetric enough; vertical flips are not
     erase: float = 0.0  # probability of random erasing (a rectangle set to 0), 0 disables
+    photo: float = 0.0  # probability of photo-style degradation per image (blur, noise, contrast, background haze), 0 disables
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -56,8 +57,42 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator | None = 
     return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
 
 
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian blur (separable, 5 taps) with its own sigma; sigma 0 leaves the image as it is."""
+    t = torch.arange(-2, 3, dtype=x.dtype, device=x.device)
+    w = torch.exp(-(t[None, :] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
+    w = w / w.sum(1, keepdim=True)  # (N, 5)
+    n, c, h, wd = x.shape
+    xp = F.pad(x.reshape(1, n * c, h, wd), (2, 2, 2, 2), mode="replicate")
+    kx = w.repeat_interleave(c, 0).view(n * c, 1, 1, 5)
+    ky = w.repeat_interleave(c, 0).view(n * c, 1, 5, 1)
+    y = F.conv2d(F.conv2d(xp, kx, groups=n * c), ky, groups=n * c)
+    return y.view(n, c, h, wd)
+
+
+def random_photo(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """What converting a phone photo leaves behind, on a fraction p of the images (pixels in [0, 1]).
+
+    Defocus blur, sensor noise, lower contrast, and a haze of leftover background lifting the black.
+    Each degraded image draws its own strength of each; the rest pass unchanged.
+    """
+    n = x.shape[0]
+
+    def u(lo, hi):
+        return (torch.rand(n, generator=generator) * (hi - lo) + lo).to(x.device).view(n, 1, 1, 1)
+
+    pick = (torch.rand(n, generator=generator) < p).to(x.device).view(n, 1, 1, 1)
+    y = _blur(x, u(0.0, 1.2).flatten())
+    y = y * u(0.55, 1.0) + u(0.0, 0.25) * (1 - y) * u(0.0, 1.0)  # contrast down, haze where the image is dark
+    noise = torch.randn(x.shape, generator=generator).to(x.device) * u(0.0, 0.08)
+    y = (y + noise).clamp(0, 1)
+    return torch.where(pick, y, x)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     x = random_affine(x, cfg, generator)
     if cfg.erase > 0:
         x = random_erase(x, cfg.erase, generator)
+    if cfg.photo > 0:
+        x = random_photo(x, cfg.photo, generator)
     return x

@@ -110,6 +110,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random affine augmentation")
+    p.add_argument("--aug-rotation", type=float, help="augmentation: max rotation in degrees")
+    p.add_argument("--aug-shift", type=float, help="augmentation: max translation as a fraction of the side")
+    p.add_argument("--aug-erase", type=float, help="augmentation: probability of random erasing")
+    p.add_argument("--aug-photo", type=float, help="augmentation: probability of photo-style blur/noise/contrast/haze")
     p.add_argument("--early-stopping", type=int, help="patience in epochs (0 = off)")
     p.add_argument("--schedule", choices=["plateau", "onecycle", "cosine"], help="learning-rate schedule")
     p.add_argument("--weight-decay", type=float)
@@ -140,6 +144,10 @@ def _overrides(args) -> dict:
         "lr": args.lr,
         "optimizer": args.optimizer,
         "augment": args.augment,
+        "aug_rotation": args.aug_rotation,
+        "aug_shift": args.aug_shift,
+        "aug_erase": args.aug_erase,
+        "aug_photo": args.aug_photo,
         "early_stopping": args.early_stopping,
         "schedule": args.schedule,
         "weight_decay": args.weight_decay,

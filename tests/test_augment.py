@@ -44,3 +44,17 @@ def test_erase_zeroes_a_rectangle_in_some_images():
     erased = (out == 0).flatten(1).any(1)
     assert 25 < erased.sum() < 75
     assert torch.equal(out[~erased], x[~erased])
+
+
+def test_photo_degradation_share_range_and_determinism():
+    from fashionclf.augment import random_photo
+
+    x = torch.rand(400, 1, 28, 28)
+    x[:, :, :6] = 0  # a black band, as Fashion-MNIST's background
+    y1 = random_photo(x, 0.5, torch.Generator().manual_seed(1))
+    y2 = random_photo(x, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(y1, y2) and y1.min() >= 0 and y1.max() <= 1
+    changed = (y1 - x).abs().flatten(1).amax(1) > 1e-6
+    assert 0.4 < changed.float().mean() < 0.6  # about the share asked for
+    assert y1[changed][:, :, :6].mean() > 0.005  # haze and noise lift the black background
+    assert torch.equal(random_photo(x, 0.0, torch.Generator().manual_seed(1)), x)
