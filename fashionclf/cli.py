@@ -204,17 +204,10 @@ def cmd_evaluate(args) -> int:
 
     run = load_run(args.run)
     if args.data:
-        # a labelled image folder (one subfolder per class, the run's class names): every photo is scored
-        from .folders import load_images, scan
+        # labelled photos (one subfolder per class), preprocessed as predict does: every photo is scored
+        from .predict import load_labelled_photos
 
-        classes, items = scan(args.data)
-        unknown = sorted(set(classes) - set(run.classes))
-        if unknown:
-            raise DataError(f"{args.data}: class folders {unknown} are not classes of this run ({', '.join(run.classes)})")
-        size = run.meta.get("input", {}).get("height", 28)
-        if run.meta.get("input", {}).get("channels", 1) != 3:
-            raise ValueError(f"{args.run} was trained on 28x28 Fashion-MNIST images; --data evaluates runs trained with train --data")
-        x, y, skipped = load_images([(p, run.classes.index(classes[i])) for p, i in items], size)
+        x, y, skipped = load_labelled_photos(run, args.data, args.method)
         for msg in skipped:
             print(f"fashionclf: left out {msg}", file=sys.stderr)
         source = args.data
@@ -434,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="score a run on the test set or on a folder of t10k IDX files")
     s.add_argument("run", help="run folder")
     s.add_argument("--data-dir", help="folder holding t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
-    s.add_argument("--data", help="an image folder (one subfolder per class) for a run trained with train --data")
+    s.add_argument("--data", help="labelled photos: one subfolder per class (names as the run's classes, case and punctuation ignored)")
+    s.add_argument("--method", choices=["grabcut", "threshold"], default="grabcut", help="with --data: how items are cut from photos")
     s.add_argument("--no-download", action="store_true")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(func=cmd_evaluate)

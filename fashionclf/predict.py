@@ -108,3 +108,33 @@ def _save_png(folder: Path, source: Path, img: np.ndarray) -> None:
     # The source's path, flattened, keeps names from different folders apart.
     name = "__".join(p for p in source.with_suffix("").parts if p not in ("/", "..", ".")) + ".png"
     atomic_write_bytes(folder / name, buf.getvalue())
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def load_labelled_photos(run: Run, folder: str | Path, method: str = "grabcut") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Photos from class subfolders, preprocessed for the run, with labels in the run's class order.
+
+    Folder names match class names ignoring case and punctuation ('tshirt_top' is 'T-shirt/top').
+    Returns images, labels and one message per file left out because it could not be read.
+    """
+    from .data import DataError
+    from .folders import scan
+
+    names, items = scan(folder)
+    by_norm = {_norm(c): i for i, c in enumerate(run.classes)}
+    unknown = [n for n in names if _norm(n) not in by_norm]
+    if unknown:
+        raise DataError(f"{folder}: class folders {unknown} match no class of this run ({', '.join(run.classes)})")
+    xs, ys, skipped = [], [], []
+    for path, i in items:
+        try:
+            xs.append(preprocess_file(path, method, run))
+            ys.append(by_norm[_norm(names[i])])
+        except ImageError as e:
+            skipped.append(f"{path}: {e}")
+    if not xs:
+        raise DataError(f"{folder}: none of the images could be read")
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys), skipped

@@ -218,6 +218,23 @@ def test_predict_photos_json_lines(tmp_path, capsys, real_data_dir):
     assert "not an image" in lines[1]["error"] and "skipped" in captured.err
     assert len(list(pre.glob("*.png"))) == 2
 
+    # labelled photos: folder names match class names ignoring case and punctuation
+    labelled = tmp_path / "labelled"
+    (labelled / "TROUSER").mkdir(parents=True)
+    (labelled / "t_shirt_top").mkdir()
+    Image.fromarray(img).save(labelled / "TROUSER" / "1.jpg")
+    Image.fromarray(img).save(labelled / "t_shirt_top" / "1.png")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(labelled), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n"] == 2 and sum(map(sum, rep["confusion_matrix"])) == 2
+    cm = rep["confusion_matrix"]
+    assert sum(cm[0]) == 1 and sum(cm[1]) == 1  # one true T-shirt/top, one true Trouser: folder names mapped
+    (labelled / "socks").mkdir()
+    Image.fromarray(img).save(labelled / "socks" / "1.png")
+    assert main(["evaluate", str(run), "--data", str(labelled)]) == 2
+    assert "['socks'] match no class of this run" in capsys.readouterr().err
+
     out = tmp_path / "preds.jsonl"
     assert main(["predict", str(run), str(photos / "a.jpg"), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["label"] == good[0]["label"]
