@@ -345,6 +345,17 @@ def cmd_label_issues(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .serve import create_app
+
+    app = create_app(args.run)  # loads the run once, before the port opens
+    print(f"serving {args.run} on http://{args.host}:{args.port}/ (page), /v1/predict, /v1/models, /health", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .report import summarize, write_report  # matplotlib loads only for reports
     from .study import DEFAULT_MODELS, compare
@@ -450,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="label-issues", help="output folder (default: label-issues)")
     _add_train_options(s)
     s.set_defaults(func=cmd_label_issues)
+
+    s = sub.add_parser("serve", help="an HTTP service and web page for a trained run (FastAPI + uvicorn)")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("robustness", help="accuracy of a run under 14 corruptions of the test set at 5 severities")
     s.add_argument("run", help="run folder")

@@ -18,18 +18,27 @@ SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  
 
 
 class ImageError(ValueError):
-    """An image that cannot be used, with what was wrong and what to do."""
+    """An image that cannot be used, with what was wrong and what to do.
+
+    kind: empty | unsupported | too_large | damaged | missing (a service maps these to HTTP codes).
+    """
+
+    def __init__(self, message: str, kind: str = "damaged"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _open(source: str | Path | bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
+    except Image.DecompressionBombError as e:  # PIL's own guard, far above MAX_PIXELS
+        raise ImageError(f"{e}; downscale the image first", "too_large") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image this tool can read (expected JPEG, PNG, WebP, BMP, GIF or TIFF content)") from None
+        raise ImageError("not an image this tool can read (expected JPEG, PNG, WebP, BMP, GIF or TIFF content)", "unsupported") from None
     except FileNotFoundError:
-        raise ImageError("no such file") from None
+        raise ImageError("no such file", "missing") from None
     except IsADirectoryError:
-        raise ImageError("is a folder, not an image") from None
+        raise ImageError("is a folder, not an image", "missing") from None
     except OSError as e:
         raise ImageError(f"cannot be opened ({e.strerror or e})") from None
 
@@ -37,11 +46,11 @@ def _open(source: str | Path | bytes) -> Image.Image:
 def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An (H, W, 3) uint8 RGB array from a file path or bytes; ImageError says why it could not be read."""
     if isinstance(source, bytes | bytearray) and len(source) == 0:
-        raise ImageError("the file is empty (0 bytes)")
+        raise ImageError("the file is empty (0 bytes)", "empty")
     im = _open(source)
     w, h = im.size
     if w * h > max_pixels:
-        raise ImageError(f"{w}x{h} pixels is above the limit of {max_pixels:,d}; downscale the image first")
+        raise ImageError(f"{w}x{h} pixels is above the limit of {max_pixels:,d}; downscale the image first", "too_large")
     if w == 0 or h == 0:
         raise ImageError("the image has no pixels")
     try:

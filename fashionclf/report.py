@@ -293,7 +293,9 @@ def build_blocks(out: Path, results: dict, data) -> list:
             if ps:
                 n_sig = sum(p < SIGNIFICANCE for p in ps)
                 gain = (b["acc_mean"] - a["acc_mean"]) * 100
-                word = "real" if n_sig == len(ps) else "not distinguishable from noise" if n_sig == 0 else "not consistent across seeds"
+                word = "not distinguishable from noise" if n_sig == 0 else "not consistent across seeds"
+                if n_sig == len(ps):
+                    word = "a real gain" if gain > 0 else "a real loss"
                 verdicts.append(f"{a['model']} → {b['model']}: {gain:+.2f} points, significant in {n_sig} of {len(ps)} seed pairs: {word}.")
         blocks.append(("table", ["step", "seed", "acc A %", "acc B %", "only A", "only B", "p"], table))
         blocks += [("p", v) for v in verdicts]

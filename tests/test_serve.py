@@ -1,0 +1,141 @@
+"""The HTTP service: every endpoint, every bad input of the deploy issue, unusual but valid images."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from fashionclf.runs import load_run, save_run  # noqa: E402
+from fashionclf.serve import MAX_FILES, create_app  # noqa: E402
+from fashionclf.train import fit, resolve_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """A small mlp trained on synthetic data (bars at class-specific heights), served in-process."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(40)
+    x = torch.randint(0, 30, (len(y), 28, 28), generator=g, dtype=torch.uint8)
+    for c in range(10):
+        x[y == c, 2 + 2 * c : 5 + 2 * c, 6:22] = 255
+    cfg = resolve_config("mlp", None, epochs=3, val_size=0, precision="fp32")
+    res = fit(cfg, x, y, x[:100], y[:100])
+    out = tmp_path_factory.mktemp("svc") / "run"
+    save_run(
+        out,
+        res.model,
+        cfg,
+        {"test_accuracy": 1.0, "calibration": {"temperature": 1.0, "threshold": 0.9, "target_precision": 0.99}},
+        res.history,
+        [f"c{i}" for i in range(10)],
+        {},
+    )
+    return TestClient(create_app(run=load_run(out)))
+
+
+def _photo():
+    img = np.full((160, 120, 3), 240, np.uint8)
+    img[30:130, 40:80] = (60, 40, 30)
+    return img
+
+
+def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+JPEG = _bytes(Image.fromarray(_photo()), "JPEG", quality=95)
+
+
+def _ok(client, files):
+    r = client.post("/v1/predict", files=[("file", (f"{i}.img", b, "application/octet-stream")) for i, b in enumerate(files)])
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def test_health_models_and_page(client):
+    assert client.get("/health").json()["status"] == "ok"
+    m = client.get("/v1/models").json()
+    assert m["name"] == "mlp" and len(m["classes"]) == 10 and m["calibration"]["threshold"] == 0.9
+    page = client.get("/")
+    assert page.status_code == 200 and "<input" in page.text and "/v1/predict" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+
+
+def test_multipart_and_kserve_json_agree_in_input_order(client):
+    other = _photo()
+    other[30:130, 40:80] = 250  # a blank item: another prediction, so the order is visible
+    second = _bytes(Image.fromarray(other), "PNG")
+    a = _ok(client, [JPEG, second])
+    assert len(a) == 2 and set(a[0]) == {"label", "index", "confidence", "top_k", "needs_review"}
+    r = client.post("/v1/predict", json={"instances": [{"b64": base64.b64encode(b).decode()} for b in (JPEG, second)]})
+    assert r.status_code == 200
+    assert [p["label"] for p in r.json()["predictions"]] == [p["label"] for p in a]
+    with_pre = client.post("/v1/predict?preprocessed=true", files=[("file", ("a.jpg", JPEG, "image/jpeg"))]).json()["predictions"][0]
+    seen = Image.open(io.BytesIO(base64.b64decode(with_pre["preprocessed_png_b64"])))
+    assert seen.size == (28, 28)
+
+
+@pytest.mark.parametrize(
+    "make,status,message",
+    [
+        (lambda: {"content": b"", "headers": {"content-type": "application/json"}}, 400, "empty request"),
+        (lambda: {"files": [("file", ("a.jpg", b"", "image/jpeg"))]}, 400, "empty"),
+        (lambda: {"files": [("file", ("a.jpg", b"just some text, named .jpg", "image/jpeg"))]}, 415, "not an image"),
+        (lambda: {"files": [("file", ("a.jpg", JPEG[: len(JPEG) // 2], "image/jpeg"))]}, 422, "truncated or damaged"),
+        (lambda: {"files": [("file", ("a.jpg", b"\0" * (50 * 1024 * 1024), "image/jpeg"))]}, 413, "above the limit"),
+        (lambda: {"json": {"instances": [{"b64": "%%%not base64"}]}}, 400, "malformed base64"),
+        (lambda: {"files": [("photo", ("a.jpg", JPEG, "image/jpeg"))]}, 400, "expected one or more 'file' fields"),
+        (lambda: {"files": [("file", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(1000)]}, 413, "at most"),
+        (lambda: {"json": {"wrong": 1}}, 400, "instances"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_the_server_stays_healthy(client, make, status, message):
+    r = client.post("/v1/predict", **make())
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert client.get("/health").status_code == 200
+    assert _ok(client, [JPEG])[0]["label"]
+
+
+def test_huge_png_is_refused_before_decoding(client):
+    # 20,000 x 20,000 pixels, but a small file: one colour compresses to almost nothing
+    im = Image.new("1", (20000, 20000))
+    r = client.post("/v1/predict", files=[("file", ("big.png", _bytes(im, "PNG"), "image/png"))])
+    assert r.status_code == 413 and "pixels" in r.json()["error"]
+
+
+def test_unusual_valid_images_get_the_plain_rgb_label(client):
+    plain = _ok(client, [_bytes(Image.fromarray(_photo()), "PNG")])[0]["label"]
+    rgb = Image.fromarray(_photo())
+    frames = [rgb.convert("P"), Image.new("P", rgb.size, 3)]
+    gif = _bytes(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    cmyk = _bytes(rgb.convert("CMYK"), "JPEG", quality=95)
+    a16 = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    png16 = _bytes(Image.fromarray(a16), "PNG")
+    rgba = rgb.convert("RGBA")
+    alpha = np.asarray(rgba).copy()
+    alpha[:, :, 3] = 255
+    alpha[:10, :10, 3] = 0  # a transparent corner over a white background
+    rgba_png = _bytes(Image.fromarray(alpha, "RGBA"), "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated 90 degrees: displayed upright after EXIF transpose
+    rotated = _bytes(rgb.rotate(-90, expand=True), "JPEG", exif=exif.tobytes(), quality=95)
+    labels = [p["label"] for p in _ok(client, [gif, cmyk, png16, rgba_png, rotated])]
+    assert labels == [plain] * 5, labels
+
+
+def test_more_files_than_the_limit_in_json(client):
+    r = client.post(
+        "/v1/predict", content=json.dumps({"instances": [{"b64": "AA=="}] * (MAX_FILES + 1)}), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
