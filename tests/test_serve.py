@@ -139,3 +139,34 @@ def test_more_files_than_the_limit_in_json(client):
         "/v1/predict", content=json.dumps({"instances": [{"b64": "AA=="}] * (MAX_FILES + 1)}), headers={"content-type": "application/json"}
     )
     assert r.status_code == 413
+
+
+def test_real_uvicorn_server_over_http(client):
+    """The same app under uvicorn on a free loopback port, called over real HTTP."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        assert json.loads(urllib.request.urlopen(f"{base}/health", timeout=10).read())["status"] == "ok"
+        body = json.dumps({"instances": [{"b64": base64.b64encode(JPEG).decode()}]}).encode()
+        req = urllib.request.Request(f"{base}/v1/predict", data=body, headers={"content-type": "application/json"})
+        preds = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
+        assert len(preds) == 1 and preds[0]["label"].startswith("c")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
