@@ -71,6 +71,17 @@ def at_resolution(model: nn.Module, pixels: int, size: int = 28) -> nn.Module:
     return model
 
 
+def resolved_kwargs(name: str, kwargs: dict) -> dict:
+    """The builder's keyword defaults overlaid with kwargs: what a run folder records, so a later change of
+    a default (e.g. an input size) cannot silently change how an old run is rebuilt."""
+    import inspect
+
+    sig = inspect.signature(model_info(name).build)
+    skip = {"num_classes", "pretrained", "weights"}
+    out = {k: p.default for k, p in sig.parameters.items() if k not in skip and p.default is not inspect.Parameter.empty}
+    return {**out, **kwargs}
+
+
 def split_body_head(model: nn.Module) -> tuple[list, list]:
     """(pretrained body parameters, head parameters); models trained from scratch are all head."""
     if isinstance(model, _Upsampled):

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .data import MEAN, STD
-from .models import model_info
+from .models import model_info, resolved_kwargs
 from .train import TrainConfig, build_model, config_from_dict, config_to_dict
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
@@ -132,7 +132,7 @@ def save_run(
     meta = {
         "format": 1,
         "model": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
+        "model_kwargs": resolved_kwargs(cfg.model, cfg.model_kwargs),
         "classes": list(classes),
         "input": {"channels": 1, "height": 28, "width": 28, "dtype": "uint8 pixels scaled to [0, 1]"},
         "normalization": {"mean": MEAN, "std": STD},
@@ -205,10 +205,12 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except ValueError as e:
         raise RunError(f"{path / META}: {e}") from None
     metrics = read_json(path / METRICS) if (path / METRICS).exists() else {}
-    config = config_from_dict({**meta.get("config", {}), "model": meta["model"], "model_kwargs": meta.get("model_kwargs", {})})
+    config = config_from_dict({**meta.get("config", {}), "model": meta["model"]})  # as trained, for resuming and reports
+    # Rebuilt from the recorded kwargs (builder defaults included), not today's defaults.
+    built = config_from_dict({**meta.get("config", {}), "model": meta["model"], "model_kwargs": meta.get("model_kwargs", {})})
     try:
         # pretrained=False: the run's own weights replace any pretrained ones just below
-        model = build_model(config, len(meta["classes"]), pretrained=False)
+        model = build_model(built, len(meta["classes"]), pretrained=False)
     except (TypeError, ValueError) as e:
         raise RunError(f"{path / META}: the model cannot be rebuilt from its config ({e})") from None
     weights = path / WEIGHTS
