@@ -403,8 +403,8 @@ def cmd_resolution(args) -> int:
     for px in summary["sizes"]:
         print(f"{px:4d} {summary['overall'][px] * 100:10.2f}  " + "  ".join(f"{v * 100:11.1f}" for v in summary["recall"][px].values()))
     for c, v in summary["last_step"].items():
-        word = "still climbing" if v["climbing"] else "flat"
-        print(f"{c}: {v['gain_points']:+.2f} points over the last step ({v['significant_pairs']}/{v['pairs']} seeds significant): {word}")
+        seeds = f"{v['significant_pairs']}/{v['pairs']} seeds significant"
+        print(f"{c}: {v['gain_points']:+.2f} points over the last step ({seeds}): {v['verdict']}")
     print("report: " + ", ".join(str(p) for p in paths))
     return 0
 

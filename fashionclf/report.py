@@ -613,8 +613,19 @@ def resolution_blocks(out: Path, results: dict, classes: list[str]) -> tuple[lis
             n_sig = sum(p < SIGNIFICANCE for p in ps)
             gain = float(np.mean(gains))
             climbing = n_sig == len(ps) and gain > 0
-            word = "still climbing: sharper images would pay" if climbing else "flat within noise: more pixels would not pay"
-            summary["last_step"][c] = {"gain_points": gain, "significant_pairs": n_sig, "pairs": len(ps), "climbing": climbing}
+            if climbing:
+                word = "still climbing: sharper images would pay"
+            elif n_sig == 0:
+                word = "flat within noise: more pixels would not pay"
+            else:
+                word = "significant in some seeds only: undecided, more seeds would tell"
+            summary["last_step"][c] = {
+                "gain_points": gain,
+                "significant_pairs": n_sig,
+                "pairs": len(ps),
+                "climbing": climbing,
+                "verdict": word.split(":")[0],
+            }
             verdicts.append(f"{c}: {gain:+.2f} points from {lo} to {hi} px, significant in {n_sig} of {len(ps)} seeds: {word}.")
         blocks.append(("table", ["test images", "seed", f"{lo} px %", f"{hi} px %", f"only {lo}", f"only {hi}", "p"], rows))
         blocks += [("p", v) for v in verdicts]
