@@ -31,7 +31,11 @@ def top_losses(logits: torch.Tensor, labels: torch.Tensor, k: int = 20) -> list[
 
 def _signature(x_u8: torch.Tensor, side: int = 28) -> torch.Tensor:
     """Unit-length, mean-centred image vectors (optionally area-downsampled): near duplicates are nearly parallel."""
-    v = F.interpolate(x_u8.float().unsqueeze(1), size=(side, side), mode="area").flatten(1)
+    x = x_u8.float()
+    x = x.unsqueeze(1) if x.dim() == 3 else x  # (N, H, W) gray or (N, C, H, W)
+    if x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="area")
+    v = x.flatten(1)
     v = v - v.mean(1, keepdim=True)
     return v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)
 

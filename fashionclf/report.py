@@ -467,7 +467,9 @@ def duplicate_blocks(data, limit: int = 30) -> list:
         (
             "p",
             f"{len(dups)} of {len(data.test_x):,d} test images have a copy among the {len(train_x):,d} training images "
-            f"({n_exact} exact, {len(dups) - n_exact} near: cosine similarity of the mean-centred 14x14 images ≥ 0.985). "
+            f"({n_exact} exact, {len(dups) - n_exact} near: "
+            "cosine similarity of the mean-centred images ≥ 0.995; a lower bar pairs ever more distinct "
+            "items of one kind). "
             "Accuracy on them measures memory more than generalisation. Training indices count train then validation.",
         )
     )
