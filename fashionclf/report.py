@@ -521,14 +521,7 @@ def write_blocks(out: str | Path, blocks: list, title: str, stem: str = "report"
 
 
 def write_report(out: str | Path, results: dict, data) -> list[Path]:
-    out = Path(out)
-    blocks = build_blocks(out, results, data)
-    for b in blocks:
-        if b[0] == "img":
-            atomic_write_bytes(out / "figures" / b[1], b[2])
-    atomic_write_text(out / "report.md", _render_md(blocks))
-    atomic_write_text(out / "report.html", _render_html(blocks, "fashionclf report"))
-    return [out / "report.md", out / "report.html"]
+    return write_blocks(out, build_blocks(Path(out), results, data), "fashionclf report")
 
 
 # --------------------------------------------------------------------------- the resolution study
@@ -637,10 +630,6 @@ def resolution_blocks(out: Path, results: dict, classes: list[str]) -> tuple[lis
 def write_resolution_report(out: str | Path, results: dict, classes: list[str]) -> tuple[list[Path], dict]:
     out = Path(out)
     blocks, summary = resolution_blocks(out, results, classes)
-    for b in blocks:
-        if b[0] == "img":
-            atomic_write_bytes(out / "figures" / b[1], b[2])
-    atomic_write_text(out / "report.md", _render_md(blocks))
-    atomic_write_text(out / "report.html", _render_html(blocks, "fashionclf resolution study"))
+    paths = write_blocks(out, blocks, "fashionclf resolution study")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return [out / "report.md", out / "report.html", out / "summary.json"], summary
+    return [*paths, out / "summary.json"], summary
