@@ -133,6 +133,16 @@ def test_unusual_valid_images_get_the_plain_rgb_label(client):
     labels = [p["label"] for p in _ok(client, [gif, cmyk, png16, rgba_png, rotated])]
     assert labels == [plain] * 5, labels
 
+    # stronger than the label of a small model: the model sees nearly the same 28x28 image for each
+    def seen(blob):
+        r = client.post("/v1/predict?preprocessed=true", files=[("file", ("x", blob, "application/octet-stream"))])
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["predictions"][0]["preprocessed_png_b64"]))), dtype=float)
+
+    ref = seen(_bytes(Image.fromarray(_photo()), "PNG"))
+    assert ref.max() > 100  # the dark item became a light one on black
+    for name, blob in {"gif": gif, "cmyk": cmyk, "png16": png16, "rgba": rgba_png, "exif": rotated}.items():
+        assert np.abs(seen(blob) - ref).mean() < 12, name
+
 
 def test_more_files_than_the_limit_in_json(client):
     r = client.post(
