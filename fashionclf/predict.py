@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import ImageError, load_rgb
+from .images import MAX_PIXELS, ImageError, load_rgb
 from .preprocess import to_fashion_mnist
 from .runs import Run, atomic_write_bytes
 from .train import infer, resolve_precision
@@ -58,14 +58,29 @@ def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 
     return results_from_logits(run, logits, top_k)
 
 
-def preprocess_file(path: str | Path, method: str = "grabcut", run: Run | None = None) -> np.ndarray:
-    """What the run's model takes: a Fashion-MNIST-style (28, 28) image, or (3, S, S) RGB for image-folder runs."""
+def preprocess_file(
+    source: str | Path | bytes, method: str = "grabcut", run: Run | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """What the run's model takes, from a file or its bytes: a Fashion-MNIST-style (28, 28) image, or (3, S, S)
+    RGB for image-folder runs."""
     spec = run.meta.get("input", {}) if run is not None else {}
+    rgb = load_rgb(source, max_pixels)
     if spec.get("kind") == "rgb-letterbox":
         from .folders import letterbox
 
-        return letterbox(load_rgb(path), spec["height"]).transpose(2, 0, 1)
-    return to_fashion_mnist(load_rgb(path), method).image
+        return letterbox(rgb, spec["height"]).transpose(2, 0, 1)
+    return to_fashion_mnist(rgb, method).image
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """A model-ready image, (H, W) gray or (3, H, W) RGB, as PNG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.transpose(1, 2, 0) if img.ndim == 3 else img).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def predict_files(
@@ -99,15 +114,9 @@ def predict_files(
 
 
 def _save_png(folder: Path, source: Path, img: np.ndarray) -> None:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img.transpose(1, 2, 0) if img.ndim == 3 else img).save(buf, format="PNG")
     # The source's path, flattened, keeps names from different folders apart.
     name = "__".join(p for p in source.with_suffix("").parts if p not in ("/", "..", ".")) + ".png"
-    atomic_write_bytes(folder / name, buf.getvalue())
+    atomic_write_bytes(folder / name, png_bytes(img))
 
 
 def _norm(name: str) -> str:

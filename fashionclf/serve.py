@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import threading
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from .images import MAX_PIXELS, ImageError, load_rgb
-from .predict import predict_arrays
-from .preprocess import to_fashion_mnist
+from .images import MAX_PIXELS, ImageError
+from .predict import png_bytes, predict_arrays, preprocess_file
 from .runs import Run, load_run
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a phone photo is 2-8 MB; larger requests are refused before parsing
@@ -42,19 +40,12 @@ class Predictor:
     def __init__(self, run: Run, max_pixels: int = MAX_PIXELS):
         self.run, self.max_pixels = run, max_pixels
         self.lock = threading.Lock()
-        spec = run.meta.get("input", {})
-        self.rgb_size = spec.get("height") if spec.get("kind") == "rgb-letterbox" else None
 
     def prepare(self, blob: bytes, index: int) -> np.ndarray:
         try:
-            rgb = load_rgb(blob, self.max_pixels)
+            return preprocess_file(blob, run=self.run, max_pixels=self.max_pixels)  # the same path as `fashionclf predict`
         except ImageError as e:
             raise RequestError(STATUS.get(e.kind, 422), f"image {index}: {e}") from None
-        if self.rgb_size:
-            from .folders import letterbox
-
-            return letterbox(rgb, self.rgb_size).transpose(2, 0, 1)
-        return to_fashion_mnist(rgb).image
 
     def predict(self, blobs: list[bytes], top_k: int = 3, preprocessed: bool = False) -> list[dict]:
         images = [self.prepare(b, i) for i, b in enumerate(blobs)]
@@ -62,16 +53,8 @@ class Predictor:
             results = predict_arrays(self.run, np.stack(images), top_k)
         if preprocessed:
             for r, img in zip(results, images):
-                r["preprocessed_png_b64"] = _png_b64(img)
+                r["preprocessed_png_b64"] = base64.b64encode(png_bytes(img)).decode()
         return results
-
-
-def _png_b64(img: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img.transpose(1, 2, 0) if img.ndim == 3 else img).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 async def _read_blobs(request: Request) -> list[bytes]:
@@ -127,7 +110,6 @@ async def _read_blobs(request: Request) -> list[bytes]:
 def create_app(run_dir: str | Path | None = None, run: Run | None = None) -> FastAPI:
     """The service for one run (a folder, or an already loaded Run)."""
     run = run or load_run(run_dir)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     predictor = Predictor(run)
     app = FastAPI(title="fashionclf", description="Categorise product photos with a trained fashionclf run.")
 
