@@ -111,6 +111,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random affine augmentation")
     p.add_argument("--aug-rotation", type=float, help="augmentation: max rotation in degrees")
+    p.add_argument("--aug-zoom", type=float, help="augmentation: scale drawn in [1-zoom, 1+zoom]")
     p.add_argument("--aug-shift", type=float, help="augmentation: max translation as a fraction of the side")
     p.add_argument("--aug-erase", type=float, help="augmentation: probability of random erasing")
     p.add_argument("--aug-photo", type=float, help="augmentation: probability of photo-style blur/noise/contrast/haze")
@@ -145,6 +146,7 @@ def _overrides(args) -> dict:
         "optimizer": args.optimizer,
         "augment": args.augment,
         "aug_rotation": args.aug_rotation,
+        "aug_zoom": args.aug_zoom,
         "aug_shift": args.aug_shift,
         "aug_erase": args.aug_erase,
         "aug_photo": args.aug_photo,
@@ -279,24 +281,70 @@ def cmd_predict(args) -> int:
     paths = find_images(args.inputs)
     if not paths:
         raise ValueError(f"no image files found in {', '.join(args.inputs)} (looked for .jpg, .png, .webp, .bmp, .gif, .tif)")
+    if run.metrics.get("calibration") is None:
+        print("fashionclf: this run has no calibration (trained before it existed): every item is flagged for review", file=sys.stderr)
     if args.out:
-        check_writable_file(Path(args.out))
-    lines, failed = [], 0
+        return _predict_to_file(args, run, paths)
+    failed = 0
     for r in predict_files(run, paths, top_k=args.top_k, save_preprocessed=args.save_preprocessed, method=args.method):
         if "error" in r:
             failed += 1
             print(f"fashionclf: skipped {r['file']}: {r['error']}", file=sys.stderr)
-        line = json.dumps(r) if args.json or args.out else _predict_line(r)
-        if args.out:
-            lines.append(line)
-        else:
-            print(line, flush=True)
-    if args.out:
-        atomic_write_text(args.out, "\n".join(lines) + "\n")
-        print(f"{len(paths) - failed} predictions, {failed} unreadable files -> {args.out}", file=sys.stderr)
-    if run.metrics.get("calibration") is None:
-        print("fashionclf: this run has no calibration (trained before it existed): every item is flagged for review", file=sys.stderr)
+        print(json.dumps(r) if args.json else _predict_line(r), flush=True)
     return 1 if failed == len(paths) else 0
+
+
+def _predict_to_file(args, run, paths) -> int:
+    from tqdm import tqdm
+
+    from .batch import output_format, predict_to_file
+
+    out = Path(args.out)
+    output_format(out)  # fail on a bad suffix before any work
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"--out {out}: {out.parent} is a file, not a folder")
+    bar = tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr, disable=args.quiet)
+
+    def on_batch(written, total):
+        bar.update(written - bar.n)
+
+    try:
+        counts = predict_to_file(
+            run, paths, out, top_k=args.top_k, method=args.method, save_preprocessed=args.save_preprocessed, on_batch=on_batch
+        )
+    except FileExistsError as e:
+        raise ValueError(str(e)) from None
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"fashionclf: interrupted; run the same command again to resume ({out}.partial keeps what is done)", file=sys.stderr)
+        return 130
+    bar.close()
+    resumed = f", {counts['skipped_done']} already done before resuming" if counts["resumed"] else ""
+    print(f"{counts['done']} predictions, {counts['failed']} unreadable files{resumed} -> {out}", file=sys.stderr)
+    return 1 if counts["failed"] == len(paths) else 0
+
+
+def cmd_export(args) -> int:
+    from .export import check_parity, export_onnx, parity_ok
+
+    run = load_run(args.run)
+    out = Path(args.onnx)
+    check_writable_file(out, "--onnx")
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"--onnx {out}: expected a file name ending in .onnx")
+    data = export_onnx(run)
+    rows = check_parity(run, data)
+    for r in rows:
+        print(
+            f"parity batch {r['batch']:3d}: max |p_onnx - p_torch| {r['max_abs_diff']:.2e}, same argmax {r['same_argmax']}", file=sys.stderr
+        )
+    if not parity_ok(rows):
+        raise ValueError("the ONNX model disagrees with PyTorch beyond 1e-4 (see above); nothing was written")
+    from .runs import atomic_write_bytes
+
+    atomic_write_bytes(out, data)
+    print(f"{out} ({len(data) / 1e6:.1f} MB): input 'pixels' (N, C, H, W) in [0, 1], output 'probabilities' (N, {len(run.classes)})")
+    return 0
 
 
 def _predict_line(r: dict) -> str:
@@ -307,11 +355,11 @@ def _predict_line(r: dict) -> str:
     return f"{r['file']}\t{r['label']} {r['confidence']:.2f}{flag}" + (f"  ({others})" if others else "")
 
 
-def check_writable_file(path: Path) -> None:
+def check_writable_file(path: Path, option: str = "--out") -> None:
     if path.exists():
-        raise ValueError(f"--out {path} already exists; choose another file (results are never overwritten)")
+        raise ValueError(f"{option} {path} already exists; choose another file (results are never overwritten)")
     if path.parent.exists() and not path.parent.is_dir():
-        raise ValueError(f"--out {path}: {path.parent} is a file, not a folder")
+        raise ValueError(f"{option} {path}: {path.parent} is a file, not a folder")
 
 
 def cmd_label_issues(args) -> int:
@@ -350,7 +398,7 @@ def cmd_serve(args) -> int:
 
     from .serve import create_app
 
-    app = create_app(args.run)  # loads the run once, before the port opens
+    app = create_app(args.run, backend=args.backend)  # loads the run once, before the port opens
     print(f"serving {args.run} on http://{args.host}:{args.port}/ (page), /v1/predict, /v1/models, /health", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -449,10 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     s.add_argument("--json", action="store_true", help="one JSON object per line and image")
     s.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
-    s.add_argument("--out", help="write JSON lines to this file instead of stdout")
+    s.add_argument(
+        "--out", help="write results to this .jsonl or .csv file (streamed, with a progress bar; rerun the same command to resume)"
+    )
+    s.add_argument("--quiet", action="store_true", help="with --out: no progress bar")
     s.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per input, as PNG")
     s.add_argument("--method", choices=["grabcut", "threshold"], default="grabcut", help="how the item is cut from its background")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export a run as ONNX (pixels in, calibrated probabilities out), checked against PyTorch")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write (never overwritten)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("label-issues", help="find likely label errors in the training data with k-fold out-of-fold predictions")
     s.add_argument("--model", default="tuned_cnn", help="the model each fold trains (default: tuned_cnn, ~1 minute per fold here)")
@@ -466,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run folder")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (the run's model) or onnx (onnxruntime)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("robustness", help="accuracy of a run under 14 corruptions of the test set at 5 severities")

@@ -31,7 +31,11 @@ def review_threshold(run: Run) -> float | None:
 
 
 def results_from_logits(run: Run, logits: torch.Tensor, top_k: int = 3) -> list[dict]:
-    probs = calibrated_probs(run, logits)
+    return results_from_probs(run, calibrated_probs(run, logits), top_k)
+
+
+def results_from_probs(run: Run, probs: torch.Tensor, top_k: int = 3) -> list[dict]:
+    """One result per row of calibrated probabilities: label, confidence, top-k, review flag."""
     threshold = review_threshold(run)
     k = min(top_k, probs.shape[1])
     conf, idx = probs.topk(k, dim=1)
@@ -49,8 +53,14 @@ def results_from_logits(run: Run, logits: torch.Tensor, top_k: int = 3) -> list[
     return out
 
 
-def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu") -> list[dict]:
-    """Results for model-ready uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, 3, S, S) for image-folder runs."""
+def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu", backend=None) -> list[dict]:
+    """Results for model-ready uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, 3, S, S) for image-folder runs.
+
+    backend: None for the run's PyTorch model, or an object whose .probs(images) gives calibrated
+    probabilities (export.OnnxModel).
+    """
+    if backend is not None:
+        return results_from_probs(run, torch.from_numpy(backend.probs(images_u8)), top_k)
     x = torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8)
     dev = torch.device(device)
     amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
@@ -90,6 +100,7 @@ def predict_files(
     batch_size: int = 64,
     save_preprocessed: str | Path | None = None,
     method: str = "grabcut",
+    backend=None,
 ) -> Iterator[dict]:
     """One dict per path, in order: the prediction, or {'file', 'error'} for a file that cannot be used."""
     for start in range(0, len(paths), batch_size):
@@ -101,7 +112,7 @@ def predict_files(
                 rows.append({"file": str(p)})
             except ImageError as e:
                 rows.append({"file": str(p), "error": str(e)})
-        preds = iter(predict_arrays(run, np.stack(images), top_k) if images else [])
+        preds = iter(predict_arrays(run, np.stack(images), top_k, backend=backend) if images else [])
         it = iter(images)
         for row in rows:
             if "error" in row:

@@ -128,4 +128,8 @@ def create_lite0(num_classes: int = 10, in_chans: int = 1, pretrained: bool = Tr
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys or set(result.missing_keys) != {"classifier.weight", "classifier.bias"}:
             raise PretrainedError(f"weights do not fit: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+        # A zero head starts at uniform predictions (loss ln 10). timm's default init (uniform +-1/sqrt(10))
+        # gives logits of std ~5 on pretrained features: the first, frozen epoch went into unlearning that.
+        torch.nn.init.zeros_(model.classifier.weight)
+        torch.nn.init.zeros_(model.classifier.bias)
     return model

@@ -37,9 +37,16 @@ class RequestError(Exception):
 class Predictor:
     """The run, loaded once; one inference at a time (two cores: concurrent forwards would only thrash)."""
 
-    def __init__(self, run: Run, max_pixels: int = MAX_PIXELS):
-        self.run, self.max_pixels = run, max_pixels
+    def __init__(self, run: Run, max_pixels: int = MAX_PIXELS, backend: str = "torch"):
+        self.run, self.max_pixels, self.backend_name = run, max_pixels, backend
         self.lock = threading.Lock()
+        self.backend = None  # PyTorch
+        if backend == "onnx":
+            from .export import OnnxModel, export_onnx
+
+            self.backend = OnnxModel(export_onnx(run))  # exported in memory at start-up: the run folder stays as it is
+        elif backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
 
     def prepare(self, blob: bytes, index: int) -> np.ndarray:
         try:
@@ -50,7 +57,7 @@ class Predictor:
     def predict(self, blobs: list[bytes], top_k: int = 3, preprocessed: bool = False) -> list[dict]:
         images = [self.prepare(b, i) for i, b in enumerate(blobs)]
         with self.lock, torch.inference_mode():
-            results = predict_arrays(self.run, np.stack(images), top_k)
+            results = predict_arrays(self.run, np.stack(images), top_k, backend=self.backend)
         if preprocessed:
             for r, img in zip(results, images):
                 r["preprocessed_png_b64"] = base64.b64encode(png_bytes(img)).decode()
@@ -107,11 +114,12 @@ async def _read_blobs(request: Request) -> list[bytes]:
     return blobs
 
 
-def create_app(run_dir: str | Path | None = None, run: Run | None = None) -> FastAPI:
-    """The service for one run (a folder, or an already loaded Run)."""
+def create_app(run_dir: str | Path | None = None, run: Run | None = None, backend: str = "torch") -> FastAPI:
+    """The service for one run (a folder, or an already loaded Run), on PyTorch or onnxruntime."""
     run = run or load_run(run_dir)
-    predictor = Predictor(run)
+    predictor = Predictor(run, backend=backend)
     app = FastAPI(title="fashionclf", description="Categorise product photos with a trained fashionclf run.")
+    app.state.run, app.state.predictor = run, predictor
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, e: RequestError):
@@ -119,13 +127,14 @@ def create_app(run_dir: str | Path | None = None, run: Run | None = None) -> Fas
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "model": run.meta["model"]}
+        return {"status": "ok", "model": run.meta["model"], "backend": backend}
 
     @app.get("/v1/models")
     def models():
         m = run.metrics
         return {
             "name": run.meta["model"],
+            "backend": backend,
             "classes": list(run.classes),
             "input": run.meta.get("input"),
             "metrics": {k: m.get(k) for k in ("test_accuracy", "val_accuracy", "params", "infer_images_per_s") if k in m},

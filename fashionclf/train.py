@@ -281,8 +281,11 @@ def train_one_epoch(
     on_batch: Callable[[int, float, float], None] | None = None,
     step_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
+    frozen: list[nn.Module] = (),
 ) -> dict:
     model.train()
+    for m in frozen:  # frozen layers keep their pretrained BatchNorm statistics instead of drifting to this batch's
+        m.eval()
     perm = torch.randperm(len(x_u8), generator=generator)
     n_batches = batches_per_epoch(len(x_u8), cfg.batch_size)
     total_loss = torch.zeros((), device=device)
@@ -390,6 +393,12 @@ def fit(
     best = (math.inf, 0, None)  # (val loss, epoch, state)
     start = time.perf_counter()
     body, _ = split_body_head(model)
+    body_ids = {id(p) for p in body}
+    body_norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(id(p) in body_ids for p in m.parameters(recurse=False))
+    ]
     # EMA over parameters and BatchNorm buffers; the averaged copy is what gets validated and kept.
     ema = (
         torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
@@ -402,7 +411,10 @@ def fit(
         for p in body:  # frozen warm-up: a random head first learns from stable pretrained features
             p.requires_grad_(epoch > cfg.freeze_epochs)
         on_batch = on_batch_factory(epoch, n_batches) if on_batch_factory else None
-        stats = train_one_epoch(trained, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule, ema)
+        frozen = body_norms if epoch <= cfg.freeze_epochs else []
+        stats = train_one_epoch(
+            trained, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule, ema, frozen
+        )
         if len(val_x):
             val = evaluate(scored, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
         else:  # no validation split (cross-validation folds): the schedule runs to its end, the last weights are kept

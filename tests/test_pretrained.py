@@ -73,6 +73,15 @@ def test_pretrained_features_differ_from_random():
     assert create_lite0(10, 1, pretrained=True).bn2.running_var.mean() != 1.0
 
 
+def test_new_head_starts_at_uniform_predictions():
+    """A zero head on pretrained features: loss ln(10) at the start, not the ~5 of timm's default head init."""
+    m = create_lite0(10, 1, pretrained=True).eval()
+    assert not m.classifier.weight.any() and not m.classifier.bias.any()
+    with torch.no_grad():
+        p = m(torch.rand(3, 1, 64, 64)).softmax(1)
+    assert torch.allclose(p, torch.full_like(p, 0.1))
+
+
 def _shared(*parts):
     return Path(__file__).resolve().parents[2].joinpath("shared", *parts)
 

@@ -1,6 +1,7 @@
 """The HTTP service: every endpoint, every bad input of the deploy issue, unusual but valid images."""
 
 import base64
+import contextlib
 import io
 import json
 
@@ -151,32 +152,113 @@ def test_more_files_than_the_limit_in_json(client):
     assert r.status_code == 413
 
 
-def test_real_uvicorn_server_over_http(client):
-    """The same app under uvicorn on a free loopback port, called over real HTTP."""
+@contextlib.contextmanager
+def live_server(app):
+    """The app under real uvicorn on a free loopback port; yields its base URL."""
     import socket
     import threading
     import time
-    import urllib.request
 
     import uvicorn
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        for _ in range(100):
+        for _ in range(200):
             if server.started:
                 break
             time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_real_uvicorn_server_over_http(client):
+    """The same app under uvicorn on a free loopback port, called over real HTTP."""
+    import urllib.request
+
+    with live_server(client.app) as base:
         assert json.loads(urllib.request.urlopen(f"{base}/health", timeout=10).read())["status"] == "ok"
         body = json.dumps({"instances": [{"b64": base64.b64encode(JPEG).decode()}]}).encode()
         req = urllib.request.Request(f"{base}/v1/predict", data=body, headers={"content-type": "application/json"})
         preds = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
         assert len(preds) == 1 and preds[0]["label"].startswith("c")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+
+
+def _chromium():
+    """A headless Chromium driven by Debian's chromedriver; skipped where it is not installed (never in CI)."""
+    import os
+    import shutil
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver must be installed in CI (.ci/run installs Debian's chromium chromium-driver)")
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    # No network beyond loopback here: background services would only produce refused connections.
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+    ):
+        opts.add_argument(flag)
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_web_page_in_headless_chromium(client, tmp_path):
+    """Choose a photo on the page: it shows the photo, the 28x28 image the model saw, top-3 bars and the review flag."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "item.jpg"
+    photo.write_bytes(JPEG)
+    expected = _ok(client, [JPEG])[0]
+    with live_server(client.app) as base:
+        browser = _chromium()
+        try:
+            browser.get(base + "/")
+            assert "fashionclf" in browser.title
+            browser.find_element(By.ID, "pick").send_keys(str(photo))
+            label = WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "label").get_attribute("data-label"))
+            assert label == expected["label"]
+            assert browser.find_element(By.ID, "seen").get_attribute("src").startswith("data:image/png;base64,")
+            assert browser.find_element(By.ID, "photo").get_attribute("src").startswith("blob:")
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 3
+            review = browser.find_element(By.ID, "review").text
+            assert review == ("A person should check this one." if expected["needs_review"] else "Confident enough to label automatically.")
+            # a refused upload shows the server's message, and the page keeps working
+            bad = tmp_path / "notes.jpg"
+            bad.write_text("not an image")
+            browser.find_element(By.ID, "pick").send_keys(str(bad))
+            WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "label").get_attribute("class") == "err")
+            assert "image 0" in browser.find_element(By.ID, "label").text
+        finally:
+            browser.quit()
+
+
+def test_onnx_backend_answers_like_torch(client):
+    pytest.importorskip("onnxruntime")
+    onnx_client = TestClient(create_app(run=client.app.state.run, backend="onnx"))
+    assert onnx_client.get("/health").json()["backend"] == "onnx"
+    photos = [JPEG, _bytes(Image.fromarray(_photo()[:, ::-1]), "PNG"), _bytes(Image.fromarray(255 - _photo()), "PNG")]
+    a, b = _ok(client, photos), _ok(onnx_client, photos)
+    assert [p["label"] for p in a] == [p["label"] for p in b]
+    assert max(abs(p["confidence"] - q["confidence"]) for p, q in zip(a, b)) < 1e-3
+    assert [p["needs_review"] for p in a] == [p["needs_review"] for p in b]

@@ -91,6 +91,10 @@ def test_frozen_warmup_and_discriminative_lrs():
     body0, head0 = split_body_head(start)
     assert all(torch.equal(a, b) for a, b in zip(body, body0))  # frozen for the only epoch
     assert not all(torch.equal(a, b) for a, b in zip(head, head0))
+    # frozen means frozen: the body's BatchNorm statistics stay as they were, not drift to this data's
+    for (name, a), b in zip(res.model.state_dict().items(), start.state_dict().values()):
+        if "running" in name and not name.startswith("net.classifier"):
+            assert torch.equal(a, b), name
 
 
 def test_tta_same_shape_valid_logits_and_no_loss_of_accuracy():

@@ -1,0 +1,143 @@
+"""Catalogue-sized prediction into a file: streaming, bounded memory, resumable.
+
+Results go to `<out>.partial` a batch at a time (flushed and fsynced), beside a small JSON file that
+records what the job is (run, inputs, options). When every file is done, the partial file is renamed to
+`<out>`: a file under the final name is always complete. After an interruption, the same command finds
+the partial file, checks that it belongs to the same job, drops a half-written last line, skips the
+files already written and appends the rest; the result is byte for byte what an uninterrupted job
+writes, because files are processed in a fixed (sorted) order and every line depends on its file alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .predict import predict_files
+from .runs import Run, atomic_write_text
+
+CSV_FIELDS = ["file", "label", "index", "confidence", "needs_review", "top_k", "error"]
+
+
+class JobError(ValueError):
+    """A resumable job that does not fit its partial file (another run, other inputs or options)."""
+
+
+def output_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"--out {path}: expected a .jsonl or .csv file name (the format follows the suffix)")
+
+
+def format_row(row: dict, fmt: str) -> str:
+    """One result as one line (with its newline)."""
+    if fmt == "jsonl":
+        return json.dumps(row) + "\n"
+    buf = io.StringIO()
+    flat = {**row, "top_k": json.dumps(row["top_k"]) if "top_k" in row else ""}
+    csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore", lineterminator="\n").writerow(flat)
+    return buf.getvalue()
+
+
+def _file_of_line(line: str, fmt: str) -> str:
+    if fmt == "jsonl":
+        return json.loads(line)["file"]
+    return next(csv.reader([line]))[0]
+
+
+def _job_id(run: Run, paths: list[Path], options: dict) -> dict:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p).encode() + b"\n")
+    return {"run": run.meta.get("created", ""), "model": run.meta["model"], "files": len(paths), "paths_sha256": h.hexdigest(), **options}
+
+
+def _resume(partial: Path, fmt: str) -> set[str]:
+    """Files already in the partial output; a half-written last line (the job was killed mid-write) is cut off."""
+    with open(partial, "rb+") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            f.truncate(end)
+    lines = data[:end].decode().splitlines()
+    if fmt == "csv":
+        lines = lines[1:]  # the header
+    return {_file_of_line(line, fmt) for line in lines if line}
+
+
+def predict_to_file(
+    run: Run,
+    paths: list[Path],
+    out: str | Path,
+    top_k: int = 3,
+    batch_size: int = 64,
+    method: str = "grabcut",
+    save_preprocessed: str | Path | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    backend=None,
+) -> dict:
+    """Predict every path into out (.jsonl or .csv); returns counts {done, skipped_done, failed, resumed}.
+
+    on_batch(files_written_so_far, total) is called after each batch is on disk (progress bars; tests use
+    it to interrupt a job).
+    """
+    out = Path(out)
+    fmt = output_format(out)
+    if out.exists():
+        raise FileExistsError(f"--out {out} already exists; choose another file (results are never overwritten)")
+    partial, job_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
+    job = _job_id(run, paths, {"top_k": top_k, "method": method, "format": fmt})
+    done: set[str] = set()
+    resumed = partial.exists()
+    if resumed:
+        old = json.loads(job_file.read_text()) if job_file.exists() else None
+        if old != job:
+            diff = sorted(k for k in job if old is None or old.get(k) != job[k])
+            raise JobError(
+                f"{partial} is an unfinished job with other settings ({', '.join(diff)} differ); "
+                f"finish it with the same command, or delete {partial} and {job_file} to start again"
+            )
+        done = _resume(partial, fmt)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(job_file, json.dumps(job, indent=1) + "\n")
+    todo = [p for p in paths if str(p) not in done]
+    counts = {"done": 0, "skipped_done": len(paths) - len(todo), "failed": 0, "resumed": resumed}
+    with open(partial, "a", newline="") as f:
+        if not resumed and fmt == "csv":
+            f.write(",".join(CSV_FIELDS) + "\n")
+        written = counts["skipped_done"]
+        lines: list[str] = []
+        for row in predict_files(
+            run, todo, top_k=top_k, batch_size=batch_size, save_preprocessed=save_preprocessed, method=method, backend=backend
+        ):
+            counts["failed" if "error" in row else "done"] += 1
+            lines.append(format_row(row, fmt))
+            if len(lines) == batch_size:
+                written += _flush(f, lines)
+                if on_batch is not None:
+                    on_batch(written, len(paths))
+        written += _flush(f, lines)
+        if on_batch is not None:
+            on_batch(written, len(paths))
+    os.replace(partial, out)
+    job_file.unlink(missing_ok=True)
+    return counts
+
+
+def _flush(f, lines: list[str]) -> int:
+    n = len(lines)
+    if n:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+        lines.clear()
+    return n

@@ -1,0 +1,100 @@
+"""ONNX export: every registered model, Fashion-MNIST and image-folder runs, parity with PyTorch at batch 1, 7, 64."""
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from fashionclf.cli import main  # noqa: E402
+from fashionclf.export import OnnxModel, check_parity, export_onnx, parity_ok, pixel_model  # noqa: E402
+from fashionclf.models import list_models, model_info  # noqa: E402
+from fashionclf.runs import load_run, save_run  # noqa: E402
+from fashionclf.train import build_model, resolve_config  # noqa: E402
+
+CAL = {"temperature": 0.7, "threshold": 0.9, "target_precision": 0.99}
+
+
+def _run(tmp_path, name, tta=False, rgb_size=None):
+    """A run folder of an untrained (random) model: parity does not need a good model, only the same one."""
+    kwargs = {}
+    extra = None
+    if rgb_size:
+        kwargs = {"in_chans": 3}
+        if "image_size" in inspect.signature(model_info(name).build).parameters:
+            kwargs["image_size"] = rgb_size
+        extra = {"input": {"channels": 3, "height": rgb_size, "width": rgb_size, "kind": "rgb-letterbox"}}
+    cfg = resolve_config(name, None, tta=tta, model_kwargs=kwargs)
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, pretrained=False)
+    out = save_run(
+        tmp_path / name, model, cfg, {"test_accuracy": 0.5, "calibration": CAL}, [], [f"c{i}" for i in range(10)], {}, extra_meta=extra
+    )
+    return load_run(out)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_exports_with_parity(tmp_path, name):
+    run = _run(tmp_path, name)
+    rows = check_parity(run, export_onnx(run))
+    assert [r["batch"] for r in rows] == [1, 7, 64]
+    assert parity_ok(rows), rows
+
+
+def test_tta_temperature_and_metadata_are_in_the_graph(tmp_path):
+    run = _run(tmp_path, "tuned_cnn", tta=True)
+    data = export_onnx(run, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == data
+    m = OnnxModel(tmp_path / "m.onnx")
+    assert m.classes == [f"c{i}" for i in range(10)]
+    assert json.loads(m.meta["review_threshold"]) == 0.9 and float(m.meta["temperature"]) == 0.7
+    assert "pixels / 255" in m.meta["preprocessing"]
+    x = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    p = m.probs(x.numpy())  # (N, 28, 28) uint8 is accepted as well as (N, 1, 28, 28)
+    assert p.shape == (5, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    # the graph really averages the mirror image and divides by the temperature: leaving either out changes the output
+    net = pixel_model(run)
+    with torch.inference_mode():
+        ref = net(x[:, None].float() / 255).numpy()
+        net.tta = False
+        no_tta = net(x[:, None].float() / 255).numpy()
+        net.tta, net.temperature = True, 1.0
+        no_temp = net(x[:, None].float() / 255).numpy()
+    assert np.abs(p - ref).max() < 1e-4
+    assert np.abs(p - no_tta).max() > 1e-3 and np.abs(p - no_temp).max() > 1e-3
+
+
+def test_image_folder_run_exports_rgb_input(tmp_path):
+    run = _run(tmp_path, "resnet", rgb_size=48)
+    data = export_onnx(run)
+    rows = check_parity(run, data, batch_sizes=(1, 3))
+    assert parity_ok(rows)
+    assert json.loads(OnnxModel(data).meta["input"])["shape"] == ["N", 3, 48, 48]
+
+
+def test_predictions_through_onnx_match_torch(tmp_path):
+    from fashionclf.predict import predict_arrays
+
+    run = _run(tmp_path, "simple_cnn")
+    x = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
+    run.config.precision = "fp32"  # bf16 autocast in PyTorch would differ from the fp32 graph by more than rounding
+    a = predict_arrays(run, x)
+    b = predict_arrays(run, x, backend=OnnxModel(export_onnx(run)))
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    assert max(abs(r["confidence"] - s["confidence"]) for r, s in zip(a, b)) < 1e-4
+
+
+def test_export_cli_writes_checked_file_and_never_overwrites(tmp_path, capsys):
+    run = _run(tmp_path, "mlp")
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(run.path), "--onnx", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "parity batch  64" in err and out.stat().st_size > 0
+    before = out.read_bytes()
+    assert main(["export", str(run.path), "--onnx", str(out)]) != 0
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["export", str(run.path), "--onnx", str(tmp_path / "model.bin")]) != 0
+    assert "ending in .onnx" in capsys.readouterr().err
