@@ -1,6 +1,6 @@
 """Inference speed of a run: PyTorch fp32, PyTorch bf16 and onnxruntime, against Keras predict() of tuned_cnn.
 
-images/s at batch 256 over the 10,000 test images (median of 3 passes after a warm-up) and single-image
+images/s at batch 256 over the 10,000 test images (median of 5 passes after a warm-up) and single-image
 latency (median of 200 calls), all on the same machine with the same 2 threads. The fashionclf side times
 what `predict_arrays` does: uint8 pixels in, normalisation included. The Keras side runs in .venv-keras on
 pre-normalised float arrays (its best case), for the tuned_cnn architecture only.
@@ -28,12 +28,12 @@ import torch
 from fashionclf.data import load_fashion_mnist
 from fashionclf.export import OnnxModel, export_onnx
 from fashionclf.runs import atomic_write_text, load_run
-from fashionclf.train import infer
+from fashionclf.train import infer, keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def throughput(fn, x, repeats: int = 3) -> float:
+def throughput(fn, x, repeats: int = 5) -> float:
     fn(x[:512])
     rates = []
     for _ in range(repeats):
@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/inference_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as the CLI and the service do (fashionclf.cli.main)
     run = load_run(args.run)
     d = load_fashion_mnist(allow_download=False)
     x = d.test_x
@@ -80,6 +81,7 @@ def main() -> int:
         "run": args.run,
         "model": run.meta["model"],
         "tta": tta,
+        "keep_freed_memory": kept,
         "sides": {},
     }
     with torch.inference_mode():

@@ -18,7 +18,7 @@ model = build_model()
 
 model.predict(x[:512], batch_size=256, verbose=0)  # warm-up: graph tracing
 runs = []
-for _ in range(3):
+for _ in range(5):
     t0 = time.perf_counter()
     model.predict(x, batch_size=256, verbose=0)
     runs.append(len(x) / (time.perf_counter() - t0))

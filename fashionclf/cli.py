@@ -16,7 +16,7 @@ from .data import DataError, load_fashion_mnist, load_split
 from .images import ImageError
 from .models import count_params, create_model, list_models, model_info
 from .runs import RunError, atomic_write_text, check_writable, load_run
-from .train import PRESETS, RECOMMENDED_MODEL, resolve_config
+from .train import PRESETS, RECOMMENDED_MODEL, keep_freed_memory, resolve_config
 
 
 def _progress(quiet: bool):
@@ -564,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # a process-wide allocator setting: the CLI's to make, not the library's on import
     try:
         return args.func(args)
     except (DataError, RunError, ImageError, ValueError) as e:

@@ -8,6 +8,7 @@ so `probabilities >= threshold` from the metadata is the same review rule `fashi
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -52,7 +53,8 @@ def input_shape(run: Run) -> tuple[int, int, int]:
 
 def pixel_model(run: Run) -> PixelModel:
     cal = run.metrics.get("calibration") or {}
-    model = run.model.float().eval().to(memory_format=torch.contiguous_format)
+    # A copy: the run's own model stays as it is (channels_last, for PyTorch inference beside the export).
+    model = copy.deepcopy(run.model).float().eval().to(memory_format=torch.contiguous_format)
     return PixelModel(model, cal.get("temperature", 1.0), bool(run.config.tta)).eval()
 
 

@@ -225,6 +225,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except RuntimeError as e:
         raise RunError(f"{weights} does not fit model {meta['model']!r}: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
+    if config.channels_last:  # as it was trained: with channels_last input, NCHW weights cost oneDNN a 3.7x slowdown here
+        model.to(memory_format=torch.channels_last)
     return Run(path, model, meta, metrics, config)
 
 

@@ -152,3 +152,12 @@ def test_low_resolution_run_trains_and_reloads(tmp_path):
     run = load_run(tmp_path / "r")
     assert run.config.resolution == 14
     assert torch.allclose(infer(run.model, x[500:], amp_dtype=None), infer(res.model, x[500:], amp_dtype=None), atol=1e-5)
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    from fashionclf.train import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
