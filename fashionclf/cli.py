@@ -166,6 +166,35 @@ def _overrides(args) -> dict:
     }
 
 
+def _add_track_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--track",
+        nargs="?",
+        const="sqlite:///mlflow.db",
+        metavar="URI",
+        help="log to MLflow (params, per-epoch metrics, run folder, registered model); URI default sqlite:///mlflow.db",
+    )
+    p.add_argument("--experiment", default="fashionclf", help="with --track: the MLflow experiment (default fashionclf)")
+    p.add_argument("--register", metavar="NAME", help="with --track: registered model name (default fashionclf-<model>)")
+
+
+def _track(args, run_dirs: list[Path], report_files: list[Path] = ()) -> None:
+    """Log finished run folders to MLflow when --track was given (a parent run groups a study's runs)."""
+    if not getattr(args, "track", None):
+        return
+    from .tracking import finish_parent, log_run_folder, start_parent
+
+    parent = start_parent(args.track, args.experiment, Path(args.out).name) if report_files else None
+    for d in run_dirs:
+        model = json.loads((d / "meta.json").read_text())["model"]
+        res = log_run_folder(d, args.track, args.experiment, args.register or f"fashionclf-{model}", parent_run_id=parent)
+        print(
+            f"mlflow: {d} -> run {res['run_id']}, model {args.register or f'fashionclf-{model}'} v{res['model_version']}", file=sys.stderr
+        )
+    if parent:
+        finish_parent(args.track, parent, list(report_files))
+
+
 def cmd_models(args) -> int:
     for name in list_models():
         print(f"{name:18s} {count_params(create_model(name)):>9,d} params  {model_info(name).description}")
@@ -173,6 +202,18 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
+
+    if distributed.init_from_env(args.device or "auto"):  # started by torchrun: one process of several
+        try:
+            return _train(args, quiet=args.quiet or not distributed.is_main())
+        finally:
+            distributed.shutdown()
+    return _train(args, quiet=args.quiet)
+
+
+def _train(args, quiet: bool) -> int:
+    from . import distributed
     from .study import train_and_save
 
     model_kwargs = None
@@ -189,15 +230,25 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     check_writable(out, args.overwrite)
     data = _load_data(args, cfg)
-    on_epoch, on_batch_factory = _progress(args.quiet)
-    print(f"training {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source} -> {out}", file=sys.stderr)
+    on_epoch, on_batch_factory = _progress(quiet)
+    ws = distributed.world_size()
+    if distributed.is_main():
+        procs = f" in {ws} processes" if ws > 1 else ""
+        print(f"training {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
+    if args.track:  # fail before training, not after it, when MLflow is missing
+        from .tracking import _mlflow
+
+        _mlflow()
     m = train_and_save(cfg, data, out, args.overwrite, on_epoch, on_batch_factory)
+    if not distributed.is_main():
+        return 0
     print(
         f"{cfg.model}: test accuracy {m['test_accuracy']:.4f}  test loss {m['test_loss']:.4f}  "
         f"val accuracy {m['val_accuracy']:.4f}  {m['epochs_run']} epochs in {m['train_seconds']:.1f}s  "
         f"({m['params']:,d} params, {m['precision']} on {m['device']})"
     )
     print(f"run folder: {out}")
+    _track(args, [out])
     return 0
 
 
@@ -421,6 +472,9 @@ def cmd_compare(args) -> int:
 
     results = compare(configs, data, out, args.overwrite, on_run_start, on_epoch, on_batch_factory, args.robustness)
     paths = write_report(out, results, data)
+    from .study import run_label
+
+    _track(args, [out / "runs" / f"{run_label(c).replace('@', '-')}-s{c.seed}" for c in configs], [out / "results.json", *paths])
     for row in summarize(results["runs"]):
         print(
             f"{row['model']:14s} test acc {row['acc_mean'] * 100:6.2f} ± {row['acc_std'] * 100:.2f}  "
@@ -481,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run folder (default: runs/<model>-s<seed>-<time>)")
     s.add_argument("--no-pretrained", action="store_true", help="train a pretrained-capable model (efficientnet_lite0) from scratch")
     _add_train_options(s)
+    _add_track_options(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="score a run on the test set or on a folder of t10k IDX files")
@@ -550,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the corruption suite on N validation images per run (into the report and the recommendation)",
     )
     _add_train_options(s)
+    _add_track_options(s)
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("resolution", help="train one model at several resolutions: does accuracy still climb at 28 px?")

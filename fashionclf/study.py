@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .calibrate import calibrate, calibration_report
 from .data import DataError, FashionMNIST
 from .metrics import classification_report
@@ -41,6 +42,8 @@ def train_and_save(
     """Fit cfg on data, score it on the test set, write the run folder; return its metrics."""
     check_writable(out, overwrite)  # before training, not after ten minutes of it
     res = fit(cfg, data.train_x, data.train_y, data.val_x, data.val_y, len(data.classes), on_epoch, on_batch_factory)
+    if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
+        return {}
     device = torch.device(res.device)
     amp = resolve_precision(cfg.precision, device)
     val_logits = infer(res.model, data.val_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last, tta=cfg.tta)
@@ -63,6 +66,7 @@ def train_and_save(
         "best_epoch": res.best_epoch,
         "device": res.device,
         "precision": res.precision,
+        "world_size": res.world_size,  # processes that trained it (torchrun); 1 for a plain run
         "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cfg.channels_last, cfg.tta),
         "test_per_class": test_rep["per_class"],
         "test_confusion_matrix": test_rep["confusion_matrix"],

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .augment import AugmentConfig, augment_batch
 from .data import MEAN, STD
 from .models import at_resolution, count_params, create_model, model_info, split_body_head
@@ -230,6 +231,7 @@ def setup_threads(threads: int = 0) -> None:
     # sched_getaffinity respects container CPU limits where os.cpu_count() reports the host's cores.
     if not threads:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, threads // distributed.local_world_size())  # torchrun ranks on one machine share its cores
     torch.set_num_threads(threads)
 
 
@@ -305,12 +307,14 @@ def train_one_epoch(
     step_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     frozen: list[nn.Module] = (),
+    order: torch.Tensor | None = None,
 ) -> dict:
+    """One pass over x_u8 in a random order (or in `order`: a distributed rank's shard)."""
     model.train()
     for m in frozen:  # frozen layers keep their pretrained BatchNorm statistics instead of drifting to this batch's
         m.eval()
-    perm = torch.randperm(len(x_u8), generator=generator)
-    n_batches = batches_per_epoch(len(x_u8), cfg.batch_size)
+    perm = torch.randperm(len(x_u8), generator=generator) if order is None else order
+    n_batches = batches_per_epoch(len(perm), cfg.batch_size)
     total_loss = torch.zeros((), device=device)
     total_correct = torch.zeros((), device=device)
     seen = 0
@@ -383,6 +387,7 @@ class FitResult:
     params: int
     device: str
     precision: str
+    world_size: int = 1
 
 
 def fit(
@@ -403,13 +408,25 @@ def fit(
     model = build_model(cfg, num_classes).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The compiled module shares the parameters; the plain one is what gets validated, averaged and saved.
+    # The compiled (and, across processes, DDP-wrapped) module shares the parameters; the plain one is what
+    # gets validated, averaged and saved.
     trained = torch.compile(model) if cfg.compile else model
+    ws = distributed.world_size()
+    step_cfg = cfg
+    if ws > 1:
+        if cfg.batch_size % ws:
+            raise ValueError(f"--batch-size {cfg.batch_size} must divide by the {ws} processes (each takes an equal share)")
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Frozen warm-up epochs leave the body without gradients, which DDP must be told to expect.
+        trained = DistributedDataParallel(trained, find_unused_parameters=cfg.freeze_epochs > 0)
+        step_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // ws)
     optimizer = make_optimizer(cfg, model)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    # Across processes, each rank draws its own augmentation; the epoch's order comes from distributed.shard.
+    generator = torch.Generator().manual_seed(cfg.seed + 7919 * distributed.rank())
     if device.type == "cuda":  # the whole dataset fits on any GPU: copy once, gather batches there
         train_x, train_y = train_x.to(device), train_y.to(device)
-    n_batches = batches_per_epoch(len(train_x), cfg.batch_size)
+    n_batches = batches_per_epoch(len(train_x) // ws, step_cfg.batch_size)
     plateau, step_schedule = make_schedules(cfg, optimizer, n_batches * cfg.epochs)
 
     history: list[dict] = []
@@ -435,11 +452,16 @@ def fit(
             p.requires_grad_(epoch > cfg.freeze_epochs)
         on_batch = on_batch_factory(epoch, n_batches) if on_batch_factory else None
         frozen = body_norms if epoch <= cfg.freeze_epochs else []
+        order = distributed.shard(len(train_x), cfg.seed, epoch) if ws > 1 else None
         stats = train_one_epoch(
-            trained, optimizer, train_x, train_y, cfg, generator, device, amp_dtype, on_batch, step_schedule, ema, frozen
+            trained, optimizer, train_x, train_y, step_cfg, generator, device, amp_dtype, on_batch, step_schedule, ema, frozen, order
         )
+        if ws > 1:
+            stats = distributed.mean_over_ranks(stats, device)
+            distributed.sync_buffers(model, scored)
         if len(val_x):
             val = evaluate(scored, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
+            val = distributed.from_main(val, device)  # one early-stopping decision on every rank
         else:  # no validation split (cross-validation folds): the schedule runs to its end, the last weights are kept
             val = {"loss": math.nan, "accuracy": math.nan}
         row = {
@@ -464,4 +486,4 @@ def fit(
         scored.load_state_dict(best[2])
     scored.eval()
     best_epoch = best[1] or len(history)  # without validation, the last epoch is the one kept
-    return FitResult(scored, history, train_seconds, best_epoch, count_params(model), str(device), "bf16" if amp_dtype else "fp32")
+    return FitResult(scored, history, train_seconds, best_epoch, count_params(model), str(device), "bf16" if amp_dtype else "fp32", ws)

@@ -26,6 +26,7 @@ def test_every_model_round_trips(tmp_path, name):
     model.eval()
     save_run(tmp_path / "run", model, resolve_config(name, None), {}, [], CLASSES, {})
     run = load_run(tmp_path / "run")
+    model.to(memory_format=torch.channels_last)  # as load_run returns it (trained that way): same kernels, same bits
     x = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
     assert torch.equal(infer(model, x, amp_dtype=None), infer(run.model, x, amp_dtype=None))
 
@@ -33,6 +34,7 @@ def test_every_model_round_trips(tmp_path, name):
 def test_round_trip_same_predictions(tmp_path):
     model = _save(tmp_path / "run")
     run = load_run(tmp_path / "run")
+    model.to(memory_format=torch.channels_last)
     x = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8)
     assert torch.equal(infer(model, x, amp_dtype=None), infer(run.model, x, amp_dtype=None))
     meta = json.loads((tmp_path / "run" / META).read_text())
