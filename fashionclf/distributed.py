@@ -40,7 +40,10 @@ def init_from_env(device: str = "auto") -> bool:
 
 
 def shutdown() -> None:
+    """Leave together: a rank that tore down its connections while rank 0 was still scoring and saving
+    made gloo abort (SIGABRT), and torchrun then killed rank 0 mid-write."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
