@@ -11,6 +11,7 @@ writes, because files are processed in a fixed (sorted) order and every line dep
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -60,17 +61,20 @@ def _job_id(run: Run, paths: list[Path], options: dict) -> dict:
     return {"run": run.meta.get("created", ""), "model": run.meta["model"], "files": len(paths), "paths_sha256": h.hexdigest(), **options}
 
 
-def _resume(partial: Path, fmt: str) -> set[str]:
-    """Files already in the partial output; a half-written last line (the job was killed mid-write) is cut off."""
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # file names that are not UTF-8 survive the round trip
+
+
+def _resume(partial: Path, fmt: str) -> list[str]:
+    """Files already in the partial output, in order; a half-written last line (killed mid-write) is cut off."""
     with open(partial, "rb+") as f:
         data = f.read()
         end = data.rfind(b"\n") + 1
         if end != len(data):
             f.truncate(end)
-    lines = data[:end].decode().splitlines()
-    if fmt == "csv":
+    lines = data[:end].decode(**ENCODING).splitlines()
+    if fmt == "csv" and lines and lines[0] == ",".join(CSV_FIELDS):
         lines = lines[1:]  # the header
-    return {_file_of_line(line, fmt) for line in lines if line}
+    return [_file_of_line(line, fmt) for line in lines if line]
 
 
 def predict_to_file(
@@ -95,7 +99,7 @@ def predict_to_file(
         raise FileExistsError(f"--out {out} already exists; choose another file (results are never overwritten)")
     partial, job_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
     job = _job_id(run, paths, {"top_k": top_k, "method": method, "format": fmt})
-    done: set[str] = set()
+    done: list[str] = []
     resumed = partial.exists()
     if resumed:
         old = json.loads(job_file.read_text()) if job_file.exists() else None
@@ -105,15 +109,23 @@ def predict_to_file(
                 f"{partial} is an unfinished job with other settings ({', '.join(diff)} differ); "
                 f"finish it with the same command, or delete {partial} and {job_file} to start again"
             )
-        done = _resume(partial, fmt)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(job_file, json.dumps(job, indent=1) + "\n")
-    todo = [p for p in paths if str(p) not in done]
-    counts = {"done": 0, "skipped_done": len(paths) - len(todo), "failed": 0, "resumed": resumed}
-    with open(partial, "a", newline="") as f:
-        if not resumed and fmt == "csv":
-            f.write(",".join(CSV_FIELDS) + "\n")
+    with open(partial, "a", newline="", **ENCODING) as f:
+        try:  # one writer per job: a second copy of the command would interleave its lines with ours
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobError(f"another process is writing {partial} (the same job started twice); wait for it to finish") from None
+        if resumed:
+            done = _resume(partial, fmt)
+            # Lines are written in input order, so what is done is a prefix of the inputs (duplicates included).
+            if done != [str(p) for p in paths[: len(done)]]:
+                raise JobError(f"{partial} does not hold a prefix of this job's files; delete it and {job_file} to start again")
+        todo = paths[len(done) :]
+        counts = {"done": 0, "skipped_done": len(done), "failed": 0, "resumed": resumed}
+        if partial.stat().st_size == 0 and fmt == "csv":  # also after a kill that left an empty partial file
+            _flush(f, [",".join(CSV_FIELDS) + "\n"])
         written = counts["skipped_done"]
         lines: list[str] = []
         for row in predict_files(

@@ -178,21 +178,38 @@ def _add_track_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--register", metavar="NAME", help="with --track: registered model name (default fashionclf-<model>)")
 
 
+def _check_tracking(args) -> None:
+    if getattr(args, "track", None):
+        from .tracking import check_store
+
+        check_store(args.track)
+
+
 def _track(args, run_dirs: list[Path], report_files: list[Path] = ()) -> None:
     """Log finished run folders to MLflow when --track was given (a parent run groups a study's runs)."""
     if not getattr(args, "track", None):
         return
-    from .tracking import finish_parent, log_run_folder, start_parent
+    from .tracking import TrackingError, finish_parent, log_run_folder, start_parent
 
     parent = start_parent(args.track, args.experiment, Path(args.out).name) if report_files else None
-    for d in run_dirs:
-        model = json.loads((d / "meta.json").read_text())["model"]
-        res = log_run_folder(d, args.track, args.experiment, args.register or f"fashionclf-{model}", parent_run_id=parent)
-        print(
-            f"mlflow: {d} -> run {res['run_id']}, model {args.register or f'fashionclf-{model}'} v{res['model_version']}", file=sys.stderr
-        )
-    if parent:
-        finish_parent(args.track, parent, list(report_files))
+    ok = False
+    try:
+        for d in run_dirs:
+            model = json.loads((d / "meta.json").read_text())["model"]
+            name = args.register or f"fashionclf-{model}"
+            try:
+                res = log_run_folder(d, args.track, args.experiment, name, parent_run_id=parent)
+            except TrackingError:
+                raise
+            except Exception as e:  # MLflow's own errors (server gone, permissions): the run folder is safe on disk
+                raise TrackingError(
+                    f"MLflow at {args.track} failed while logging {d}: {str(e).splitlines()[0]}; the run folder is kept"
+                ) from None
+            print(f"mlflow: {d} -> run {res['run_id']}, model {name} v{res['model_version']}", file=sys.stderr)
+        ok = True
+    finally:
+        if parent:
+            finish_parent(args.track, parent, list(report_files), ok)
 
 
 def cmd_models(args) -> int:
@@ -202,14 +219,23 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import os
+
     from . import distributed
 
+    _check_tracking(args)  # before any training: a wrong URI or a missing MLflow should not cost a run
     if distributed.init_from_env(args.device or "auto"):  # started by torchrun: one process of several
+        ok = False
         try:
-            return _train(args, quiet=args.quiet or not distributed.is_main())
+            out = Path(_train(args, quiet=args.quiet or not distributed.is_main()))
+            ok = True
         finally:
-            distributed.shutdown()
-    return _train(args, quiet=args.quiet)
+            distributed.shutdown(ok)
+        if os.environ.get("RANK", "0") == "0":  # rank 0 wrote the run; the group is gone, so ask the environment
+            _track(args, [out])  # after leaving the group: an upload must not hold the other ranks
+        return 0
+    _track(args, [Path(_train(args, quiet=args.quiet))])
+    return 0
 
 
 def _train(args, quiet: bool) -> int:
@@ -235,21 +261,16 @@ def _train(args, quiet: bool) -> int:
     if distributed.is_main():
         procs = f" in {ws} processes" if ws > 1 else ""
         print(f"training {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
-    if args.track:  # fail before training, not after it, when MLflow is missing
-        from .tracking import _mlflow
-
-        _mlflow()
     m = train_and_save(cfg, data, out, args.overwrite, on_epoch, on_batch_factory)
     if not distributed.is_main():
-        return 0
+        return out
     print(
         f"{cfg.model}: test accuracy {m['test_accuracy']:.4f}  test loss {m['test_loss']:.4f}  "
         f"val accuracy {m['val_accuracy']:.4f}  {m['epochs_run']} epochs in {m['train_seconds']:.1f}s  "
         f"({m['params']:,d} params, {m['precision']} on {m['device']})"
     )
     print(f"run folder: {out}")
-    _track(args, [out])
-    return 0
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -464,6 +485,7 @@ def cmd_compare(args) -> int:
     plan = _model_seeds(args.models, args.seeds) if args.models else [(n, args.seeds) for n in DEFAULT_MODELS]
     configs = [resolve_config(n, None, seed=s, model_kwargs=_folder_kwargs(args, n), **_overrides(args)) for n, k in plan for s in range(k)]
     out = Path(args.out)
+    _check_tracking(args)
     data = _load_data(args, configs[0])
     on_epoch, on_batch_factory = _progress(args.quiet)
 
@@ -620,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func is not cmd_train:
+        print("fashionclf: error: only `train` runs under torchrun; start other commands as one process", file=sys.stderr)
+        return 2
     keep_freed_memory()  # a process-wide allocator setting: the CLI's to make, not the library's on import
     try:
         return args.func(args)

@@ -17,6 +17,7 @@ Semantics, the same on every rank (fashionclf.train.fit):
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -32,18 +33,23 @@ def init_from_env(device: str = "auto") -> bool:
     """Join the process group the environment describes; False (and nothing done) for a single process."""
     if env_world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
         return dist.is_available() and dist.is_initialized()
+    if device.startswith("cuda:"):
+        raise ValueError(f"--device {device}: under torchrun each process takes the GPU of its LOCAL_RANK; use --device cuda")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    # Rank 0 scores the test set and writes the run while the others wait at the final barrier: allow it time.
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
     return True
 
 
-def shutdown() -> None:
-    """Leave together: a rank that tore down its connections while rank 0 was still scoring and saving
-    made gloo abort (SIGABRT), and torchrun then killed rank 0 mid-write."""
+def shutdown(ok: bool = True) -> None:
+    """Leave the group. After success all ranks leave together: a rank that tore down its connections
+    while rank 0 was still scoring and saving made gloo abort (SIGABRT), and torchrun then killed rank 0
+    mid-write. After an error no barrier: the other ranks are stuck elsewhere and it would only hang."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 

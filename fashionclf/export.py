@@ -4,6 +4,11 @@ The exported graph takes what any caller has: pixels in [0, 1], (N, 1, 28, 28) f
 (N, 3, S, S) for image-folder runs, and returns calibrated class probabilities (N, classes). The
 normalisation, the mirror-image averaging (where the run uses it) and the temperature are inside the graph,
 so `probabilities >= threshold` from the metadata is the same review rule `fashionclf predict` applies.
+
+The graph is the fp32 model. `fashionclf predict` and `serve --backend torch` run in bf16 autocast where
+the CPU or GPU supports it (the run's precision "auto"), so their confidences can differ from the
+graph's by up to about 1e-2, and an item within that distance of the review threshold may be flagged
+by one and not the other; the parity check compares the graph with the same fp32 model in PyTorch.
 """
 
 from __future__ import annotations
@@ -89,17 +94,15 @@ def export_onnx(run: Run, path: str | Path | None = None) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
-        torch.onnx.export(
-            net,
-            (example,),
-            buf,
-            input_names=["pixels"],
-            output_names=["probabilities"],
-            dynamic_axes={"pixels": {0: "N"}, "probabilities": {0: "N"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        try:
+            _export(net, example, buf)
+        except Exception as e:  # the exporter raises its own error types, with the unsupported operator in the message
+            raise ValueError(
+                f"{run.path}: model {run.meta['model']} at resolution {run.config.resolution} px cannot be exported to ONNX "
+                f"({str(e).splitlines()[0][:300]}); runs at 28 px and at resolutions that divide 28 (7, 14) export"
+            ) from None
     proto = onnx.load_from_string(buf.getvalue())
+
     for k, v in metadata(run).items():
         proto.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(proto)
@@ -107,6 +110,19 @@ def export_onnx(run: Run, path: str | Path | None = None) -> bytes:
     if path is not None:
         atomic_write_bytes(Path(path), data)
     return data
+
+
+def _export(net: nn.Module, example: torch.Tensor, buf: io.BytesIO) -> None:
+    torch.onnx.export(
+        net,
+        (example,),
+        buf,
+        input_names=["pixels"],
+        output_names=["probabilities"],
+        dynamic_axes={"pixels": {0: "N"}, "probabilities": {0: "N"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
 
 
 class OnnxModel:

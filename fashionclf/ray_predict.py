@@ -15,6 +15,9 @@ review flags are the same numbers.
 
 Output columns: path, label, index, confidence, needs_review, top_k (JSON text: a list of
 {label, index, confidence}) and error ("" when the file could be used; label "" and index -1 when not).
+
+On a cluster, every node must see the run folder and the images at the same paths (a shared
+filesystem or a synced copy): each actor opens them itself.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def predict_dataset(
 ):
     """ds (a Ray Dataset with a "path" column) -> a lazy Ray Dataset of predictions, one row per path."""
     _ray()
-    if "path" not in ds.columns():
+    if "path" not in (ds.columns() or []):
         raise ValueError(f"the dataset needs a 'path' column of image file paths; it has {ds.columns()}")
     return ds.map_batches(
         RunPredictor,
@@ -90,6 +93,8 @@ def _actor_pool(size: int):
 def predict_paths(paths: list[str | Path], run_dir: str | Path, batch_size: int = 64, concurrency: int = 1, top_k: int = 3) -> list[dict]:
     """Convenience for a list of files: rows in input order (Ray may finish batches out of order)."""
     ray = _ray()
+    if not paths:
+        return []
     ds = ray.data.from_items([{"path": str(p)} for p in paths])
     order = {str(p): i for i, p in enumerate(paths)}
     rows = predict_dataset(ds, run_dir, batch_size, concurrency, top_k).take_all()

@@ -42,9 +42,14 @@ class Predictor:
         self.lock = threading.Lock()
         self.backend = None  # PyTorch
         if backend == "onnx":
-            from .export import OnnxModel, export_onnx
-
-            self.backend = OnnxModel(export_onnx(run))  # exported in memory at start-up: the run folder stays as it is
+            try:
+                from .export import OnnxModel, check_parity, export_onnx, parity_ok
+            except ImportError as e:
+                raise ValueError(f"--backend onnx needs onnx and onnxruntime ({e}); pip install onnx onnxruntime") from None
+            graph = export_onnx(run)  # exported in memory at start-up: the run folder stays as it is
+            if not parity_ok(check_parity(run, graph)):  # the same check `fashionclf export` makes before writing
+                raise ValueError(f"{run.path}: the ONNX graph disagrees with PyTorch beyond 1e-4; serve it with --backend torch")
+            self.backend = OnnxModel(graph)
         elif backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
 

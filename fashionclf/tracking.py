@@ -148,11 +148,25 @@ def start_parent(uri: str, experiment: str, name: str) -> str:
     return client.create_run(exp_id, run_name=name).info.run_id
 
 
-def finish_parent(uri: str, run_id: str, artifacts: list[str | Path]) -> None:
+def finish_parent(uri: str, run_id: str, artifacts: list[str | Path], ok: bool = True) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    for a in artifacts:
-        if Path(a).exists():
-            client.log_artifact(run_id, str(a))
-    client.set_terminated(run_id, "FINISHED")
+    try:
+        if ok:
+            for a in artifacts:
+                if Path(a).exists():
+                    client.log_artifact(run_id, str(a))
+    finally:
+        client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def check_store(uri: str) -> None:
+    """Fail before training when MLflow is missing or the tracking store cannot be reached."""
+    _mlflow()
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:
+        raise TrackingError(f"--track {uri}: the MLflow tracking store cannot be used ({str(e).splitlines()[0][:300]})") from None

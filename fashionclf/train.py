@@ -221,7 +221,10 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(name)
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+        # Older glibc caps the mmap threshold at 32 MiB: fall back to that rather than leave it dynamic.
+        mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) or libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        trim_ok = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        return bool(mmap_ok and trim_ok)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
         return False
 
@@ -421,6 +424,8 @@ def fit(
         # Frozen warm-up epochs leave the body without gradients, which DDP must be told to expect.
         trained = DistributedDataParallel(trained, find_unused_parameters=cfg.freeze_epochs > 0)
         step_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // ws)
+        # DDP has copied rank 0's initial weights everywhere; dropout must now draw different masks per rank.
+        torch.manual_seed(cfg.seed + 1000 * distributed.rank())
     optimizer = make_optimizer(cfg, model)
     # Across processes, each rank draws its own augmentation; the epoch's order comes from distributed.shard.
     generator = torch.Generator().manual_seed(cfg.seed + 7919 * distributed.rank())

@@ -110,3 +110,35 @@ def test_cli_streams_resumes_and_never_overwrites(tmp_path, run, photos, capsys)
     first = out.read_bytes()
     assert main(["predict", str(run.path), folder, "--out", str(out), "--quiet"]) != 0
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == first
+
+
+def test_duplicate_inputs_and_a_header_lost_to_a_kill_resume_correctly(tmp_path, run, photos):
+    paths = photos[:7] + photos[:3]  # a file given twice is predicted twice, resumed or not
+    whole = tmp_path / "whole.csv"
+    predict_to_file(run, paths, whole, batch_size=4)
+    out = tmp_path / "r.csv"
+    with pytest.raises(Stop):
+        predict_to_file(run, paths, out, batch_size=4, on_batch=_interrupt_after(8))
+    predict_to_file(run, paths, out, batch_size=4)
+    assert out.read_bytes() == whole.read_bytes()
+    # killed before anything reached the disk: an empty partial file still gets its header
+    out2 = tmp_path / "r2.csv"
+    with pytest.raises(Stop):
+        predict_to_file(run, paths, out2, batch_size=4, on_batch=_interrupt_after(4))
+    (tmp_path / "r2.csv.partial").write_bytes(b"")
+    predict_to_file(run, paths, out2, batch_size=4)
+    assert out2.read_bytes() == whole.read_bytes()
+
+
+def test_a_second_writer_of_the_same_job_is_refused(tmp_path, run, photos):
+    import fcntl
+
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(Stop):
+        predict_to_file(run, photos, out, batch_size=5, on_batch=_interrupt_after(5))
+    with open(tmp_path / "r.jsonl.partial", "a") as held:  # another process of the same job, mid-run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(JobError, match="another process"):
+            predict_to_file(run, photos, out)
+    predict_to_file(run, photos, out)  # once it is gone, the job resumes
+    assert len(out.read_text().splitlines()) == len(photos)

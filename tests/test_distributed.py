@@ -54,3 +54,9 @@ def test_torchrun_two_cpu_ranks_train_one_run(tmp_path, real_data_dir):
     run = load_run(tmp_path / "ddp")  # a plain single process loads what two ranks trained
     assert run.metrics["test_accuracy"] == ddp["test_accuracy"]
     assert not list(tmp_path.glob(".ddp.tmp-*"))  # no second writer left debris
+
+
+def test_other_commands_refuse_to_run_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["compare", "--models", "mlp", "--out", "/nonexistent"]) == 2
+    assert "only `train` runs under torchrun" in capsys.readouterr().err

@@ -98,3 +98,27 @@ def test_export_cli_writes_checked_file_and_never_overwrites(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
     assert main(["export", str(run.path), "--onnx", str(tmp_path / "model.bin")]) != 0
     assert "ending in .onnx" in capsys.readouterr().err
+
+
+def test_resolution_runs_export_or_fail_clearly(tmp_path):
+    for px, exports in ((14, True), (21, False)):
+        cfg = resolve_config("tuned_cnn", None, resolution=px)
+        out = save_run(
+            tmp_path / f"r{px}", build_model(cfg, 10, pretrained=False), cfg, {"calibration": CAL}, [], [f"c{i}" for i in range(10)], {}
+        )
+        run = load_run(out)
+        if exports:
+            assert parity_ok(check_parity(run, export_onnx(run)))
+        else:
+            with pytest.raises(ValueError, match="cannot be exported to ONNX"):
+                export_onnx(run)
+
+
+def test_a_graph_that_disagrees_is_not_written(tmp_path, monkeypatch, capsys):
+    import fashionclf.export as export
+
+    run = _run(tmp_path, "mlp")
+    monkeypatch.setattr(export.parity_ok, "__defaults__", (-1.0,))  # nothing can pass: the refusal path must hold
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run.path), "--onnx", str(out)]) == 2
+    assert "nothing was written" in capsys.readouterr().err and not out.exists()

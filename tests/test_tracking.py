@@ -52,5 +52,15 @@ def test_missing_mlflow_is_a_clear_error(monkeypatch, capsys):
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_mlflow)
-    assert main(["train", "--model", "mlp", "--epochs", "1", "--train-limit", "500", "--out", "/nonexistent-x/r", "--track"]) == 2
+    # refused before data are read or anything is trained: the data folder does not even exist
+    args = ["train", "--model", "mlp", "--data-dir", "/nonexistent-data", "--no-download", "--out", "/nonexistent-out/r", "--track"]
+    assert main(args) == 2
     assert "pip install" in capsys.readouterr().err
+
+
+def test_unusable_tracking_store_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "not-a-dir").write_text("x")
+    uri = f"sqlite:///{tmp_path / 'not-a-dir' / 'mlflow.db'}"
+    args = ["train", "--model", "mlp", "--data-dir", "/nonexistent-data", "--no-download", "--out", str(tmp_path / "r"), "--track", uri]
+    assert main(args) == 2
+    assert "tracking store cannot be used" in capsys.readouterr().err and not (tmp_path / "r").exists()
