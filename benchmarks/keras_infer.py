@@ -24,6 +24,8 @@ for _ in range(5):
     runs.append(len(x) / (time.perf_counter() - t0))
 
 
+# The same measurement as inference_speed.latency_ms, written again: this runs in .venv-keras, where
+# fashionclf and its torch are not installed.
 def latency(fn):
     for i in range(20):
         fn(x[i : i + 1])

@@ -160,6 +160,5 @@ def test_keep_freed_memory_applies_on_glibc():
     from fashionclf.train import keep_freed_memory
 
     applied = keep_freed_memory()
-    assert isinstance(applied, bool)
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        assert not applied  # nothing to tune elsewhere, and no crash
+    # glibc takes the settings (older versions through the 32 MiB fallback); elsewhere nothing is touched
+    assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
