@@ -219,26 +219,25 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import os
-
     from . import distributed
 
     _check_tracking(args)  # before any training: a wrong URI or a missing MLflow should not cost a run
     if distributed.init_from_env(args.device or "auto"):  # started by torchrun: one process of several
-        ok = False
+        ok, main_rank = False, distributed.is_main()
         try:
-            out = Path(_train(args, quiet=args.quiet or not distributed.is_main()))
+            out = _train(args, quiet=args.quiet or not main_rank)
             ok = True
         finally:
             distributed.shutdown(ok)
-        if os.environ.get("RANK", "0") == "0":  # rank 0 wrote the run; the group is gone, so ask the environment
+        if main_rank:  # rank 0 wrote the run
             _track(args, [out])  # after leaving the group: an upload must not hold the other ranks
         return 0
-    _track(args, [Path(_train(args, quiet=args.quiet))])
+    _track(args, [_train(args, quiet=args.quiet)])
     return 0
 
 
-def _train(args, quiet: bool) -> int:
+def _train(args, quiet: bool) -> Path:
+    """Train one run (or this rank's part of it) and return its folder."""
     from . import distributed
     from .study import train_and_save
 
@@ -373,8 +372,7 @@ def _predict_to_file(args, run, paths) -> int:
 
     out = Path(args.out)
     output_format(out)  # fail on a bad suffix before any work
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ValueError(f"--out {out}: {out.parent} is a file, not a folder")
+    check_writable_file(out)
     bar = tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr, disable=args.quiet)
 
     def on_batch(written, total):
@@ -384,8 +382,6 @@ def _predict_to_file(args, run, paths) -> int:
         counts = predict_to_file(
             run, paths, out, top_k=args.top_k, method=args.method, save_preprocessed=args.save_preprocessed, on_batch=on_batch
         )
-    except FileExistsError as e:
-        raise ValueError(str(e)) from None
     except KeyboardInterrupt:
         bar.close()
         print(f"fashionclf: interrupted; run the same command again to resume ({out}.partial keeps what is done)", file=sys.stderr)
@@ -397,23 +393,19 @@ def _predict_to_file(args, run, paths) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import check_parity, export_onnx, parity_ok
+    from .export import export_checked
+    from .runs import atomic_write_bytes
 
     run = load_run(args.run)
     out = Path(args.onnx)
     check_writable_file(out, "--onnx")
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"--onnx {out}: expected a file name ending in .onnx")
-    data = export_onnx(run)
-    rows = check_parity(run, data)
+    data, rows = export_checked(run)  # raises before anything is written
     for r in rows:
         print(
             f"parity batch {r['batch']:3d}: max |p_onnx - p_torch| {r['max_abs_diff']:.2e}, same argmax {r['same_argmax']}", file=sys.stderr
         )
-    if not parity_ok(rows):
-        raise ValueError("the ONNX model disagrees with PyTorch beyond 1e-4 (see above); nothing was written")
-    from .runs import atomic_write_bytes
-
     atomic_write_bytes(out, data)
     print(f"{out} ({len(data) / 1e6:.1f} MB): input 'pixels' (N, C, H, W) in [0, 1], output 'probabilities' (N, {len(run.classes)})")
     return 0
@@ -642,9 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import os
+    from .distributed import env_world_size
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func is not cmd_train:
+    if env_world_size() > 1 and args.func is not cmd_train:
         print("fashionclf: error: only `train` runs under torchrun; start other commands as one process", file=sys.stderr)
         return 2
     keep_freed_memory()  # a process-wide allocator setting: the CLI's to make, not the library's on import

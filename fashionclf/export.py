@@ -148,7 +148,7 @@ class OnnxModel:
 
 
 def check_parity(run: Run, model: bytes, batch_sizes=PARITY_BATCHES, seed: int = 0) -> list[dict]:
-    """onnxruntime against PyTorch fp32 on the run's test-like input: one row per batch size."""
+    """onnxruntime against PyTorch fp32 on random pixels of the run's input shape: one row per batch size."""
     net = pixel_model(run)
     ort_model = OnnxModel(model)
     c, h, w = input_shape(run)
@@ -172,3 +172,16 @@ def check_parity(run: Run, model: bytes, batch_sizes=PARITY_BATCHES, seed: int =
 
 def parity_ok(rows: list[dict], tolerance: float = PARITY_TOLERANCE) -> bool:
     return all(r["same_argmax"] and r["shape_ok"] and r["max_abs_diff"] <= tolerance for r in rows)
+
+
+def export_checked(run: Run) -> tuple[bytes, list[dict]]:
+    """The run as ONNX bytes and its parity rows; ValueError when the graph disagrees with PyTorch."""
+    data = export_onnx(run)
+    rows = check_parity(run, data)
+    if not parity_ok(rows):
+        worst = max(rows, key=lambda r: r["max_abs_diff"])
+        raise ValueError(
+            f"{run.path}: the ONNX graph disagrees with PyTorch (max |p_onnx - p_torch| {worst['max_abs_diff']:.2e} at batch "
+            f"{worst['batch']}, same argmax everywhere: {all(r['same_argmax'] for r in rows)}; tolerance {PARITY_TOLERANCE})"
+        )
+    return data, rows

@@ -38,18 +38,16 @@ class Predictor:
     """The run, loaded once; one inference at a time (two cores: concurrent forwards would only thrash)."""
 
     def __init__(self, run: Run, max_pixels: int = MAX_PIXELS, backend: str = "torch"):
-        self.run, self.max_pixels, self.backend_name = run, max_pixels, backend
+        self.run, self.max_pixels = run, max_pixels
         self.lock = threading.Lock()
         self.backend = None  # PyTorch
         if backend == "onnx":
             try:
-                from .export import OnnxModel, check_parity, export_onnx, parity_ok
+                from .export import OnnxModel, export_checked
             except ImportError as e:
                 raise ValueError(f"--backend onnx needs onnx and onnxruntime ({e}); pip install onnx onnxruntime") from None
-            graph = export_onnx(run)  # exported in memory at start-up: the run folder stays as it is
-            if not parity_ok(check_parity(run, graph)):  # the same check `fashionclf export` makes before writing
-                raise ValueError(f"{run.path}: the ONNX graph disagrees with PyTorch beyond 1e-4; serve it with --backend torch")
-            self.backend = OnnxModel(graph)
+            # Exported in memory at start-up (the run folder stays as it is), checked as `fashionclf export` checks.
+            self.backend = OnnxModel(export_checked(run)[0])
         elif backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
 

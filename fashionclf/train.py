@@ -208,8 +208,8 @@ def keep_freed_memory() -> bool:
     """Stop glibc from returning big freed blocks to the OS after every batch; True where it applied.
 
     glibc serves blocks above its mmap threshold with fresh mmap()s and gives them back on free, so every
-    batch's activations were page-faulted in anew: tuned_cnn inference at batch 256 ran at 18k images/s
-    instead of 47k here (benchmarks/inference_speed.py). Raising the mmap and trim thresholds keeps those
+    batch's activations were page-faulted in anew: tuned_cnn bf16 inference at batch 256 ran at about 19k
+    images/s instead of 36k here (benchmarks/inference_speed.py). Raising the mmap and trim thresholds keeps those
     pages in the heap for the next batch; the cost is that the process's RSS stays at its peak.
     """
     import ctypes

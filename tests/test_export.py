@@ -121,4 +121,4 @@ def test_a_graph_that_disagrees_is_not_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(export.parity_ok, "__defaults__", (-1.0,))  # nothing can pass: the refusal path must hold
     out = tmp_path / "m.onnx"
     assert main(["export", str(run.path), "--onnx", str(out)]) == 2
-    assert "nothing was written" in capsys.readouterr().err and not out.exists()
+    assert "disagrees with PyTorch" in capsys.readouterr().err and not out.exists()
