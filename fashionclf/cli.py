@@ -101,6 +101,11 @@ def _load_data(args, cfg):
         # The official order is already shuffled, so a prefix is close to class-balanced.
         n = args.train_limit
         data.train_x, data.train_y = data.train_x[:n], data.train_y[:n]
+    if cfg.extra_photos:
+        from .folders import add_converted_photos
+
+        for msg in add_converted_photos(data, cfg.extra_photos, cfg.extra_class_map, cfg.extra_repeat):
+            print(f"fashionclf: left out {msg}", file=sys.stderr)
     return data
 
 
@@ -132,6 +137,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="an image-folder dataset instead of Fashion-MNIST: one subfolder of photos per class")
     p.add_argument("--val-data", help="with --data: a folder of the same classes for validation (model choice)")
     p.add_argument("--image-size", type=int, help="with --data: photos are letterboxed to this square size (default 128)")
+    p.add_argument(
+        "--extra-photos",
+        help="labelled photos (one subfolder per class) converted as predict converts photos and mixed into Fashion-MNIST training",
+    )
+    p.add_argument(
+        "--class-map",
+        help="with --extra-photos: folder names to classes, e.g. 't-shirt=T-shirt/top,pants=Trouser,hat=-' ('-' leaves a folder out)",
+    )
+    p.add_argument("--extra-repeat", type=int, help="with --extra-photos: times each photo appears per epoch (1-10, default 3)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading when the data are not found")
     p.add_argument("--train-limit", type=int, help="train on the first N training images only (quick checks)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -139,7 +153,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args) -> dict:
+    from .folders import parse_class_map
+
+    if args.data and args.extra_photos:
+        raise ValueError("--extra-photos mixes photos into Fashion-MNIST training; with --data the photos are the dataset already")
+    if (args.class_map or args.extra_repeat) and not args.extra_photos:
+        raise ValueError("--class-map and --extra-repeat go with --extra-photos FOLDER")
     return {
+        "extra_photos": args.extra_photos,
+        "extra_class_map": parse_class_map(args.class_map) if args.class_map else None,
+        "extra_repeat": args.extra_repeat,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -278,9 +301,10 @@ def cmd_evaluate(args) -> int:
     run = load_run(args.run)
     if args.data:
         # labelled photos (one subfolder per class), preprocessed as predict does: every photo is scored
+        from .folders import parse_class_map
         from .predict import load_labelled_photos
 
-        x, y, skipped = load_labelled_photos(run, args.data, args.method)
+        x, y, skipped = load_labelled_photos(run, args.data, args.method, parse_class_map(args.class_map))
         for msg in skipped:
             print(f"fashionclf: left out {msg}", file=sys.stderr)
         source = args.data
@@ -557,6 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="folder holding t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
     s.add_argument("--data", help="labelled photos: one subfolder per class (names as the run's classes, case and punctuation ignored)")
     s.add_argument("--method", choices=["grabcut", "threshold"], default="grabcut", help="with --data: how items are cut from photos")
+    s.add_argument(
+        "--class-map",
+        help="with --data: folder names to the run's classes, e.g. 't-shirt=T-shirt/top,pants=Trouser,hat=-' ('-' leaves a folder out)",
+    )
     s.add_argument("--no-download", action="store_true")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(func=cmd_evaluate)

@@ -130,31 +130,27 @@ def _save_png(folder: Path, source: Path, img: np.ndarray) -> None:
     atomic_write_bytes(folder / name, png_bytes(img))
 
 
-def _norm(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
-def load_labelled_photos(run: Run, folder: str | Path, method: str = "grabcut") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_labelled_photos(
+    run: Run, folder: str | Path, method: str = "grabcut", class_map: dict[str, str | None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Photos from class subfolders, preprocessed for the run, with labels in the run's class order.
 
-    Folder names match class names ignoring case and punctuation ('tshirt_top' is 'T-shirt/top').
+    Folder names match class names ignoring case and punctuation ('tshirt_top' is 'T-shirt/top');
+    class_map renames folders first (see parse_class_map), None there leaving a folder out.
     Returns images, labels and one message per file left out because it could not be read.
     """
-    from .data import DataError
-    from .folders import scan
+    from .folders import load_converted_photos
 
-    names, items = scan(folder)
-    by_norm = {_norm(c): i for i, c in enumerate(run.classes)}
-    unknown = [n for n in names if _norm(n) not in by_norm]
-    if unknown:
-        raise DataError(f"{folder}: class folders {unknown} match no class of this run ({', '.join(run.classes)})")
-    xs, ys, skipped = [], [], []
-    for path, i in items:
-        try:
-            xs.append(preprocess_file(path, method, run))
-            ys.append(by_norm[_norm(names[i])])
-        except ImageError as e:
-            skipped.append(f"{path}: {e}")
-    if not xs:
-        raise DataError(f"{folder}: none of the images could be read")
-    return torch.from_numpy(np.stack(xs)), torch.tensor(ys), skipped
+    spec = run.meta.get("input", {})
+    if spec.get("kind") == "rgb-letterbox":
+        from .folders import letterbox
+
+        def convert(rgb):
+            return letterbox(rgb, spec["height"]).transpose(2, 0, 1)
+    else:
+
+        def convert(rgb):
+            return to_fashion_mnist(rgb, method).image
+
+    x, y, skipped, _ = load_converted_photos(folder, run.classes, convert, class_map)
+    return x, y, skipped

@@ -61,6 +61,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward/backward (pays on GPUs; on this CPU it was slower)
     resolution: int = 28  # pixels the model sees: below 28, images are downsampled to this and upsampled back
     model_kwargs: dict = field(default_factory=dict)
+    # A shop's own labelled photos (one subfolder per class), converted as `predict` converts photos and
+    # mixed into the training split; the test split stays Fashion-MNIST's. "" = none.
+    extra_photos: str = ""
+    extra_class_map: dict = field(default_factory=dict)  # folder -> class name (None leaves a folder out)
+    extra_repeat: int = 3  # 1-10: times each converted photo appears per epoch (~2.4k photos beside 54k scans)
 
 
 # The seed study's settings, per model: 10 epochs with Adam for Models 1-3, Model 4 with augmentation

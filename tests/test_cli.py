@@ -233,7 +233,13 @@ def test_predict_photos_json_lines(tmp_path, capsys, real_data_dir):
     (labelled / "socks").mkdir()
     Image.fromarray(img).save(labelled / "socks" / "1.png")
     assert main(["evaluate", str(run), "--data", str(labelled)]) == 2
-    assert "['socks'] match no class of this run" in capsys.readouterr().err
+    assert "['socks'] match no class of this model" in capsys.readouterr().err
+    # a shop's own folder names: --class-map renames them, '-' leaves a class the model lacks out
+    assert main(["evaluate", str(run), "--data", str(labelled), "--class-map", "socks=-,TROUSER=Dress", "--json"]) == 0
+    cm = json.loads(capsys.readouterr().out)["confusion_matrix"]
+    assert sum(map(sum, cm)) == 2 and sum(cm[3]) == 1 and sum(cm[1]) == 0  # the trouser folder now counts as Dress
+    assert main(["evaluate", str(run), "--data", str(labelled), "--class-map", "sock=-"]) == 2
+    assert "names folders ['sock']" in capsys.readouterr().err
 
     out = tmp_path / "preds.jsonl"
     assert main(["predict", str(run), str(photos / "a.jpg"), "--out", str(out)]) == 0

@@ -9,7 +9,7 @@ from PIL import Image
 
 from fashionclf.cli import main
 from fashionclf.data import DataError
-from fashionclf.folders import letterbox, load_image_folder, scan
+from fashionclf.folders import add_converted_photos, letterbox, load_image_folder, map_folders, parse_class_map, scan
 
 
 def _make_folder(root, per_class=12, classes=("pants", "shirt"), size=(40, 30), seed=0):
@@ -90,3 +90,90 @@ def test_fixed_size_models_are_refused_for_photos(tmp_path, capsys):
     assert "tuned_cnn cannot take 64x64 RGB images" in capsys.readouterr().err
     assert main(["train", "--image-size", "64", "--model", "mlp", "--out", str(tmp_path / "r")]) == 2
     assert "go with --data FOLDER" in capsys.readouterr().err
+
+
+def _gray_items(root, classes=("tee", "trousers", "hat"), per_class=4):
+    """Light photos with one dark item per class shape, for the Fashion-MNIST-style conversion."""
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.full((60, 50, 3), 230, np.uint8)
+            img[10 + k * 5 : 50 - k * 5, 15:35] = 30 + i
+            Image.fromarray(img).save(root / c / f"{i}.png")
+    return root
+
+
+def test_parse_class_map():
+    assert parse_class_map("t-shirt=T-shirt/top, pants = Trouser,hat=-") == {"t-shirt": "T-shirt/top", "pants": "Trouser", "hat": None}
+    assert parse_class_map(None) == {}
+    with pytest.raises(DataError, match="expected FOLDER=CLASS"):
+        parse_class_map("pants")
+    with pytest.raises(DataError, match="expected FOLDER=CLASS"):
+        parse_class_map("pants=")
+
+
+def test_map_folders_renames_leaves_out_and_names_what_is_wrong():
+    classes = ("T-shirt/top", "Trouser", "Dress")
+    names = ["dress", "hat", "pants", "tshirt_top"]
+    assert map_folders(names, classes, {"pants": "trouser", "hat": None}, "shop") == {"dress": 2, "hat": None, "pants": 1, "tshirt_top": 0}
+    with pytest.raises(DataError, match=r"shop: class folders \['hat'\] match no class.*--class-map"):
+        map_folders(names, classes, {"pants": "Trouser"}, "shop")
+    with pytest.raises(DataError, match=r"names folders \['shoes'\]"):
+        map_folders(names, classes, {"shoes": None}, "shop")
+    with pytest.raises(DataError, match=r"maps to \['Trousers'\]"):
+        map_folders(names, classes, {"pants": "Trousers", "hat": None}, "shop")
+
+
+def test_add_converted_photos_mixes_converted_photos_into_training(tmp_path, monkeypatch):
+    from fashionclf import preprocess
+    from fashionclf.data import CLASSES, FashionMNIST
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _gray_items(tmp_path / "shop")
+    (root / "tee" / "broken.jpg").write_bytes(b"not a jpeg")
+    z = torch.zeros(5, 28, 28, dtype=torch.uint8)
+    y = torch.zeros(5, dtype=torch.long)
+
+    def data():
+        return FashionMNIST(z, y + 9, z, y, z, y, "scans", {"train": "abc"})
+
+    cmap = {"tee": "T-shirt/top", "trousers": "Trouser", "hat": None}
+    calls = []
+    real = preprocess.to_fashion_mnist
+    monkeypatch.setattr(preprocess, "to_fashion_mnist", lambda rgb, method: calls.append(1) or real(rgb, method))
+    d = data()
+    skipped = add_converted_photos(d, root, cmap, repeat=2)
+    assert len(skipped) == 1 and "broken.jpg" in skipped[0]
+    assert d.train_x.shape == (5 + 2 * 8, 28, 28) and d.train_x.dtype == torch.uint8
+    assert sorted(d.train_y[5:].tolist()) == [0] * 8 + [1] * 8  # hat left out, labels in Fashion-MNIST order
+    assert CLASSES[1] == "Trouser" and len(d.val_y) == 5 and len(d.test_y) == 5  # validation and test untouched
+    assert d.checksums["train"] == "abc" and len(d.checksums["extra_photos"]) == 64
+    # the items are converted Fashion-MNIST style: light item on black, corners dark
+    assert d.train_x[5:, 0, 0].max() == 0 and d.train_x[5:].float().mean() > 10
+    n = len(calls)
+    assert n == 8  # the broken file never reaches the conversion
+    d2 = data()
+    add_converted_photos(d2, root, cmap, repeat=1)
+    assert len(calls) == n and torch.equal(d2.train_x[5:], d.train_x[5 : 5 + 8])  # second time: from the cache
+    Image.fromarray(np.full((60, 50, 3), 230, np.uint8)).save(root / "tee" / "new.png")
+    add_converted_photos(data(), root, cmap, repeat=1)
+    assert len(calls) == n + 9  # a changed folder is converted afresh
+    with pytest.raises(DataError, match="expected 1-10"):
+        add_converted_photos(data(), root, cmap, repeat=0)
+
+
+def test_train_with_extra_photos_records_them(tmp_path, monkeypatch, capsys, real_data_dir):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _gray_items(tmp_path / "shop", per_class=3)
+    run = tmp_path / "run"
+    base = ["train", "--model", "mlp", "--epochs", "1", "--train-limit", "300", "--no-download", "--quiet"]
+    opts = ["--extra-photos", str(root), "--class-map", "tee=T-shirt/top,trousers=Trouser,hat=-", "--extra-repeat", "2"]
+    assert main(base + opts + ["--out", str(run)]) == 0
+    meta = json.loads((run / "meta.json").read_text())
+    cfg = meta["config"]
+    assert cfg["extra_photos"] == str(root) and cfg["extra_repeat"] == 2 and cfg["extra_class_map"]["hat"] is None
+    assert len(meta["data"]["checksums"]["extra_photos"]) == 64 and meta["data"]["train"] == 312  # 300 scans + 2 x 6 photos
+    assert main(base + ["--class-map", "tee=Dress", "--out", str(tmp_path / "r2")]) == 2
+    assert "go with --extra-photos" in capsys.readouterr().err
+    assert main(["train", "--data", str(root), "--extra-photos", str(root), "--out", str(tmp_path / "r3")]) == 2
+    assert "the photos are the dataset already" in capsys.readouterr().err
