@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -139,6 +141,13 @@ def test_transfer_preset_freezes_then_fine_tunes_with_a_slower_body():
     assert (scratch.freeze_epochs, scratch.body_lr_mult) == (0, 1.0)
     assert (scratch.epochs, scratch.lr, scratch.optimizer) == (cfg.epochs - 1, cfg.lr, cfg.optimizer)
     assert set(PRESETS) >= {"best-cpu", "transfer"}
+
+
+def test_photos_preset_is_best_cpu_with_photo_augmentation():
+    cfg, base = resolve_config(None, "photos"), resolve_config(None, "best-cpu")
+    assert (cfg.aug.rotation, cfg.aug.zoom, cfg.aug.photo) == (15.0, 0.15, 0.5)
+    assert (cfg.aug.shift, cfg.aug.hflip, cfg.aug.erase) == (base.aug.shift, base.aug.hflip, base.aug.erase)
+    assert dataclasses.replace(cfg, aug=base.aug) == base  # nothing else differs
 
 
 def test_low_resolution_run_trains_and_reloads(tmp_path):
