@@ -458,6 +458,9 @@ def cmd_label_issues(args) -> int:
     from .runs import atomic_write_bytes, to_json
     from .study import out_of_fold_probs
 
+    if args.extra_photos:
+        # repeated photos would sit in several folds at once, so their out-of-fold predictions would not be
+        raise ValueError("label-issues searches the training data alone; leave out --extra-photos (run it on the photos with --data)")
     out = Path(args.out)
     check_writable(out, args.overwrite)
     cfg = resolve_config(args.model, None, seed=args.seed, **{**_overrides(args), "early_stopping": 0})

@@ -261,3 +261,6 @@ def test_label_issues_report(tmp_path, capsys, real_data_dir):
     assert "Likely label errors" in (out / "report.md").read_text() and (out / "figures" / "label_issues.png").exists()
     assert "out-of-fold accuracy" in capsys.readouterr().out
     assert main(args) == 2  # the finished folder is not overwritten
+    capsys.readouterr()
+    assert main(args[:-3] + ["--out", str(tmp_path / "li2"), "--extra-photos", str(tmp_path)]) == 2
+    assert "leave out --extra-photos" in capsys.readouterr().err and not (tmp_path / "li2").exists()
