@@ -165,6 +165,17 @@ def _norm(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
+def mapped_items(folder: str | Path, classes: tuple | list, class_map: dict[str, str | None] | None) -> list[tuple[Path, int]]:
+    """(file, label) for every image of the folders the class map keeps, labels in `classes` order."""
+    root = Path(folder)
+    names, items = scan(root)
+    index = map_folders(names, classes, class_map, str(root))
+    used = [(p, index[names[i]]) for p, i in items if index[names[i]] is not None]
+    if not used:
+        raise DataError(f"{root}: the class map leaves no folder in")
+    return used
+
+
 def load_converted_photos(
     folder: str | Path,
     classes: tuple | list,
@@ -175,12 +186,7 @@ def load_converted_photos(
 
     Returns images, labels, one message per unreadable file (left out) and a fingerprint of the files used.
     """
-    root = Path(folder)
-    names, items = scan(root)
-    index = map_folders(names, classes, class_map, str(root))
-    used = [(p, index[names[i]]) for p, i in items if index[names[i]] is not None]
-    if not used:
-        raise DataError(f"{root}: the class map leaves no folder in")
+    used = mapped_items(folder, classes, class_map)
     xs, ys, skipped = [], [], []
     for path, label in used:
         try:
@@ -189,8 +195,8 @@ def load_converted_photos(
         except ImageError as e:
             skipped.append(f"{path}: {e}")
     if not xs:
-        raise DataError(f"{root}: none of the images could be read: " + "; ".join(skipped[:3]))
-    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), skipped, _fingerprint(used, root)
+        raise DataError(f"{folder}: none of the images could be read: " + "; ".join(skipped[:3]))
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), skipped, _fingerprint(used, Path(folder))
 
 
 def converted_photos_cached(
@@ -198,8 +204,9 @@ def converted_photos_cached(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """load_converted_photos with the Fashion-MNIST conversion, cached: GrabCut costs ~40 ms a photo.
 
-    The cache key covers the files (names, sizes, labels), the class map, the method and the source of
-    the conversion code, so a changed photo or a changed preprocessing step is converted afresh.
+    The cache key covers the files used (names, sizes, mapped labels), the classes, the method, the
+    source of the conversion code and OpenCV's version, so a changed photo, map or conversion step is
+    converted afresh.
     """
     import json
     import os
@@ -208,22 +215,18 @@ def converted_photos_cached(
     from . import images, preprocess
     from .data import cache_dir
 
-    root = Path(folder)
-    names, items = scan(root)
-    index = map_folders(names, classes, class_map, str(root))
-    used = [(p, index[names[i]]) for p, i in items if index[names[i]] is not None]
     h = hashlib.sha256()
-    h.update(_fingerprint(used, root).encode() if used else b"")
-    h.update(json.dumps([method, list(classes)]).encode())
+    h.update(_fingerprint(mapped_items(folder, classes, class_map), Path(folder)).encode())
+    h.update(json.dumps([method, list(classes), cv2.__version__]).encode())
     for mod in (images, preprocess):
         h.update(Path(mod.__file__).read_bytes())
     path = cache_dir().parent / "converted" / f"{h.hexdigest()[:32]}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), [str(s) for s in z["skipped"]], str(z["fingerprint"])
-    x, y, skipped, fp = load_converted_photos(root, classes, lambda rgb: preprocess.to_fashion_mnist(rgb, method).image, class_map)
+    x, y, skipped, fp = load_converted_photos(folder, classes, lambda rgb: preprocess.to_fashion_mnist(rgb, method).image, class_map)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")  # written whole, then renamed: no torn cache file
     with os.fdopen(fd, "wb") as f:
         np.savez(f, x=x.numpy(), y=y.numpy(), skipped=np.array(skipped, dtype=str), fingerprint=np.array(fp))
     os.replace(tmp, path)
