@@ -186,7 +186,10 @@ def load_converted_photos(
 
     Returns images, labels, one message per unreadable file (left out) and a fingerprint of the files used.
     """
-    used = mapped_items(folder, classes, class_map)
+    return _convert(mapped_items(folder, classes, class_map), Path(folder), convert)
+
+
+def _convert(used: list[tuple[Path, int]], root: Path, convert) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     xs, ys, skipped = [], [], []
     for path, label in used:
         try:
@@ -195,8 +198,8 @@ def load_converted_photos(
         except ImageError as e:
             skipped.append(f"{path}: {e}")
     if not xs:
-        raise DataError(f"{folder}: none of the images could be read: " + "; ".join(skipped[:3]))
-    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), skipped, _fingerprint(used, Path(folder))
+        raise DataError(f"{root}: none of the images could be read: " + "; ".join(skipped[:3]))
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), skipped, _fingerprint(used, root)
 
 
 def converted_photos_cached(
@@ -215,8 +218,10 @@ def converted_photos_cached(
     from . import images, preprocess
     from .data import cache_dir
 
+    root = Path(folder)
+    used = mapped_items(root, classes, class_map)
     h = hashlib.sha256()
-    h.update(_fingerprint(mapped_items(folder, classes, class_map), Path(folder)).encode())
+    h.update(_fingerprint(used, root).encode())
     h.update(json.dumps([method, list(classes), cv2.__version__]).encode())
     for mod in (images, preprocess):
         h.update(Path(mod.__file__).read_bytes())
@@ -224,7 +229,7 @@ def converted_photos_cached(
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), [str(s) for s in z["skipped"]], str(z["fingerprint"])
-    x, y, skipped, fp = load_converted_photos(folder, classes, lambda rgb: preprocess.to_fashion_mnist(rgb, method).image, class_map)
+    x, y, skipped, fp = _convert(used, root, lambda rgb: preprocess.to_fashion_mnist(rgb, method).image)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")  # written whole, then renamed: no torn cache file
     with os.fdopen(fd, "wb") as f:
