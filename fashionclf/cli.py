@@ -298,6 +298,8 @@ def _train(args, quiet: bool) -> Path:
 def cmd_evaluate(args) -> int:
     from .study import evaluate_run
 
+    if args.class_map and not args.data:
+        raise ValueError("--class-map goes with --data FOLDER (labelled photos whose folder names it maps)")
     run = load_run(args.run)
     if args.data:
         # labelled photos (one subfolder per class), preprocessed as predict does: every photo is scored

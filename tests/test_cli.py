@@ -240,6 +240,8 @@ def test_predict_photos_json_lines(tmp_path, capsys, real_data_dir):
     assert sum(map(sum, cm)) == 2 and sum(cm[3]) == 1 and sum(cm[1]) == 0  # the trouser folder now counts as Dress
     assert main(["evaluate", str(run), "--data", str(labelled), "--class-map", "sock=-"]) == 2
     assert "names folders ['sock']" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--class-map", "socks=-"]) == 2
+    assert "--class-map goes with --data" in capsys.readouterr().err
 
     out = tmp_path / "preds.jsonl"
     assert main(["predict", str(run), str(photos / "a.jpg"), "--out", str(out)]) == 0

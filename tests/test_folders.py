@@ -162,6 +162,7 @@ def test_add_converted_photos_mixes_converted_photos_into_training(tmp_path, mon
         add_converted_photos(data(), root, cmap, repeat=0)
 
 
+@pytest.mark.data
 def test_train_with_extra_photos_records_them(tmp_path, monkeypatch, capsys, real_data_dir):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = _gray_items(tmp_path / "shop", per_class=3)
