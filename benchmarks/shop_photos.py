@@ -16,6 +16,7 @@ Nothing here is fitted: the runs were trained before and the photos were never t
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -25,10 +26,20 @@ from fashionclf.predict import load_labelled_photos
 from fashionclf.runs import atomic_write_text, load_run, to_json
 from fashionclf.study import evaluate_run, robustness
 
+_converted: dict = {}
+
+
+def photos_for(run, folder: str, class_map: dict | None = None):
+    """The folder's photos as the run takes them, converted once per kind of input (GrabCut costs ~40 ms a photo)."""
+    key = (folder, json.dumps(run.meta.get("input", {}), sort_keys=True))
+    if key not in _converted:
+        _converted[key] = load_labelled_photos(run, folder, class_map=class_map)[:2]
+    return _converted[key]
+
 
 def score(run_dir: str, photos: str, class_map: dict, catalogue: str | None, limit: int, data) -> dict:
     run = load_run(run_dir)
-    x, y, _ = load_labelled_photos(run, photos, class_map=class_map)
+    x, y = photos_for(run, photos, class_map)
     row = {"run": run_dir, "photos": evaluate_run(run, x, y)["accuracy"], "photos_n": len(y)}
     test = evaluate_run(run, data.test_x, data.test_y)
     row["test"] = test["accuracy"]
@@ -36,7 +47,7 @@ def score(run_dir: str, photos: str, class_map: dict, catalogue: str | None, lim
     row["coverage_99"] = (test.get("coverage_at_precision") or {}).get("0.99")
     row["corrupted_mean"] = robustness(run, data.test_x[:limit], data.test_y[:limit])["mean"] if limit else None
     if catalogue:
-        cx, cy, _ = load_labelled_photos(run, catalogue)
+        cx, cy = photos_for(run, catalogue)
         row["catalogue"] = evaluate_run(run, cx, cy)["accuracy"]
     return row
 

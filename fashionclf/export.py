@@ -102,7 +102,6 @@ def export_onnx(run: Run, path: str | Path | None = None) -> bytes:
                 f"({str(e).splitlines()[0][:300]}); runs at 28 px and at resolutions that divide 28 (7, 14) export"
             ) from None
     proto = onnx.load_from_string(buf.getvalue())
-
     for k, v in metadata(run).items():
         proto.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(proto)

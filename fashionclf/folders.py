@@ -182,7 +182,9 @@ def load_converted_photos(
     convert,
     class_map: dict[str, str | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
-    """Labelled photos, each turned into a model input by convert(rgb) -> uint8 array, labels in `classes` order.
+    """Labelled photos, each turned into a model input by convert(path) -> uint8 array, labels in `classes` order.
+
+    convert raises ImageError for a file it cannot use; that file is left out and named.
 
     Returns images, labels, one message per unreadable file (left out) and a fingerprint of the files used.
     """
@@ -193,7 +195,7 @@ def _convert(used: list[tuple[Path, int]], root: Path, convert) -> tuple[torch.T
     xs, ys, skipped = [], [], []
     for path, label in used:
         try:
-            xs.append(convert(load_rgb(path)))
+            xs.append(convert(path))
             ys.append(label)
         except ImageError as e:
             skipped.append(f"{path}: {e}")
@@ -229,7 +231,7 @@ def converted_photos_cached(
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), [str(s) for s in z["skipped"]], str(z["fingerprint"])
-    x, y, skipped, fp = _convert(used, root, lambda rgb: preprocess.to_fashion_mnist(rgb, method).image)
+    x, y, skipped, fp = _convert(used, root, lambda p: preprocess.to_fashion_mnist(load_rgb(p), method).image)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")  # written whole, then renamed: no torn cache file
     with os.fdopen(fd, "wb") as f:

@@ -141,16 +141,5 @@ def load_labelled_photos(
     """
     from .folders import load_converted_photos
 
-    spec = run.meta.get("input", {})
-    if spec.get("kind") == "rgb-letterbox":
-        from .folders import letterbox
-
-        def convert(rgb):
-            return letterbox(rgb, spec["height"]).transpose(2, 0, 1)
-    else:
-
-        def convert(rgb):
-            return to_fashion_mnist(rgb, method).image
-
-    x, y, skipped, _ = load_converted_photos(folder, run.classes, convert, class_map)
+    x, y, skipped, _ = load_converted_photos(folder, run.classes, lambda p: preprocess_file(p, method, run), class_map)
     return x, y, skipped

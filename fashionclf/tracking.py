@@ -80,12 +80,16 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
     return out
 
 
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
+
+
 def log_run_folder(
     run_dir: str | Path,
     uri: str = DEFAULT_URI,
     experiment: str = DEFAULT_EXPERIMENT,
     register_as: str | None = None,
-    extra_artifacts: list[str | Path] = (),
     parent_run_id: str | None = None,
 ) -> dict:
     """Log one finished run folder; returns {run_id, experiment_id, model_version (or None)}."""
@@ -96,8 +100,7 @@ def log_run_folder(
     meta = json.loads((run_dir / "meta.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = _experiment_id(client, experiment)
     tags = {"fashionclf.run_dir": str(run_dir.resolve()), "fashionclf.model": meta["model"]}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -119,8 +122,6 @@ def log_run_folder(
         for i in range(0, len(batch), 1000):
             client.log_batch(rid, metrics=batch[i : i + 1000])
         client.log_artifacts(rid, str(run_dir), artifact_path="run")
-        for extra in extra_artifacts:
-            client.log_artifact(rid, str(extra))
         version = None
         if register_as:
             try:
@@ -143,8 +144,7 @@ def start_parent(uri: str, experiment: str, name: str) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = _experiment_id(client, experiment)
     return client.create_run(exp_id, run_name=name).info.run_id
 
 
