@@ -21,6 +21,7 @@ class AugmentConfig:
     hflip: bool = True  # garments are left-right symmetric enough; vertical flips are not
     erase: float = 0.0  # probability of random erasing (a rectangle set to 0), 0 disables
     photo: float = 0.0  # probability of photo-style degradation per image (blur, noise, contrast, background haze), 0 disables
+    cutmix: float = 0.0  # probability that a batch is CutMixed (a box pasted from a partner image, labels mixed by area), 0 disables
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -87,6 +88,27 @@ def random_photo(x: torch.Tensor, p: float, generator: torch.Generator | None = 
     noise = torch.randn(x.shape, generator=generator).to(x.device) * u(0.0, 0.08)
     y = (y + noise).clamp(0, 1)
     return torch.where(pick, y, x)
+
+
+def cutmix(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al., 2019) on a fraction p of batches: one box, drawn per batch, of every image is
+    replaced by the same box of a partner image from the batch.
+
+    Returns (images, partner index per image, lam): the loss is lam * CE(own label) + (1 - lam) *
+    CE(partner's label), lam being the share of pixels each image keeps. A batch left alone has lam 1.
+    """
+    n, _, h, w = x.shape
+    if p <= 0 or torch.rand(1, generator=generator).item() >= p:
+        return x, torch.arange(n, device=x.device), 1.0
+    cut = math.sqrt(1 - torch.rand(1, generator=generator).item())  # box side / image side; lam ~ Beta(1, 1)
+    ch, cw = round(h * cut), round(w * cut)
+    cy, cx = int(torch.randint(h, (1,), generator=generator)), int(torch.randint(w, (1,), generator=generator))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)  # the box may overhang the image: clip it
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+    partner = torch.randperm(n, generator=generator).to(x.device)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[partner, :, y0:y1, x0:x1]
+    return x, partner, 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:

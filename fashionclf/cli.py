@@ -62,12 +62,32 @@ def _folder_kwargs(args, model: str) -> dict | None:
         if getattr(args, "val_data", None) or getattr(args, "image_size", None):
             raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
         return None
-    import inspect
-
     kwargs = {"in_chans": 3}
-    if "image_size" in inspect.signature(model_info(model).build).parameters:
+    if "image_size" in _build_args(model):
         kwargs["image_size"] = args.image_size or 128
     return kwargs
+
+
+def _build_args(model: str) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model_info(model).build).parameters)
+
+
+def _model_kwargs(args, model: str) -> dict | None:
+    """--data's input size and --drop-path, as arguments of the model's constructor (None: none given)."""
+    folder = _folder_kwargs(args, model)
+    if folder:
+        _check_input_size(model, folder, args.image_size or 128)
+    kwargs = folder or {}
+    if getattr(args, "drop_path", None) is not None:
+        takes = [n for n in list_models() if "drop_path" in _build_args(n)]
+        if "drop_path" not in _build_args(model):
+            raise ValueError(f"--drop-path: {model} has no stochastic depth; models that take it: {', '.join(takes)}")
+        if not 0 <= args.drop_path < 1:
+            raise ValueError(f"--drop-path {args.drop_path}: expected a rate in [0, 1)")
+        kwargs["drop_path"] = args.drop_path
+    return kwargs or None
 
 
 def _check_input_size(model: str, kwargs: dict, size: int) -> None:
@@ -120,6 +140,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-shift", type=float, help="augmentation: max translation as a fraction of the side")
     p.add_argument("--aug-erase", type=float, help="augmentation: probability of random erasing")
     p.add_argument("--aug-photo", type=float, help="augmentation: probability of photo-style blur/noise/contrast/haze")
+    p.add_argument("--aug-cutmix", type=float, help="augmentation: probability that a batch is CutMixed (labels mixed by area)")
+    p.add_argument("--drop-path", type=float, help="models that take it (efficientnet_lite0): stochastic depth rate, e.g. 0.1")
     p.add_argument("--early-stopping", type=int, help="patience in epochs (0 = off)")
     p.add_argument("--schedule", choices=["plateau", "onecycle", "cosine"], help="learning-rate schedule")
     p.add_argument("--weight-decay", type=float)
@@ -173,6 +195,7 @@ def _overrides(args) -> dict:
         "aug_shift": args.aug_shift,
         "aug_erase": args.aug_erase,
         "aug_photo": args.aug_photo,
+        "aug_cutmix": args.aug_cutmix,
         "early_stopping": args.early_stopping,
         "schedule": args.schedule,
         "weight_decay": args.weight_decay,
@@ -270,10 +293,9 @@ def _train(args, quiet: bool) -> Path:
         if not model_info(model).pretrained:
             raise ValueError(f"--no-pretrained: {model} has no pretrained weights to leave out")
         model_kwargs = {"pretrained": False}
-    folder = _folder_kwargs(args, model)
-    if folder:
-        _check_input_size(model, folder, args.image_size or 128)
-        model_kwargs = {**(model_kwargs or {}), **folder}
+    extra = _model_kwargs(args, model)
+    if extra:
+        model_kwargs = {**(model_kwargs or {}), **extra}
     cfg = resolve_config(args.model, args.preset, seed=args.seed, model_kwargs=model_kwargs, **_overrides(args))
     out = Path(args.out or f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     check_writable(out, args.overwrite)
@@ -465,7 +487,8 @@ def cmd_label_issues(args) -> int:
         raise ValueError("label-issues searches the training data alone; leave out --extra-photos (run it on the photos with --data)")
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    cfg = resolve_config(args.model, None, seed=args.seed, **{**_overrides(args), "early_stopping": 0})
+    kwargs = _model_kwargs(args, args.model or RECOMMENDED_MODEL)
+    cfg = resolve_config(args.model, None, seed=args.seed, model_kwargs=kwargs, **{**_overrides(args), "early_stopping": 0})
     data = _load_data(args, cfg)
     # every training image (train and validation split): label errors live there
     x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
@@ -504,7 +527,7 @@ def cmd_compare(args) -> int:
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     plan = _model_seeds(args.models, args.seeds) if args.models else [(n, args.seeds) for n in DEFAULT_MODELS]
-    configs = [resolve_config(n, None, seed=s, model_kwargs=_folder_kwargs(args, n), **_overrides(args)) for n, k in plan for s in range(k)]
+    configs = [resolve_config(n, None, seed=s, model_kwargs=_model_kwargs(args, n), **_overrides(args)) for n, k in plan for s in range(k)]
     out = Path(args.out)
     _check_tracking(args)
     data = _load_data(args, configs[0])

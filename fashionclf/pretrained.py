@@ -108,7 +108,9 @@ def check_mapping(src_names: list[str], mapped: dict[str, torch.Tensor], referen
         raise PretrainedError(f"shape mismatches (name, file, timm): {bad[:5]}")
 
 
-def create_lite0(num_classes: int = 10, in_chans: int = 1, pretrained: bool = True, source: str = "package") -> torch.nn.Module:
+def create_lite0(
+    num_classes: int = 10, in_chans: int = 1, pretrained: bool = True, source: str = "package", drop_path: float = 0.0
+) -> torch.nn.Module:
     """timm's tf_efficientnet_lite0 with a new head; ImageNet weights from the package (offline) or timm's hub.
 
     A grayscale stem (in_chans=1) sums the RGB filters, as timm's adapt_input_conv does.
@@ -117,10 +119,10 @@ def create_lite0(num_classes: int = 10, in_chans: int = 1, pretrained: bool = Tr
     from timm.models import adapt_input_conv
 
     if pretrained and source == "timm":
-        return timm.create_model(TIMM_NAME, pretrained=True, num_classes=num_classes, in_chans=in_chans)
+        return timm.create_model(TIMM_NAME, pretrained=True, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
     if source not in ("package", "timm"):
         raise ValueError(f"unknown weights source {source!r}; valid: package, timm")
-    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
     if pretrained:
         state = load_imagenet_state()
         state["conv_stem.weight"] = adapt_input_conv(in_chans, state["conv_stem.weight"])

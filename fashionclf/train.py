@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .augment import AugmentConfig, augment_batch
+from .augment import AugmentConfig, augment_batch, cutmix
 from .data import MEAN, STD
 from .models import at_resolution, count_params, create_model, model_info, split_body_head
 
@@ -336,12 +336,17 @@ def train_one_epoch(
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         yb = y[idx].to(device, non_blocking=True)
         xb = to_unit(x_u8[idx], device)
+        partner, lam = None, 1.0
         if cfg.augment:
             xb = augment_batch(xb, cfg.aug, generator)
+            if cfg.aug.cutmix > 0:
+                xb, partner, lam = cutmix(xb, cfg.aug.cutmix, generator)
         xb = normalize(xb, cfg.channels_last)
         with autocast(device, amp_dtype):
             logits = model(xb)
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        if lam < 1:  # the partner's label in proportion to its pixels; training accuracy still counts the own label
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), yb[partner], label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -58,3 +58,32 @@ def test_photo_degradation_share_range_and_determinism():
     assert 0.4 < changed.float().mean() < 0.6  # about the share asked for
     assert y1[changed][:, :, :6].mean() > 0.005  # haze and noise lift the black background
     assert torch.equal(random_photo(x, 0.0, torch.Generator().manual_seed(1)), x)
+
+
+def test_cutmix_pastes_one_box_from_a_partner_and_reports_its_share():
+    from fashionclf.augment import cutmix
+
+    n = 32
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 20, 24).clone()  # image i is all i
+    out, partner, lam = cutmix(x, 1.0, torch.Generator().manual_seed(3))
+    assert out.shape == x.shape and 0 <= lam < 1
+    kept = (out == x).all(1)  # (N, H, W): pixels that are still the image's own
+    moved = partner != torch.arange(n)
+    assert torch.equal(kept[~moved].all(-1).all(-1), torch.ones(int((~moved).sum()), dtype=torch.bool))
+    share = kept[moved].float().mean(dim=(1, 2))
+    assert torch.allclose(share, torch.full_like(share, lam))  # lam is exactly the share of own pixels
+    pasted = ~kept[moved]
+    assert torch.equal(out[moved][:, 0][pasted], partner[moved].float().view(-1, 1, 1).expand_as(pasted)[pasted])
+    again = cutmix(x, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], out) and again[2] == lam
+
+
+def test_cutmix_leaves_batches_alone_at_p_zero_and_mixes_about_p_of_them():
+    from fashionclf.augment import cutmix
+
+    x = torch.rand(8, 1, 28, 28)
+    out, partner, lam = cutmix(x, 0.0, torch.Generator().manual_seed(0))
+    assert out is x and lam == 1.0 and torch.equal(partner, torch.arange(8))
+    g = torch.Generator().manual_seed(0)
+    mixed = sum(cutmix(x, 0.3, g)[2] < 1 for _ in range(400))
+    assert 80 < mixed < 160

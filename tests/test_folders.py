@@ -178,3 +178,37 @@ def test_train_with_extra_photos_records_them(tmp_path, monkeypatch, capsys, rea
     assert "go with --extra-photos" in capsys.readouterr().err
     assert main(["train", "--data", str(root), "--extra-photos", str(root), "--out", str(tmp_path / "r3")]) == 2
     assert "the photos are the dataset already" in capsys.readouterr().err
+
+
+def test_cutmix_and_drop_path_train_on_photos_and_are_recorded(tmp_path, capsys):
+    root = _make_folder(tmp_path / "photos", per_class=6)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--image-size", "32", "--model", "efficientnet_lite0", "--no-pretrained", "--epochs", "1"]
+    args += ["--batch-size", "4", "--aug-cutmix", "0.5", "--drop-path", "0.1", "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["config"]["aug"]["cutmix"] == 0.5 and meta["model_kwargs"]["drop_path"] == 0.1
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(root), "--json"]) == 0  # the run loads with its drop path
+    assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1
+
+
+def test_drop_path_is_refused_for_models_without_it(tmp_path, capsys):
+    root = _make_folder(tmp_path / "photos", per_class=3)
+    assert main(["train", "--data", str(root), "--model", "resnet", "--drop-path", "0.1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "resnet has no stochastic depth" in err and "efficientnet_lite0" in err
+    assert main(["train", "--data", str(root), "--model", "efficientnet_lite0", "--drop-path", "1.5", "--out", str(tmp_path / "r")]) == 2
+    assert "expected a rate in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_label_issues_on_an_image_folder(tmp_path, capsys):
+    # it used to build a grayscale model for RGB photos and fail deep inside the first convolution
+    root = _make_folder(tmp_path / "photos", per_class=10)
+    base = ["label-issues", "--data", str(root), "--image-size", "32", "--folds", "2", "--epochs", "1", "--quiet"]
+    assert main(base + ["--model", "tuned_cnn", "--out", str(tmp_path / "a")]) == 2
+    assert "tuned_cnn cannot take 32x32 RGB images" in capsys.readouterr().err
+    assert main(base + ["--model", "mlp", "--out", str(tmp_path / "b")]) == 0
+    issues = json.loads((tmp_path / "b" / "label_issues.json").read_text())
+    assert issues["model"] == "mlp" and isinstance(issues["issues"], list)
