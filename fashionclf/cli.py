@@ -554,6 +554,9 @@ def cmd_resolution(args) -> int:
     from .report import write_resolution_report
     from .study import compare, resolution_configs
 
+    if args.data:
+        # the study downsamples 28x28 scans to 7-28 px; photos have their own size (train --image-size)
+        raise ValueError("resolution studies Fashion-MNIST's 28x28 images; leave out --data (photos: compare runs of train --image-size)")
     sizes = _int_list(args.sizes, "--sizes")
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")

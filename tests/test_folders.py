@@ -212,3 +212,9 @@ def test_label_issues_on_an_image_folder(tmp_path, capsys):
     assert main(base + ["--model", "mlp", "--out", str(tmp_path / "b")]) == 0
     issues = json.loads((tmp_path / "b" / "label_issues.json").read_text())
     assert issues["model"] == "mlp" and isinstance(issues["issues"], list)
+
+
+def test_resolution_refuses_image_folders(tmp_path, capsys):
+    root = _make_folder(tmp_path / "photos", per_class=3)
+    assert main(["resolution", "--data", str(root), "--model", "mlp", "--out", str(tmp_path / "r")]) == 2
+    assert "resolution studies Fashion-MNIST's 28x28 images" in capsys.readouterr().err

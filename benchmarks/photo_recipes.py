@@ -1,0 +1,88 @@
+"""Compare training recipes on an image-folder dataset: groups of finished runs, one per seed.
+
+Each group is one recipe trained with several seeds (e.g. the runs of one `fashionclf compare --data`
+folder). The table gives validation and test accuracy as mean ± std over the group's runs and the
+training time; every group after the first is also tested against the first, run by run on the same
+test photos (McNemar, paired by seed), because at a few hundred test photos a point is within noise.
+Choose on validation; the test column is what the chosen recipe then scores.
+
+    .venv/bin/python benchmarks/photo_recipes.py --group "baseline=DIR1,DIR2,DIR3" --group "cutmix=DIR4,DIR5,DIR6" \\
+        [--out benchmarks/results/photo_recipes.json]
+"""
+
+import argparse
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fashionclf.metrics import mcnemar, mean_std
+from fashionclf.runs import atomic_write_text, load_predictions, read_json
+
+
+def parse_group(text: str) -> tuple[str, list[Path]]:
+    name, sep, dirs = text.partition("=")
+    if not sep or not dirs:
+        raise SystemExit(f"--group {text!r}: expected NAME=RUN_DIR[,RUN_DIR...]")
+    return name, [Path(d) for d in dirs.split(",") if d]
+
+
+def group_row(name: str, dirs: list[Path]) -> dict:
+    metrics = [read_json(d / "metrics.json") for d in dirs]
+    seeds = [read_json(d / "meta.json")["config"]["seed"] for d in dirs]
+    val, test = mean_std([m["val_accuracy"] * 100 for m in metrics]), mean_std([m["test_accuracy"] * 100 for m in metrics])
+    return {
+        "name": name,
+        "runs": [str(d) for d in dirs],
+        "seeds": seeds,
+        "val": val,
+        "test": test,
+        "test_each": [m["test_accuracy"] * 100 for m in metrics],
+        "val_each": [m["val_accuracy"] * 100 for m in metrics],
+        "train_seconds": [m["train_seconds"] for m in metrics],
+        "best_epoch": [m["best_epoch"] for m in metrics],
+    }
+
+
+def paired(base: dict, other: dict) -> list[dict]:
+    """McNemar per seed that both groups ran: the same test photos, two recipes."""
+    by_seed = dict(zip(base["seeds"], base["runs"]))
+    out = []
+    for seed, run in zip(other["seeds"], other["runs"]):
+        if seed not in by_seed:
+            continue
+        (la, ya), (lb, yb) = load_predictions(by_seed[seed]), load_predictions(run)
+        if not ya.equal(yb):
+            raise SystemExit(f"{by_seed[seed]} and {run} were tested on different photos; compare runs of the same data and split")
+        out.append({"seed": seed, **mcnemar((la.argmax(1) == ya).numpy(), (lb.argmax(1) == yb).numpy())})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--group", action="append", required=True, help="NAME=RUN_DIR,RUN_DIR,... (the first group is the baseline)")
+    ap.add_argument("--out", default="benchmarks/results/photo_recipes.json")
+    args = ap.parse_args()
+    rows = [group_row(*parse_group(g)) for g in args.group]
+    for row in rows[1:]:
+        row["vs_first"] = paired(rows[0], row)
+    print(f"{'recipe':32s} {'runs':>4s} {'val % (mean ± std)':>20s} {'test % (mean ± std)':>20s} {'train s':>12s}  vs first (b/c, p)")
+    for row in rows:
+        t = row["train_seconds"]
+        pairs = "  ".join(f"s{p['seed']} {p['b']}/{p['c']} p={p['p']:.2g}" for p in row.get("vs_first", []))
+        print(
+            f"{row['name']:32s} {len(row['runs']):4d} {row['val'][0]:11.2f} ± {row['val'][1]:5.2f} "
+            f"{row['test'][0]:11.2f} ± {row['test'][1]:5.2f} {min(t):5.0f}-{max(t):5.0f}  {pairs}"
+        )
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "groups": rows,
+    }
+    atomic_write_text(args.out, json.dumps(report, indent=2))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
