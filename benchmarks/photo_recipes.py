@@ -42,6 +42,10 @@ def group_row(name: str, dirs: list[Path]) -> dict:
         "val_each": [m["val_accuracy"] * 100 for m in metrics],
         "train_seconds": [m["train_seconds"] for m in metrics],
         "best_epoch": [m["best_epoch"] for m in metrics],
+        # after temperature scaling on validation, scored on test: the share labelled without a person
+        "ece": [m["test_calibration"]["ece"] * 100 for m in metrics],
+        "ece_uncalibrated": [m["test_calibration"]["ece_uncalibrated"] * 100 for m in metrics],
+        "coverage_at_precision": [m["test_calibration"]["coverage_at_precision"] for m in metrics],
     }
 
 
@@ -67,14 +71,17 @@ def main():
     rows = [group_row(*parse_group(g)) for g in args.group]
     for row in rows[1:]:
         row["vs_first"] = paired(rows[0], row)
-    print(f"{'recipe':32s} {'runs':>4s} {'val % (mean ± std)':>20s} {'test % (mean ± std)':>20s} {'train s':>12s}  vs first (b/c, p)")
+    print(f"{'recipe':40s} {'runs':>4s} {'val %':>14s} {'test %':>14s} {'train s':>10s} {'ECE %':>9s} {'auto %':>9s}  vs first (b/c, p)")
     for row in rows:
-        t = row["train_seconds"]
+        t, ece = row["train_seconds"], row["ece"]
+        auto = [next(iter(c.values()))["coverage"] * 100 for c in row["coverage_at_precision"]]
         pairs = "  ".join(f"s{p['seed']} {p['b']}/{p['c']} p={p['p']:.2g}" for p in row.get("vs_first", []))
         print(
-            f"{row['name']:32s} {len(row['runs']):4d} {row['val'][0]:11.2f} ± {row['val'][1]:5.2f} "
-            f"{row['test'][0]:11.2f} ± {row['test'][1]:5.2f} {min(t):5.0f}-{max(t):5.0f}  {pairs}"
+            f"{row['name'][:40]:40s} {len(row['runs']):4d} {row['val'][0]:6.2f} ± {row['val'][1]:4.2f} "
+            f"{row['test'][0]:6.2f} ± {row['test'][1]:4.2f} {min(t):4.0f}-{max(t):4.0f} {min(ece):3.1f}-{max(ece):3.1f} "
+            f"{min(auto):3.0f}-{max(auto):3.0f}  {pairs}"
         )
+    print("ECE: after temperature scaling; auto: share of the test photos above the run's threshold for its target precision")
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
