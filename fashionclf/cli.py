@@ -527,7 +527,8 @@ def cmd_compare(args) -> int:
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     plan = _model_seeds(args.models, args.seeds) if args.models else [(n, args.seeds) for n in DEFAULT_MODELS]
-    configs = [resolve_config(n, None, seed=s, model_kwargs=_model_kwargs(args, n), **_overrides(args)) for n, k in plan for s in range(k)]
+    kwargs = {n: _model_kwargs(args, n) for n, _ in plan}  # checked once per model, not per seed
+    configs = [resolve_config(n, None, seed=s, model_kwargs=kwargs[n], **_overrides(args)) for n, k in plan for s in range(k)]
     out = Path(args.out)
     _check_tracking(args)
     data = _load_data(args, configs[0])
