@@ -4,7 +4,9 @@ Each group is one recipe trained with several seeds (e.g. the runs of one `fashi
 folder). The table gives validation and test accuracy as mean ± std over the group's runs and the
 training time; every group after the first is also tested against the first, run by run on the same
 test photos (McNemar, paired by seed), because at a few hundred test photos a point is within noise.
-Choose on validation; the test column is what the chosen recipe then scores.
+Choose on validation; the test column is what the chosen recipe then scores. The probabilities of a
+group's runs averaged (and of all runs) show what more models, at several times the training time,
+would buy: a ceiling, not a recipe within the time budget.
 
     .venv/bin/python benchmarks/photo_recipes.py --group "baseline=DIR1,DIR2,DIR3" --group "cutmix=DIR4,DIR5,DIR6" \\
         [--out benchmarks/results/photo_recipes.json]
@@ -63,6 +65,15 @@ def paired(base: dict, other: dict) -> list[dict]:
     return out
 
 
+def ensemble_accuracy(runs: list[str]) -> float:
+    """Test accuracy of the runs' softmax probabilities averaged: a ceiling for what more seeds could buy."""
+    preds = [load_predictions(r) for r in runs]
+    if any(not y.equal(preds[0][1]) for _, y in preds):
+        raise SystemExit("the runs were tested on different photos; an ensemble needs the same data and split")
+    probs = sum(logits.softmax(1) for logits, _ in preds) / len(preds)
+    return (probs.argmax(1) == preds[0][1]).float().mean().item() * 100
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--group", action="append", required=True, help="NAME=RUN_DIR,RUN_DIR,... (the first group is the baseline)")
@@ -82,10 +93,17 @@ def main():
             f"{min(auto):3.0f}-{max(auto):3.0f}  {pairs}"
         )
     print("ECE: after temperature scaling; auto: share of the test photos above the run's threshold for its target precision")
+    for row in rows:
+        row["ensemble_test"] = ensemble_accuracy(row["runs"])
+    everything = [r for row in rows for r in row["runs"]]
+    ensembles = {"each group": {row["name"]: row["ensemble_test"] for row in rows}, "all runs": ensemble_accuracy(everything)}
+    print("test % of the probabilities averaged: " + ", ".join(f"{k} {v:.2f}" for k, v in ensembles["each group"].items()))
+    print(f"test % of all {len(everything)} runs averaged: {ensembles['all runs']:.2f}")
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "groups": rows,
+        "all_runs_ensemble_test": ensembles["all runs"],
     }
     atomic_write_text(args.out, json.dumps(report, indent=2))
     print(f"written: {args.out}")
