@@ -171,3 +171,14 @@ def test_keep_freed_memory_applies_on_glibc():
     applied = keep_freed_memory()
     # glibc takes the settings (older versions through the 32 MiB fallback); elsewhere nothing is touched
     assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_cutmix_mixes_the_training_targets():
+    # with every batch CutMixed the targets are soft, so the training loss stays well above the plain run's
+    x, y = _synthetic()
+    plain = dict(epochs=3, batch_size=50, early_stopping=0, augment=True, aug_rotation=0.0, aug_zoom=0.0, aug_shift=0.0, aug_hflip=False)
+    losses = {}
+    for p in (0.0, 1.0):
+        res = fit(resolve_config("mlp", None, **plain, aug_cutmix=p), x[:500], y[:500], x[500:], y[500:])
+        losses[p] = res.history[-1]["train_loss"]
+    assert losses[1.0] > losses[0.0] + 0.2, losses
