@@ -48,6 +48,7 @@ SETTINGS = {
     "base-24-b512": {"epochs": 24, **B512},
     "wide2-30-b512": {"epochs": 30, **B512, "model_kwargs": W2},
     "wide3-40-b512": {"epochs": 40, **B512, "model_kwargs": W3},
+    "wide4-24-b512": {"epochs": 24, **B512, "model_kwargs": W4},
     "wide4-30-b512": {"epochs": 30, **B512, "model_kwargs": W4},
 }
 

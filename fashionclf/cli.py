@@ -146,7 +146,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["plateau", "onecycle", "cosine"], help="learning-rate schedule")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float, help="0-0.2")
-    p.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights, e.g. 0.999 (0 = off)")
+    p.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights, e.g. 0.999 per 128 images (0 = off)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image")
     p.add_argument("--freeze-epochs", type=int, help="pretrained models: epochs that train only the new head")
     p.add_argument("--body-lr-mult", type=float, help="pretrained models: the body's learning rate as a fraction of the head's")

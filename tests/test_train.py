@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionclf.train import MODEL_DEFAULTS, PRESETS, RECOMMENDED_MODEL, evaluate, fit, resolve_config
+from fashionclf.train import MODEL_DEFAULTS, PRESETS, RECOMMENDED_MODEL, ema_step_decay, evaluate, fit, resolve_config
 
 
 def _synthetic(n_per_class=60, seed=0):
@@ -119,6 +119,14 @@ def test_ema_weights_are_what_is_kept():
     ema = fit(resolve_config("mlp", None, ema_decay=0.9, **base), x[:500], y[:500], x[500:], y[500:])
     assert not torch.equal(raw.model[1].weight, ema.model[1].weight)
     assert evaluate(ema.model, x[500:], y[500:])["accuracy"] > 0.9
+
+
+def test_ema_decay_is_per_128_images_at_any_batch_size():
+    assert ema_step_decay(0.999, 128) == 0.999
+    # four steps of 128 images or one of 512: the same weight left on the old average
+    assert ema_step_decay(0.999, 512) == pytest.approx(0.999**4)
+    assert ema_step_decay(0.999, 32) ** 4 == pytest.approx(0.999)
+    assert ema_step_decay(0.0, 512) == 0.0
 
 
 def test_best_cpu_preset_resolves_to_the_documented_recipe():
