@@ -87,6 +87,7 @@ def predict_to_file(
     save_preprocessed: str | Path | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     backend=None,
+    also: list[Run] = (),
 ) -> dict:
     """Predict every path into out (.jsonl or .csv); returns counts {done, skipped_done, failed, resumed}.
 
@@ -98,7 +99,10 @@ def predict_to_file(
     if out.exists():
         raise FileExistsError(f"--out {out} already exists; choose another file (results are never overwritten)")
     partial, job_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
-    job = _job_id(run, paths, {"top_k": top_k, "method": method, "format": fmt})
+    options = {"top_k": top_k, "method": method, "format": fmt}
+    if also:  # only then, so that a job left unfinished by an older version still resumes
+        options["with"] = [r.meta.get("created", str(r.path)) for r in also]
+    job = _job_id(run, paths, options)
     done: list[str] = []
     resumed = partial.exists()
     if resumed:
@@ -129,7 +133,7 @@ def predict_to_file(
         written = counts["skipped_done"]
         lines: list[str] = []
         for row in predict_files(
-            run, todo, top_k=top_k, batch_size=batch_size, save_preprocessed=save_preprocessed, method=method, backend=backend
+            run, todo, top_k=top_k, batch_size=batch_size, save_preprocessed=save_preprocessed, method=method, backend=backend, also=also
         ):
             counts["failed" if "error" in row else "done"] += 1
             lines.append(format_row(row, fmt))

@@ -396,16 +396,22 @@ def cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise ValueError("--top-k must be at least 1")
+    from .predict import class_order
+
     run = load_run(args.run)
+    also = [load_run(r) for r in args.with_runs or []]
+    for r in also:
+        class_order(run, r)  # the same classes, or a clear message before any photo is decoded
     paths = find_images(args.inputs)
     if not paths:
         raise ValueError(f"no image files found in {', '.join(args.inputs)} (looked for .jpg, .png, .webp, .bmp, .gif, .tif)")
-    if run.metrics.get("calibration") is None:
-        print("fashionclf: this run has no calibration (trained before it existed): every item is flagged for review", file=sys.stderr)
+    for r in [run, *also]:
+        if r.metrics.get("calibration") is None:
+            print(f"fashionclf: {r.path} has no calibration (trained before it existed): every item is flagged for review", file=sys.stderr)
     if args.out:
-        return _predict_to_file(args, run, paths)
+        return _predict_to_file(args, run, paths, also)
     failed = 0
-    for r in predict_files(run, paths, top_k=args.top_k, save_preprocessed=args.save_preprocessed, method=args.method):
+    for r in predict_files(run, paths, top_k=args.top_k, save_preprocessed=args.save_preprocessed, method=args.method, also=also):
         if "error" in r:
             failed += 1
             print(f"fashionclf: skipped {r['file']}: {r['error']}", file=sys.stderr)
@@ -413,7 +419,7 @@ def cmd_predict(args) -> int:
     return 1 if failed == len(paths) else 0
 
 
-def _predict_to_file(args, run, paths) -> int:
+def _predict_to_file(args, run, paths, also) -> int:
     from tqdm import tqdm
 
     from .batch import output_format, predict_to_file
@@ -428,7 +434,7 @@ def _predict_to_file(args, run, paths) -> int:
 
     try:
         counts = predict_to_file(
-            run, paths, out, top_k=args.top_k, method=args.method, save_preprocessed=args.save_preprocessed, on_batch=on_batch
+            run, paths, out, top_k=args.top_k, method=args.method, save_preprocessed=args.save_preprocessed, on_batch=on_batch, also=also
         )
     except KeyboardInterrupt:
         bar.close()
@@ -632,6 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="with --out: no progress bar")
     s.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per input, as PNG")
     s.add_argument("--method", choices=["grabcut", "threshold"], default="grabcut", help="how the item is cut from its background")
+    s.add_argument(
+        "--with",
+        dest="with_runs",
+        action="append",
+        metavar="RUN",
+        help="also ask this run (repeatable; e.g. an RGB photo run beside a 28x28 one) and average the calibrated "
+        "probabilities; the classes must match by name; an item is flagged when the runs disagree",
+    )
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export a run as ONNX (pixels in, calibrated probabilities out), checked against PyTorch")

@@ -143,25 +143,25 @@ def map_folders(names: list[str], classes: tuple | list, class_map: dict[str, st
 
     class_map renames folders first ('t-shirt' -> 'T-shirt/top'); a value of None leaves a folder out.
     """
-    norm = {_norm(c): i for i, c in enumerate(classes)}
+    norm = {norm_name(c): i for i, c in enumerate(classes)}
     class_map = class_map or {}
     stray = sorted(set(class_map) - set(names))
     if stray:
         raise DataError(f"the class map names folders {stray} that {where} does not have (it has {', '.join(names)})")
-    bad = sorted(v for v in class_map.values() if v is not None and _norm(v) not in norm)
+    bad = sorted(v for v in class_map.values() if v is not None and norm_name(v) not in norm)
     if bad:
         raise DataError(f"the class map maps to {bad}, which are not classes of this model ({', '.join(classes)})")
     target = {n: class_map.get(n, n) for n in names}
-    unknown = [n for n in names if target[n] is not None and _norm(target[n]) not in norm]
+    unknown = [n for n in names if target[n] is not None and norm_name(target[n]) not in norm]
     if unknown:
         raise DataError(
             f"{where}: class folders {unknown} match no class of this model ({', '.join(classes)}); "
             "rename them or map them with --class-map FOLDER=CLASS (FOLDER=- leaves one out)"
         )
-    return {n: None if t is None else norm[_norm(t)] for n, t in target.items()}
+    return {n: None if t is None else norm[norm_name(t)] for n, t in target.items()}
 
 
-def _norm(name: str) -> str:
+def norm_name(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 

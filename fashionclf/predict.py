@@ -53,19 +53,58 @@ def results_from_probs(run: Run, probs: torch.Tensor, top_k: int = 3) -> list[di
     return out
 
 
-def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu", backend=None) -> list[dict]:
-    """Results for model-ready uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, 3, S, S) for image-folder runs.
+def predict_probs(run: Run, images_u8: np.ndarray | torch.Tensor, device: str = "cpu", backend=None) -> torch.Tensor:
+    """Calibrated probabilities for model-ready uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, 3, S, S)
+    for image-folder runs.
 
     backend: None for the run's PyTorch model, or an object whose .probs(images) gives calibrated
     probabilities (export.OnnxModel).
     """
     if backend is not None:
-        return results_from_probs(run, torch.from_numpy(backend.probs(images_u8)), top_k)
+        return torch.from_numpy(backend.probs(images_u8))
     x = torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8)
     dev = torch.device(device)
     amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
     logits = infer(run.model.to(dev), x, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
-    return results_from_logits(run, logits, top_k)
+    return calibrated_probs(run, logits)
+
+
+def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu", backend=None) -> list[dict]:
+    """Results for model-ready uint8 images (see predict_probs)."""
+    return results_from_probs(run, predict_probs(run, images_u8, device, backend), top_k)
+
+
+def class_order(primary: Run, other: Run) -> torch.Tensor:
+    """For each of `other`'s classes, its index among `primary`'s, matched by name ignoring case and punctuation
+    ('t_shirt_top', the folder of an image-folder run, is 'T-shirt/top')."""
+    from .folders import norm_name
+
+    names = {norm_name(c): i for i, c in enumerate(primary.classes)}
+    order = [names.get(norm_name(c)) for c in other.classes]
+    if len(other.classes) != len(primary.classes) or None in order or len(set(order)) != len(order):
+        raise ValueError(
+            f"--with {other.path}: its classes ({', '.join(other.classes)}) are not those of {primary.path} "
+            f"({', '.join(primary.classes)}); runs asked together must have the same classes, named alike"
+        )
+    return torch.tensor(order)
+
+
+def joint_results(runs: list[Run], probs: list[torch.Tensor], top_k: int = 3) -> list[dict]:
+    """Results from several runs' calibrated probabilities (each in runs[0]'s class order), averaged.
+
+    Each run's review threshold was fitted for that run alone, not for the average, so an item is
+    flagged when the runs disagree on its label or when the average's confidence is below the
+    strictest run's threshold (a run without a threshold flags everything, as it does alone).
+    """
+    mean = torch.stack(probs).mean(0)
+    out = results_from_probs(runs[0], mean, top_k)
+    thresholds = [review_threshold(r) for r in runs]
+    strict = None if None in thresholds else max(thresholds)
+    tops = torch.stack([p.argmax(1) for p in probs])
+    agree = (tops == tops[0]).all(0) & (tops[0] == mean.argmax(1))
+    for row, a in zip(out, agree.tolist()):
+        row["needs_review"] = strict is None or not a or row["confidence"] < strict
+    return out
 
 
 def preprocess_file(
@@ -73,8 +112,12 @@ def preprocess_file(
 ) -> np.ndarray:
     """What the run's model takes, from a file or its bytes: a Fashion-MNIST-style (28, 28) image, or (3, S, S)
     RGB for image-folder runs."""
+    return convert_rgb(load_rgb(source, max_pixels), method, run)
+
+
+def convert_rgb(rgb: np.ndarray, method: str = "grabcut", run: Run | None = None) -> np.ndarray:
+    """A decoded (H, W, 3) photo as the run's model takes it (see preprocess_file)."""
     spec = run.meta.get("input", {}) if run is not None else {}
-    rgb = load_rgb(source, max_pixels)
     if spec.get("kind") == "rgb-letterbox":
         from .folders import letterbox
 
@@ -101,19 +144,51 @@ def predict_files(
     save_preprocessed: str | Path | None = None,
     method: str = "grabcut",
     backend=None,
+    also: list[Run] = (),
 ) -> Iterator[dict]:
-    """One dict per path, in order: the prediction, or {'file', 'error'} for a file that cannot be used."""
+    """One dict per path, in order: the prediction, or {'file', 'error'} for a file that cannot be used.
+
+    also: more runs to ask (each converts the photo its own way: 28x28 cut-out or RGB letterbox); their
+    calibrated probabilities are averaged with the run's (joint_results). save_preprocessed keeps the
+    run's own input.
+    """
+    runs = [run, *also]
+    if also and backend is not None:
+        raise ValueError("several runs are asked with their PyTorch models only, not with an ONNX backend")
+    orders = [class_order(run, r) for r in also]
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        images, rows = [], []
+        images: list[list[np.ndarray]] = [[] for _ in runs]
+        rows = []
         for p in chunk:
             try:
-                images.append(preprocess_file(p, method, run))
-                rows.append({"file": str(p)})
+                rgb = load_rgb(p)
+                converted: dict[str, np.ndarray] = {}  # runs with the same kind of input share one conversion
+                per_run = []
+                for r in runs:
+                    key = repr(sorted(r.meta.get("input", {}).items()))
+                    if key not in converted:
+                        converted[key] = convert_rgb(rgb, method, r)
+                    per_run.append(converted[key])
             except ImageError as e:
                 rows.append({"file": str(p), "error": str(e)})
-        preds = iter(predict_arrays(run, np.stack(images), top_k, backend=backend) if images else [])
-        it = iter(images)
+                continue
+            for imgs, img in zip(images, per_run):
+                imgs.append(img)
+            rows.append({"file": str(p)})
+        if not images[0]:
+            preds = iter([])
+        elif not also:
+            preds = iter(predict_arrays(run, np.stack(images[0]), top_k, backend=backend))
+        else:
+            probs = [predict_probs(run, np.stack(images[0]))]
+            for r, order, imgs in zip(also, orders, images[1:]):
+                p_other = predict_probs(r, np.stack(imgs))
+                mapped = torch.empty_like(p_other)
+                mapped[:, order] = p_other
+                probs.append(mapped)
+            preds = iter(joint_results(runs, probs, top_k))
+        it = iter(images[0])
         for row in rows:
             if "error" in row:
                 yield row

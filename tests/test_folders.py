@@ -220,3 +220,57 @@ def test_resolution_refuses_image_folders(tmp_path, capsys):
     root = _make_folder(tmp_path / "photos", per_class=3)
     assert main(["resolution", "--data", str(root), "--model", "mlp", "--out", str(tmp_path / "r")]) == 2
     assert "resolution studies Fashion-MNIST's 28x28 images" in capsys.readouterr().err
+
+
+def test_predict_with_a_second_run_averages_and_flags_disagreement(tmp_path, capsys):
+    root = _make_folder(tmp_path / "photos", per_class=30)
+    # The second run's folders are named differently (case), so they sort in the other order: classes match by name.
+    other = _make_folder(tmp_path / "other", per_class=30, classes=("pants", "Shirt"), seed=1)
+    run_a, run_b, run_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    base = ["train", "--model", "mlp", "--epochs", "8", "--batch-size", "16", "--quiet"]
+    assert main(base + ["--data", str(root), "--image-size", "32", "--out", str(run_a)]) == 0
+    assert main(base + ["--data", str(other), "--image-size", "24", "--out", str(run_b)]) == 0
+    assert json.loads((run_b / "meta.json").read_text())["classes"] == ["Shirt", "pants"]
+    capsys.readouterr()
+
+    def probs(*args):
+        assert main(["predict", *args, str(root / "shirt"), "--json", "--top-k", "2"]) == 0
+        rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        return rows, [{t["label"].lower(): t["confidence"] for t in r["top_k"]} for r in rows]
+
+    joint, pj = probs(str(run_a), "--with", str(run_b))
+    _, pa = probs(str(run_a))
+    _, pb = probs(str(run_b))
+    assert len(joint) == 30 and [r["label"] for r in joint].count("shirt") >= 24  # run a's class names
+    for j, a, b in zip(pj, pa, pb):  # each photo: the mean of the two runs' calibrated probabilities, by class name
+        assert j["shirt"] == pytest.approx((a["shirt"] + b["shirt"]) / 2, abs=1e-4)
+    # a run with other classes is refused before any photo is read
+    _make_folder(tmp_path / "third", per_class=10, classes=("pants", "dress"))
+    assert main(base + ["--data", str(tmp_path / "third"), "--image-size", "32", "--out", str(run_c)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run_a), str(root / "shirt"), "--with", str(run_c)]) == 2
+    assert "are not those of" in capsys.readouterr().err
+
+
+def test_joint_results_average_and_review_rule():
+    from types import SimpleNamespace
+
+    from fashionclf.predict import class_order, joint_results
+
+    def fake(classes, threshold):
+        return SimpleNamespace(classes=classes, metrics={"calibration": {"threshold": threshold}}, path=f"run-{threshold}")
+
+    a, b = fake(["T-shirt/top", "Trouser"], 0.8), fake(["t_shirt_top", "TROUSER"], 0.9)
+    assert class_order(a, fake(["trouser", "T-Shirt/Top"], 0.5)).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="are not those of"):
+        class_order(a, fake(["trouser", "dress"], 0.5))
+    with pytest.raises(ValueError, match="are not those of"):
+        class_order(a, fake(["trouser", "Trouser"], 0.5))  # two names for one class
+    pa = torch.tensor([[0.96, 0.04], [0.9, 0.1], [0.7, 0.3]])
+    pb = torch.tensor([[0.94, 0.06], [0.2, 0.8], [0.9, 0.1]])
+    out = joint_results([a, b], [pa, pb], top_k=2)
+    assert [r["label"] for r in out] == ["T-shirt/top", "T-shirt/top", "T-shirt/top"]
+    assert out[0]["confidence"] == pytest.approx(0.95) and out[1]["confidence"] == pytest.approx(0.55)
+    # agreed and above the stricter threshold (0.9); the runs disagree; agreed but 0.8 < 0.9
+    assert [r["needs_review"] for r in out] == [False, True, True]
+    assert joint_results([a, fake(["T-shirt/top", "Trouser"], None)], [pa, pa])[0]["needs_review"]  # no threshold: review
