@@ -176,18 +176,13 @@ def predict_files(
             for imgs, img in zip(images, per_run):
                 imgs.append(img)
             rows.append({"file": str(p)})
-        if not images[0]:
-            preds = iter([])
-        elif not also:
-            preds = iter(predict_arrays(run, np.stack(images[0]), top_k, backend=backend))
-        else:
-            probs = [predict_probs(run, np.stack(images[0]))]
+        preds = iter([])
+        if images[0]:
+            probs = [predict_probs(run, np.stack(images[0]), backend=backend)]
             for r, order, imgs in zip(also, orders, images[1:]):
                 p_other = predict_probs(r, np.stack(imgs))
-                mapped = torch.empty_like(p_other)
-                mapped[:, order] = p_other
-                probs.append(mapped)
-            preds = iter(joint_results(runs, probs, top_k))
+                probs.append(torch.empty_like(p_other).index_copy_(1, order, p_other))  # into the run's class order
+            preds = iter(joint_results(runs, probs, top_k) if also else results_from_probs(run, probs[0], top_k))
         it = iter(images[0])
         for row in rows:
             if "error" in row:
