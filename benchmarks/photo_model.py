@@ -16,7 +16,6 @@ Nothing here is fitted: the runs were trained and chosen before, on their own sp
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from datetime import datetime, timezone
 
@@ -91,7 +90,7 @@ def main():
         cov = [r["photos_coverage_99"]["coverage"] for r in rows if r.get("photos_coverage_99")]
         print(f"| {name} | {len(rows)} | " + " | ".join(cols) + f" | {mean_std(cov)} |")
     doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "args": vars(args), "groups": groups}
-    atomic_write_text(args.out, json.dumps(to_json(doc), indent=2))
+    atomic_write_text(args.out, to_json(doc))
 
 
 if __name__ == "__main__":
