@@ -16,11 +16,11 @@ Nothing here is fitted: the runs were trained and chosen before, on their own sp
 from __future__ import annotations
 
 import argparse
-import statistics
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
+from shop_photos import mean_std  # the same table format; benchmarks/ is on the path when run as a script
 
 from fashionclf.data import load_fashion_mnist
 from fashionclf.folders import letterbox, map_folders, parse_class_map
@@ -58,15 +58,6 @@ def score(run_dir: str, args, data) -> dict:
     row["test_ece"] = test.get("ece")
     row["test_coverage_99"] = (test.get("coverage_at_precision") or {}).get("0.99")
     return row
-
-
-def mean_std(values: list) -> str:
-    values = [v * 100 for v in values if v is not None]
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def main():

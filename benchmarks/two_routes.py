@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from datetime import datetime, timezone
+
+from shop_photos import mean_std  # the same table format; benchmarks/ is on the path when run as a script
 
 from fashionclf.folders import mapped_items, parse_class_map
 from fashionclf.predict import class_order, predict_files
@@ -35,9 +36,8 @@ def score(rows: list[dict], truth: list[str]) -> dict:
     }
 
 
-def mean_std(rows: list[dict], key: str, field: str = "accuracy") -> str:
-    v = [r[key][field] * 100 for r in rows if r[key][field] is not None]
-    return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+def column(rows: list[dict], key: str, field: str = "accuracy") -> str:
+    return mean_std([r[key][field] for r in rows])
 
 
 def main():
@@ -74,8 +74,8 @@ def main():
     print("\n| folder | scan run | photo run | both | both: labelled automatically (precision) |\n|---|---|---|---|---|")
     for name in dict.fromkeys(r["folder"] for r in results):
         rows = [r for r in results if r["folder"] == name]
-        acc = [mean_std(rows, k) for k in ("scan", "photo", "both")]
-        auto = f"{mean_std(rows, 'both', 'auto_share')} ({mean_std(rows, 'both', 'auto_precision')})"
+        acc = [column(rows, k) for k in ("scan", "photo", "both")]
+        auto = f"{column(rows, 'both', 'auto_share')} ({column(rows, 'both', 'auto_precision')})"
         print(f"| {name} ({rows[0]['scan']['n']}) | " + " | ".join(acc) + f" | {auto} |")
     doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "args": vars(args), "results": results}
     atomic_write_text(args.out, json.dumps(doc, indent=2))

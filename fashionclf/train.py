@@ -369,7 +369,7 @@ EMA_REFERENCE_BATCH = 128
 def ema_step_decay(decay: float, batch_size: int) -> float:
     """The per-step decay that gives `decay` per 128 images. A fixed per-step decay would make the average
     reach 4x further back in training at batch 512: measured on an H200, best-cpu at batch 512 with 0.999
-    per step kept an average that mixed in early weights and ended at 15-50 % validation accuracy while the
+    per step kept an average that mixed in early weights and ended at 10-26 % validation accuracy while the
     raw weights trained normally (README, "GPU")."""
     return decay ** (batch_size / EMA_REFERENCE_BATCH)
 
