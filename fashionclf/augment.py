@@ -22,6 +22,8 @@ class AugmentConfig:
     erase: float = 0.0  # probability of random erasing (a rectangle set to 0), 0 disables
     photo: float = 0.0  # probability of photo-style degradation per image (blur, noise, contrast, background haze), 0 disables
     cutmix: float = 0.0  # probability that a batch is CutMixed (a box pasted from a partner image, labels mixed by area), 0 disables
+    vflip: float = 0.0  # probability of an upside-down flip per image (a product hung or laid the other way), 0 disables
+    levels: float = 0.0  # probability of new black and white points per image, reversed half the time (levels()), 0 disables
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -35,9 +37,11 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     scale = uniform(1 - cfg.zoom, 1 + cfg.zoom)
     tx, ty = uniform(-cfg.shift, cfg.shift) * 2, uniform(-cfg.shift, cfg.shift) * 2  # grid units span [-1, 1]
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(n)
+    # Drawn only when asked for, so configs without it keep the random stream (and results) they had.
+    vflip = torch.where(torch.rand(n, generator=generator) < cfg.vflip, -1.0, 1.0) if cfg.vflip > 0 else torch.ones(n)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    # theta maps output coordinates to input coordinates; the flip negates the x input axis.
-    theta = torch.stack([torch.stack([cos * flip, -sin * flip, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    # theta maps output coordinates to input coordinates; the flips negate the x and y input axes.
+    theta = torch.stack([torch.stack([cos * flip, -sin * flip, tx], 1), torch.stack([sin * vflip, cos * vflip, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -90,6 +94,25 @@ def random_photo(x: torch.Tensor, p: float, generator: torch.Generator | None = 
     return torch.where(pick, y, x)
 
 
+def levels(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """New black and white points on a fraction p of the images (pixels in [0, 1]), reversed half the time.
+
+    Black maps to a level drawn in [0, 0.5] and white to one drawn at least 0.15 above it, up to 1:
+    a gray background (a lifted black), washed-out contrast, or both. Half of the remapped images swap
+    the two levels, so the item turns dark on light, the polarity a wrong background guess in the
+    cut-out gives, at every contrast from a faint blend to a full negative.
+    """
+    n = x.shape[0]
+    pick = torch.rand(n, generator=generator) < p
+    lo = torch.rand(n, generator=generator) * 0.5
+    hi = lo + 0.15 + torch.rand(n, generator=generator) * (1 - 0.15 - lo)
+    swap = torch.rand(n, generator=generator) < 0.5
+    black, white = torch.where(swap, hi, lo), torch.where(swap, lo, hi)
+    black, white = torch.where(pick, black, 0.0), torch.where(pick, white, 1.0)  # the rest keep 0 -> 0, 1 -> 1
+    shape = (n,) + (1,) * (x.dim() - 1)
+    return black.to(x).view(shape) + (white - black).to(x).view(shape) * x
+
+
 def cutmix(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """CutMix (Yun et al., 2019) on a fraction p of batches: one box, drawn per batch, of every image is
     replaced by the same box of a partner image from the batch.
@@ -117,4 +140,6 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         x = random_erase(x, cfg.erase, generator)
     if cfg.photo > 0:
         x = random_photo(x, cfg.photo, generator)
+    if cfg.levels > 0:  # after the photo haze, so a reversed image's haze is a light veil on a light ground
+        x = levels(x, cfg.levels, generator)
     return x

@@ -141,6 +141,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-erase", type=float, help="augmentation: probability of random erasing")
     p.add_argument("--aug-photo", type=float, help="augmentation: probability of photo-style blur/noise/contrast/haze")
     p.add_argument("--aug-cutmix", type=float, help="augmentation: probability that a batch is CutMixed (labels mixed by area)")
+    p.add_argument("--aug-vflip", type=float, help="augmentation: probability of an upside-down flip")
+    p.add_argument(
+        "--aug-levels",
+        type=float,
+        help="augmentation: probability of new black and white points (gray ground, low contrast), half reversed",
+    )
     p.add_argument("--drop-path", type=float, help="models that take it (efficientnet_lite0): stochastic depth rate, e.g. 0.1")
     p.add_argument("--early-stopping", type=int, help="patience in epochs (0 = off)")
     p.add_argument("--schedule", choices=["plateau", "onecycle", "cosine"], help="learning-rate schedule")
@@ -196,6 +202,8 @@ def _overrides(args) -> dict:
         "aug_erase": args.aug_erase,
         "aug_photo": args.aug_photo,
         "aug_cutmix": args.aug_cutmix,
+        "aug_vflip": args.aug_vflip,
+        "aug_levels": args.aug_levels,
         "early_stopping": args.early_stopping,
         "schedule": args.schedule,
         "weight_decay": args.weight_decay,
@@ -375,15 +383,18 @@ def cmd_robustness(args) -> int:
     from .study import robustness
 
     run = load_run(args.run)
-    data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
-    x, y = data.test_x, data.test_y
+    # The run's own validation split (its val_size and split_seed): the figures that may choose between runs.
+    cfg = run.config
+    data = load_fashion_mnist(args.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, allow_download=not args.no_download)
+    x, y = (data.test_x, data.test_y) if args.split == "test" else (data.val_x, data.val_y)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
-    rep = {"run": str(args.run), "model": run.meta["model"], **robustness(run, x, y, seed=args.seed)}
+    rep = {"run": str(args.run), "model": run.meta["model"], "split": args.split, **robustness(run, x, y, seed=args.seed)}
     if args.json:
         print(json.dumps(rep))
         return 0
-    print(f"{rep['model']} on {rep['images']} test images: clean {rep['clean'] * 100:.2f}%  corrupted (mean) {rep['mean'] * 100:.2f}%")
+    clean, mean = rep["clean"] * 100, rep["mean"] * 100
+    print(f"{rep['model']} on {rep['images']} {args.split} images: clean {clean:.2f}%  corrupted (mean) {mean:.2f}%")
     print(f"\n{'corruption':16s} " + " ".join(f"{'sev ' + str(s):>7s}" for s in rep["severities"]) + "     mean")
     for name, accs in rep["corruptions"].items():
         print(f"{name:16s} " + " ".join(f"{a * 100:7.2f}" for a in accs) + f"  {sum(accs) / len(accs) * 100:7.2f}")
@@ -668,9 +679,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (the run's model) or onnx (onnxruntime)")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("robustness", help="accuracy of a run under 14 corruptions of the test set at 5 severities")
+    s = sub.add_parser("robustness", help="accuracy of a run under 14 corruptions of the test (or validation) set at 5 severities")
     s.add_argument("run", help="run folder")
-    s.add_argument("--limit", type=int, help="use the first N test images (quick checks)")
+    s.add_argument("--limit", type=int, help="use the first N images of the split (quick checks)")
+    s.add_argument(
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="test (report) or the run's validation split (to choose between runs without looking at test)",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of the random parts of the corruptions")
     s.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
     s.add_argument("--no-download", action="store_true")

@@ -87,3 +87,40 @@ def test_cutmix_leaves_batches_alone_at_p_zero_and_mixes_about_p_of_them():
     g = torch.Generator().manual_seed(0)
     mixed = sum(cutmix(x, 0.3, g)[2] < 1 for _ in range(400))
     assert 80 < mixed < 160
+
+
+def test_vflip_only_turns_upside_down_and_leaves_the_random_stream_alone_when_off():
+    x = torch.rand(64, 1, 28, 28)
+    cfg = AugmentConfig(rotation=0, zoom=0, shift=0, hflip=False, vflip=0.5)
+    out = random_affine(x, cfg, torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.allclose(o, i.flip(-2), atol=1e-5) for o, i in zip(out, x)])
+    same = torch.tensor([torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x)])
+    assert (flipped | same).all() and 10 < flipped.sum() < 54
+    # vflip 0 draws nothing: a config without it augments exactly as before the option existed,
+    # whose five draws of n numbers were rotation, zoom, shift x, shift y and the mirror
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    random_affine(x, AugmentConfig(), g1)
+    for _ in range(5):
+        torch.rand(len(x), generator=g2)
+    assert torch.equal(torch.rand(8, generator=g1), torch.rand(8, generator=g2))
+
+
+def test_levels_remaps_black_and_white_and_reverses_about_half():
+    from fashionclf.augment import levels
+
+    n = 2000
+    x = torch.zeros(n, 1, 28, 28)
+    x[:, :, 8:20, 8:20] = 1.0  # a white item on black
+    y = levels(x, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(y, levels(x, 0.5, torch.Generator().manual_seed(0)))
+    assert y.min() >= 0 and y.max() <= 1
+    ground, item = y[:, 0, 0, 0], y[:, 0, 10, 10]
+    changed = (ground != 0) | (item != 1)
+    assert 0.45 < changed.float().mean() < 0.55  # about the share asked for
+    assert torch.equal(y[~changed], x[~changed])
+    gap = (item - ground)[changed]
+    assert (gap.abs() >= 0.15 - 1e-6).all()  # some contrast always survives
+    reversed_ = (gap < 0).float().mean()
+    assert 0.4 < reversed_ < 0.6  # dark on light about half the time
+    assert ground[changed & (item > ground)].max() <= 0.5 + 1e-6  # black lifted at most to mid-gray
+    assert torch.equal(levels(x, 0.0, torch.Generator().manual_seed(0)), x)

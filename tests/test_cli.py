@@ -98,6 +98,18 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
     assert rob["mean"] < rob["clean"]  # the suite hurts an mlp trained without augmentation
     assert rob["corruptions"]["rotation"][4] < rob["corruptions"]["rotation"][0]
 
+    # --split validation: the suite on the run's own validation split, to choose runs without the test set
+    from fashionclf.data import load_fashion_mnist
+    from fashionclf.runs import load_run
+    from fashionclf.study import robustness
+
+    assert main(["robustness", str(run), "--split", "validation", "--limit", "60", "--json"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    assert (val["split"], rob["split"], val["images"]) == ("validation", "test", 60)
+    data = load_fashion_mnist(real_data_dir)
+    direct = robustness(load_run(run), data.val_x[:60], data.val_y[:60])
+    assert (val["clean"], val["mean"]) == (direct["clean"], direct["mean"])
+
 
 @pytest.mark.slow
 @pytest.mark.data
