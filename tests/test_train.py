@@ -190,3 +190,10 @@ def test_cutmix_mixes_the_training_targets():
         res = fit(resolve_config("mlp", None, **plain, aug_cutmix=p), x[:500], y[:500], x[500:], y[500:])
         losses[p] = res.history[-1]["train_loss"]
     assert losses[1.0] > losses[0.0] + 0.2, losses
+
+
+def test_robust_preset_is_photos_with_the_three_weaknesses_taught_and_more_epochs():
+    cfg, base = resolve_config(None, "robust"), resolve_config(None, "photos")
+    assert (cfg.aug.rotation, cfg.aug.vflip, cfg.aug.levels, cfg.epochs) == (30.0, 0.25, 0.5, 40)
+    assert dataclasses.replace(cfg.aug, rotation=base.aug.rotation, vflip=0.0, levels=0.0) == base.aug
+    assert dataclasses.replace(cfg, aug=base.aug, epochs=base.epochs) == base  # nothing else differs
