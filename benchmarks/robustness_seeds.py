@@ -15,17 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
+from shop_photos import mean_std  # the same table format; benchmarks/ is on the path when run as a script
+
 from fashionclf.runs import atomic_write_text, to_json
-
-
-def mean_std(values: list[float]) -> str:
-    values = [v * 100 for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def summarise(rep: dict, unseen: list[str]) -> dict:
