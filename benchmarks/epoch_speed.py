@@ -10,15 +10,17 @@ import argparse
 import json
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
-from fashionclf.data import load_fashion_mnist
+from fashionclf.data.fashion_mnist import load_fashion_mnist
+from fashionclf.engine.device import resolve_precision, setup_threads
+from fashionclf.engine.loop import make_optimizer, train_one_epoch
+from fashionclf.io import atomic_write_text
 from fashionclf.models import create_model, list_models
-from fashionclf.runs import atomic_write_text
+from fashionclf.recipes import resolve_config
 from fashionclf.study import DEFAULT_MODELS
-from fashionclf.train import make_optimizer, resolve_config, resolve_precision, setup_threads, train_one_epoch
 
 
 def epoch_seconds(name: str, d, precision: str, channels_last: bool) -> float:
@@ -54,7 +56,7 @@ def main():
         rows.append(r)
         print(f"| {name} | {r['fp32']:.1f} s | {r['fp32_cl']:.1f} s | {r['bf16']:.1f} s | {r['bf16_cl']:.1f} s |", flush=True)
     meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

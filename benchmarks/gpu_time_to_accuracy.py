@@ -28,13 +28,15 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
-from fashionclf.data import load_fashion_mnist
-from fashionclf.runs import atomic_write_text
-from fashionclf.train import evaluate, fit, resolve_config
+from fashionclf.data.fashion_mnist import load_fashion_mnist
+from fashionclf.engine.inference import evaluate
+from fashionclf.engine.loop import fit
+from fashionclf.io import atomic_write_text
+from fashionclf.recipes import resolve_config
 
 # name -> overrides of the best-cpu preset. A GPU has the throughput for wider nets (width x2 is 4x the
 # FLOPs, x4 is 16x) and for larger batches. The one-cycle peak LR is 0.1 at batch 128 in best-cpu; at
@@ -129,7 +131,7 @@ def main():
     data = load_fashion_mnist()
     card = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
     meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "card": card,
         "torch": torch.__version__,
         "host": platform.node(),

@@ -19,16 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fashionclf.data import load_fashion_mnist
-from fashionclf.export import OnnxModel, export_onnx
-from fashionclf.runs import atomic_write_text, load_run
-from fashionclf.train import infer, keep_freed_memory
+from fashionclf.data.fashion_mnist import load_fashion_mnist
+from fashionclf.engine.device import keep_freed_memory
+from fashionclf.engine.inference import infer
+from fashionclf.io import atomic_write_text
+from fashionclf.runs import load_run
+from fashionclf.serving.export import OnnxModel, export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +64,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/inference_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    kept = keep_freed_memory()  # as the CLI and the service do (fashionclf.cli.main)
+    kept = keep_freed_memory()  # as the CLI and the service do (fashionclf.cli)
     run = load_run(args.run)
     d = load_fashion_mnist(allow_download=False)
     x = d.test_x
@@ -75,7 +77,7 @@ def main() -> int:
         "onnxruntime fp32": lambda b: [ort.probs(b[i : i + 256].numpy()) for i in range(0, len(b), 256)],
     }
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": platform.processor() or platform.machine(),
         "threads": args.threads,
         "run": args.run,

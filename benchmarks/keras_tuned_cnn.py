@@ -23,7 +23,7 @@ def prep(x):
     return ((x.astype("float32") / 255 - MEAN) / STD)[..., None]
 
 
-# Layer for layer the model of fashionclf.models.tuned_cnn (conv -> pool -> BN -> ReLU, twice; Dense(128); Dropout 0.5).
+# Layer for layer the model of fashionclf.models.cnn.tuned_cnn (conv -> pool -> BN -> ReLU, twice; Dense(128); Dropout 0.5).
 def build_model():
     return keras.Sequential(
         [

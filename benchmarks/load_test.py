@@ -5,7 +5,8 @@ Starts the real server as its own process (so its resident memory can be read fr
 and reports p50/p99 latency, requests/s, errors, whether the server process is still the same one
 (0 restarts) and its RSS before and after. Exits non-zero on any error.
 
-    .venv/bin/python benchmarks/load_test.py RUN [--requests 5000] [--concurrency 1,32] [--image FILE] [--backend torch]
+    .venv/bin/python benchmarks/load_test.py RUN [--requests 5000] [--concurrency 1,32] [--image FILE] [--backend torch] \
+        [--out benchmarks/results/load_test.json]
     # CI runs a short version: --requests 300 --concurrency 16 (tests/test_load.py)
 """
 
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,7 @@ def default_image() -> tuple[bytes, str]:
 
     from PIL import Image
 
-    from fashionclf.data import load_fashion_mnist
+    from fashionclf.data.fashion_mnist import load_fashion_mnist
 
     d = load_fashion_mnist(allow_download=False)
     img = 255 - d.test_x[0].numpy()
@@ -158,7 +159,7 @@ def run_load_test(run: str, requests: int, concurrency: list[int], image: str | 
         c.request("GET", "/health")
         healthy = c.getresponse().status == 200
         return {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "run": run,
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,32", help="comma-separated client thread counts")
     ap.add_argument("--image", help="image file to send (default: Fashion-MNIST test image 0 as a PNG thumbnail)")
     ap.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    ap.add_argument("--out", help="write the JSON result here")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/load_test.json"), help="write the JSON result here")
     args = ap.parse_args(argv)
     res = run_load_test(args.run, args.requests, [int(c) for c in args.concurrency.split(",")], args.image, args.backend)
     print(
@@ -198,10 +199,9 @@ def main(argv=None) -> int:
             f"{lv['requests_per_s']:.0f} | {lv['rss_mb_after']:.0f} |"
         )
     print(f"server process unchanged: {res['server_pid_unchanged']}, healthy after: {res['healthy_after']}")
-    if args.out:
-        from fashionclf.runs import atomic_write_text
+    from fashionclf.io import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
     bad = sum(lv["errors"] for lv in res["levels"]) or not res["server_pid_unchanged"] or not res["healthy_after"]
     return 1 if bad else 0
 

@@ -15,14 +15,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from fashionclf.data import load_fashion_mnist
-from fashionclf.runs import atomic_write_text
-from fashionclf.train import evaluate, fit, resolve_config
+from fashionclf.data.fashion_mnist import load_fashion_mnist
+from fashionclf.engine.inference import evaluate
+from fashionclf.engine.loop import fit
+from fashionclf.io import atomic_write_text
+from fashionclf.recipes import resolve_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +38,7 @@ def main():
     args = ap.parse_args()
 
     d = load_fashion_mnist()
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine()}
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine()}
     try:
         result["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import MAX_PIXELS, ImageError, load_rgb
-from .preprocess import to_fashion_mnist
-from .runs import Run, atomic_write_bytes
-from .train import infer, resolve_precision
+from fashionclf.data.images import MAX_PIXELS, ImageError, load_rgb
+from fashionclf.data.photos import to_fashion_mnist
+from fashionclf.io import atomic_write_bytes
+from fashionclf.runs import Run
 
 
 def calibrated_probs(run: Run, logits: torch.Tensor) -> torch.Tensor:
@@ -62,11 +62,7 @@ def predict_probs(run: Run, images_u8: np.ndarray | torch.Tensor, device: str = 
     """
     if backend is not None:
         return torch.from_numpy(backend.probs(images_u8))
-    x = torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8)
-    dev = torch.device(device)
-    amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
-    logits = infer(run.model.to(dev), x, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
-    return calibrated_probs(run, logits)
+    return calibrated_probs(run, run.logits(torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8), device))
 
 
 def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu", backend=None) -> list[dict]:
@@ -77,7 +73,7 @@ def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 
 def class_order(primary: Run, other: Run) -> torch.Tensor:
     """For each of `other`'s classes, its index among `primary`'s, matched by name ignoring case and punctuation
     ('t_shirt_top', the folder of an image-folder run, is 'T-shirt/top')."""
-    from .folders import norm_name
+    from fashionclf.data.folders import norm_name
 
     names = {norm_name(c): i for i, c in enumerate(primary.classes)}
     order = [names.get(norm_name(c)) for c in other.classes]
@@ -119,7 +115,7 @@ def convert_rgb(rgb: np.ndarray, method: str = "grabcut", run: Run | None = None
     """A decoded (H, W, 3) photo as the run's model takes it (see preprocess_file)."""
     spec = run.meta.get("input", {}) if run is not None else {}
     if spec.get("kind") == "rgb-letterbox":
-        from .folders import letterbox
+        from fashionclf.data.folders import letterbox
 
         return letterbox(rgb, spec["height"]).transpose(2, 0, 1)
     return to_fashion_mnist(rgb, method).image
@@ -209,7 +205,7 @@ def load_labelled_photos(
     class_map renames folders first (see parse_class_map), None there leaving a folder out.
     Returns images, labels and one message per file left out because it could not be read.
     """
-    from .folders import load_converted_photos
+    from fashionclf.data.folders import load_converted_photos
 
     x, y, skipped, _ = load_converted_photos(folder, run.classes, lambda p: preprocess_file(p, method, run), class_map)
     return x, y, skipped

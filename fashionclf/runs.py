@@ -15,7 +15,7 @@ import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from . import __version__
-from .data import MEAN, STD
-from .models import model_info, resolved_kwargs
-from .train import TrainConfig, build_model, config_from_dict, config_to_dict
+from fashionclf import __version__
+from fashionclf.config import TrainConfig, config_from_dict, config_to_dict
+from fashionclf.data.fashion_mnist import MEAN, STD
+from fashionclf.io import UMASK, to_json
+from fashionclf.models import build_model, model_info, resolved_kwargs
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
 PREDICTIONS = "test_predictions.safetensors"  # stored outputs: reports derive everything from these
@@ -35,47 +36,6 @@ PREDICTIONS = "test_predictions.safetensors"  # stored outputs: reports derive e
 
 class RunError(Exception):
     """A run folder is missing, incomplete or would be overwritten."""
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def to_json(obj) -> str:
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def versions() -> dict:
@@ -139,11 +99,11 @@ def save_run(
         "config": config_to_dict(cfg),
         "data": data_info,
         "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra_meta or {}),
     }
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    os.chmod(tmp, 0o777 & ~UMASK)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(state, str(tmp / WEIGHTS), metadata={"model": cfg.model, "format": "fashionclf-1"})
@@ -180,6 +140,16 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return self.meta["classes"]
+
+    def logits(self, x_u8: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Logits for model-ready uint8 images, computed as the run was trained: its channels_last and TTA, and
+        its precision where this machine has it (a run trained in bf16 falls back to fp32 elsewhere)."""
+        from fashionclf.engine.device import resolve_precision
+        from fashionclf.engine.inference import infer
+
+        dev = torch.device(device)
+        amp = resolve_precision("fp32" if self.config.precision == "fp32" else "auto", dev)
+        return infer(self.model.to(dev), x_u8, device=dev, amp_dtype=amp, channels_last=self.config.channels_last, tta=self.config.tta)
 
 
 def read_json(path: Path) -> dict:

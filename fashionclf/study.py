@@ -8,26 +8,21 @@ so reports derive everything from stored outputs without re-running models.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from . import distributed
-from .calibrate import calibrate, calibration_report
-from .data import DataError, FashionMNIST
-from .metrics import classification_report
-from .runs import PREDICTIONS, Run, RunError, atomic_write_text, check_writable, load_run, save_run, to_json
-from .train import TrainConfig, config_to_dict, fit, infer, resolve_precision
-
-
-def measure_inference(model, x_u8, device, amp_dtype, channels_last, tta=False, batch_size=1024) -> float:
-    """Images per second of `infer` over x_u8 (one untimed warm-up batch first)."""
-    infer(model, x_u8[:batch_size], batch_size, device, amp_dtype, channels_last, tta)
-    t0 = time.perf_counter()
-    infer(model, x_u8, batch_size, device, amp_dtype, channels_last, tta)
-    return len(x_u8) / (time.perf_counter() - t0)
+from fashionclf.config import TrainConfig, config_to_dict
+from fashionclf.data.fashion_mnist import DataError, FashionMNIST
+from fashionclf.engine import distributed
+from fashionclf.engine.device import resolve_precision
+from fashionclf.engine.inference import infer, measure_inference
+from fashionclf.engine.loop import fit
+from fashionclf.evaluation.calibrate import calibrate, calibration_report
+from fashionclf.evaluation.metrics import classification_report
+from fashionclf.io import atomic_write_text, to_json
+from fashionclf.runs import PREDICTIONS, Run, RunError, check_writable, load_run, save_run
 
 
 def train_and_save(
@@ -115,10 +110,7 @@ def evaluate_run(run: Run, x_u8: torch.Tensor, y: torch.Tensor, device: str = "c
         raise DataError("the evaluation set holds no images")
     if int(y.max()) >= len(run.classes):
         raise DataError(f"label {int(y.max())} in the evaluation set, but the run knows {len(run.classes)} classes")
-    dev = torch.device(device)
-    # The machine that evaluates may lack bf16 even if the one that trained had it: "auto" falls back to fp32.
-    amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
-    logits = infer(run.model.to(dev), x_u8, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
+    logits = run.logits(x_u8, device)
     report = classification_report(logits, y, run.classes)
     if run.metrics.get("calibration"):  # runs saved before calibration existed have none
         report.update(calibration_report(logits, y, run.metrics["calibration"]))
@@ -130,16 +122,12 @@ def robustness(run: Run, x_u8: torch.Tensor, y: torch.Tensor, names=None, seed: 
 
     'mean' is the mean accuracy over every corruption and severity (Fashion-MNIST-C style).
     """
-    from .corrupt import CORRUPTIONS, SEVERITIES, corrupt
+    from fashionclf.data.corrupt import CORRUPTIONS, SEVERITIES, corrupt
 
     names = list(names or CORRUPTIONS)
-    dev = torch.device(device)
-    amp = resolve_precision("fp32" if run.config.precision == "fp32" else "auto", dev)
-    model = run.model.to(dev)
 
     def accuracy(x):
-        logits = infer(model, x, device=dev, amp_dtype=amp, channels_last=run.config.channels_last, tta=run.config.tta)
-        return (logits.argmax(1) == y).float().mean().item()
+        return (run.logits(x, device).argmax(1) == y).float().mean().item()
 
     table = {n: [accuracy(corrupt(x_u8, n, s, seed)) for s in SEVERITIES] for n in names}
     return {
@@ -238,7 +226,7 @@ RESOLUTIONS = (7, 14, 21, 28)
 
 def resolution_configs(model: str, sizes=RESOLUTIONS, seeds: int = 1, **overrides) -> list[TrainConfig]:
     """The same model and recipe at each resolution (images downsampled, then upsampled back to 28)."""
-    from .train import resolve_config
+    from fashionclf.recipes import resolve_config
 
     return [resolve_config(model, None, seed=s, resolution=px, **overrides) for px in sizes for s in range(seeds)]
 

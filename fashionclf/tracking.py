@@ -170,3 +170,25 @@ def check_store(uri: str) -> None:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:
         raise TrackingError(f"--track {uri}: the MLflow tracking store cannot be used ({str(e).splitlines()[0][:300]})") from None
+
+
+def log_runs(uri: str, experiment: str, register: str | None, run_dirs: list[Path], report_files=(), study_name: str = ""):
+    """Log finished run folders, one at a time (yields (folder, result)); a study's runs under a parent run
+    that gets its report files. The folders on disk are never touched."""
+    parent = start_parent(uri, experiment, study_name) if report_files else None
+    ok = False
+    try:
+        for d in run_dirs:
+            model = json.loads((Path(d) / "meta.json").read_text())["model"]
+            name = register or f"fashionclf-{model}"
+            try:
+                res = log_run_folder(d, uri, experiment, name, parent_run_id=parent)
+            except TrackingError:
+                raise
+            except Exception as e:  # MLflow's own errors (server gone, permissions): the run folder is safe on disk
+                raise TrackingError(f"MLflow at {uri} failed while logging {d}: {str(e).splitlines()[0]}; the run folder is kept") from None
+            yield d, {**res, "name": name}
+        ok = True
+    finally:
+        if parent:
+            finish_parent(uri, parent, list(report_files), ok)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashionclf.data import DataError, locate
+from fashionclf.data.fashion_mnist import DataError, locate
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -51,6 +51,6 @@ def real_data_dir():
 
 @pytest.fixture(scope="session")
 def real_data(real_data_dir):
-    from fashionclf.data import load_fashion_mnist
+    from fashionclf.data.fashion_mnist import load_fashion_mnist
 
     return load_fashion_mnist(real_data_dir)

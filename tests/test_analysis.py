@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from fashionclf.analysis import duplicates, label_issues, top_losses
+from fashionclf.evaluation.analysis import duplicates, label_issues, top_losses
 
 
 def test_top_losses_puts_confident_mistakes_first():

@@ -1,6 +1,6 @@
 import torch
 
-from fashionclf.augment import AugmentConfig, augment_batch, random_affine, random_erase
+from fashionclf.data.augment import AugmentConfig, augment_batch, random_affine, random_erase
 
 
 def _batch():
@@ -47,7 +47,7 @@ def test_erase_zeroes_a_rectangle_in_some_images():
 
 
 def test_photo_degradation_share_range_and_determinism():
-    from fashionclf.augment import random_photo
+    from fashionclf.data.augment import random_photo
 
     x = torch.rand(400, 1, 28, 28)
     x[:, :, :6] = 0  # a black band, as Fashion-MNIST's background
@@ -61,7 +61,7 @@ def test_photo_degradation_share_range_and_determinism():
 
 
 def test_cutmix_pastes_one_box_from_a_partner_and_reports_its_share():
-    from fashionclf.augment import cutmix
+    from fashionclf.data.augment import cutmix
 
     n = 32
     x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 20, 24).clone()  # image i is all i
@@ -79,7 +79,7 @@ def test_cutmix_pastes_one_box_from_a_partner_and_reports_its_share():
 
 
 def test_cutmix_leaves_batches_alone_at_p_zero_and_mixes_about_p_of_them():
-    from fashionclf.augment import cutmix
+    from fashionclf.data.augment import cutmix
 
     x = torch.rand(8, 1, 28, 28)
     out, partner, lam = cutmix(x, 0.0, torch.Generator().manual_seed(0))
@@ -106,7 +106,7 @@ def test_vflip_only_turns_upside_down_and_leaves_the_random_stream_alone_when_of
 
 
 def test_levels_remaps_black_and_white_and_reverses_about_half():
-    from fashionclf.augment import levels
+    from fashionclf.data.augment import levels
 
     n = 2000
     x = torch.zeros(n, 1, 28, 28)

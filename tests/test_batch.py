@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fashionclf.batch import JobError, predict_to_file
 from fashionclf.cli import main
+from fashionclf.models import build_model
+from fashionclf.recipes import resolve_config
 from fashionclf.runs import load_run, save_run
-from fashionclf.train import build_model, resolve_config
+from fashionclf.serving.batch import JobError, predict_to_file
 
 
 @pytest.fixture(scope="module")

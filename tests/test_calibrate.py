@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fashionclf.calibrate import calibrate, calibration_report, coverage_at, ece, fit_temperature, needs_review, review_threshold
+from fashionclf.evaluation.calibrate import calibrate, calibration_report, coverage_at, ece, fit_temperature, needs_review, review_threshold
 
 
 def _probs(conf, pred, k=10):

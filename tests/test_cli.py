@@ -99,7 +99,7 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
     assert rob["corruptions"]["rotation"][4] < rob["corruptions"]["rotation"][0]
 
     # --split validation: the suite on the run's own validation split, to choose runs without the test set
-    from fashionclf.data import load_fashion_mnist
+    from fashionclf.data.fashion_mnist import load_fashion_mnist
     from fashionclf.runs import load_run
     from fashionclf.study import robustness
 
@@ -191,7 +191,7 @@ def test_resolution_study_report(tmp_path, capsys, real_data_dir):
 
 
 def test_compare_per_model_seed_counts():
-    from fashionclf.cli import _model_seeds
+    from fashionclf.cli.study import model_seeds as _model_seeds
 
     assert _model_seeds("mlp, resnet:3", 2) == [("mlp", 2), ("resnet", 3)]
     with pytest.raises(ValueError, match="whole number of at least 1"):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fashionclf.corrupt import CORRUPTIONS, SEVERITIES, corrupt
+from fashionclf.data.corrupt import CORRUPTIONS, SEVERITIES, corrupt
 
 
 def _items(n=64, seed=0):

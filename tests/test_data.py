@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import idx_bytes, make_split, write_idx
 
-from fashionclf import data as D
-from fashionclf.data import DataError, load_split, parse_idx, read_idx, stratified_split
+from fashionclf.data import fashion_mnist as D
+from fashionclf.data.fashion_mnist import DataError, load_split, parse_idx, read_idx, stratified_split
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashionclf import distributed
 from fashionclf.cli import main
+from fashionclf.engine import distributed
 from fashionclf.runs import load_run
 
 

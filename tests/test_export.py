@@ -10,10 +10,14 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from fashionclf.cli import main  # noqa: E402
-from fashionclf.export import OnnxModel, check_parity, export_onnx, parity_ok, pixel_model  # noqa: E402
-from fashionclf.models import list_models, model_info  # noqa: E402
+from fashionclf.models import (  # noqa: E402
+    build_model,  # noqa: E402
+    list_models,
+    model_info,
+)
+from fashionclf.recipes import resolve_config  # noqa: E402
 from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.train import build_model, resolve_config  # noqa: E402
+from fashionclf.serving.export import OnnxModel, check_parity, export_onnx, parity_ok, pixel_model  # noqa: E402
 
 CAL = {"temperature": 0.7, "threshold": 0.9, "target_precision": 0.99}
 
@@ -115,7 +119,7 @@ def test_resolution_runs_export_or_fail_clearly(tmp_path):
 
 
 def test_a_graph_that_disagrees_is_not_written(tmp_path, monkeypatch, capsys):
-    import fashionclf.export as export
+    import fashionclf.serving.export as export
 
     run = _run(tmp_path, "mlp")
     monkeypatch.setattr(export.parity_ok, "__defaults__", (-1.0,))  # nothing can pass: the refusal path must hold

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from fashionclf.cli import main
-from fashionclf.data import DataError
-from fashionclf.folders import add_converted_photos, letterbox, load_image_folder, map_folders, parse_class_map, scan
+from fashionclf.data.fashion_mnist import DataError
+from fashionclf.data.folders import add_converted_photos, letterbox, load_image_folder, map_folders, parse_class_map, scan
 
 
 def _make_folder(root, per_class=12, classes=("pants", "shirt"), size=(40, 30), seed=0):
@@ -125,8 +125,8 @@ def test_map_folders_renames_leaves_out_and_names_what_is_wrong():
 
 
 def test_add_converted_photos_mixes_converted_photos_into_training(tmp_path, monkeypatch):
-    from fashionclf import preprocess
-    from fashionclf.data import CLASSES, FashionMNIST
+    from fashionclf.data import photos as preprocess
+    from fashionclf.data.fashion_mnist import CLASSES, FashionMNIST
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = _gray_items(tmp_path / "shop")

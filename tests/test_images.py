@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionclf.images import ImageError, find_images, load_rgb
-from fashionclf.preprocess import to_fashion_mnist
+from fashionclf.data.images import ImageError, find_images, load_rgb
+from fashionclf.data.photos import to_fashion_mnist
 
 
 def _photo(light_background=True, item_gray=60, size=(300, 400), box=(100, 80, 260, 220)):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionclf.metrics import classification_report, confusion_matrix, mean_std, most_confused, per_class
+from fashionclf.evaluation.metrics import classification_report, confusion_matrix, mean_std, most_confused, per_class
 
 
 def test_confusion_matrix_by_hand():
@@ -43,7 +43,7 @@ def test_mean_std():
 
 
 def test_mcnemar_by_hand():
-    from fashionclf.metrics import mcnemar
+    from fashionclf.evaluation.metrics import mcnemar
 
     same = mcnemar([1, 0, 1], [1, 0, 1])
     assert same == {"b": 0, "c": 0, "p": 1.0}

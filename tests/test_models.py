@@ -78,3 +78,45 @@ def test_at_resolution_keeps_weight_names():
     plain = create_model("tuned_cnn")
     low = at_resolution(create_model("tuned_cnn"), 14)
     assert list(plain.state_dict()) == list(low.state_dict())
+
+
+def _sig(name):
+    import inspect
+
+    from fashionclf.models import model_info
+
+    return inspect.signature(model_info(name).build).parameters
+
+
+def _build(name, **kw):
+    from fashionclf.models import model_info
+
+    if model_info(name).pretrained:
+        kw["pretrained"] = False  # the declaration is about shapes; the ImageNet weights have their own test
+    return create_model(name, **kw).eval()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registry_declarations_hold_for_the_real_module(name):
+    """What each model declares in the registry (as timm's pretrained configs) is what the module does."""
+    from fashionclf.models import model_info, split_body_head
+
+    info = model_info(name)
+    sig = _sig(name)
+    assert info.pretrained == ("pretrained" in sig)
+    assert info.drop_path == ("drop_path" in sig)
+    assert info.size_arg == ("image_size" in sig)
+    if info.size_arg:
+        assert sig["image_size"].default == info.input_size
+    body, head = split_body_head(_build(name))
+    assert info.body_head == bool(body) and head
+    with torch.no_grad():
+        for c in info.in_chans:
+            assert _build(name, in_chans=c)(torch.zeros(2, c, 28, 28)).shape == (2, 10)
+        side = 48
+        kw = {"image_size": side} if info.size_arg else {}
+        if info.flexible_size:
+            assert _build(name, in_chans=3, **kw)(torch.zeros(2, 3, side, side)).shape == (2, 10)
+        else:
+            with pytest.raises(RuntimeError):
+                _build(name, in_chans=3)(torch.zeros(2, 3, side, side))

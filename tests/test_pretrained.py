@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashionclf.pretrained import PretrainedError, check_mapping, create_lite0, load_imagenet_state, timm_name, weights_file
+from fashionclf.models.efficientnet import PretrainedError, check_mapping, create_lite0, load_imagenet_state, timm_name, weights_file
 
 
 @pytest.mark.parametrize(

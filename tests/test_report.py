@@ -1,4 +1,4 @@
-from fashionclf.report import recommend, summarize
+from fashionclf.reports.study import recommend, summarize
 
 
 def _run(model, seed, acc, val, ips, params=1000, robustness=None):

@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from fashionclf.data import CLASSES
+from fashionclf.data.fashion_mnist import CLASSES
+from fashionclf.engine.inference import infer
 from fashionclf.models import create_model, list_models
+from fashionclf.recipes import resolve_config
 from fashionclf.runs import META, WEIGHTS, RunError, load_run, save_run
-from fashionclf.train import infer, resolve_config
 
 
 def _save(path, **kw):

@@ -12,9 +12,10 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from fashionclf.engine.loop import fit  # noqa: E402
+from fashionclf.recipes import resolve_config  # noqa: E402
 from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serve import MAX_FILES, create_app  # noqa: E402
-from fashionclf.train import fit, resolve_config  # noqa: E402
+from fashionclf.serving.app import MAX_FILES, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

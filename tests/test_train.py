@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from fashionclf.train import MODEL_DEFAULTS, PRESETS, RECOMMENDED_MODEL, ema_step_decay, evaluate, fit, resolve_config
+from fashionclf.config import RECOMMENDED_MODEL
+from fashionclf.engine.inference import evaluate
+from fashionclf.engine.loop import ema_step_decay, fit
+from fashionclf.recipes import list_recipes, load_recipe, resolve_config
 
 
 def _synthetic(n_per_class=60, seed=0):
@@ -19,9 +22,9 @@ def _synthetic(n_per_class=60, seed=0):
 
 def test_resolve_defaults_and_overrides():
     cfg = resolve_config(None, None)
-    assert cfg.model == RECOMMENDED_MODEL and cfg.augment == MODEL_DEFAULTS[RECOMMENDED_MODEL]["augment"]
+    assert cfg.model == RECOMMENDED_MODEL and cfg.augment == load_recipe(RECOMMENDED_MODEL).config.augment is True
     cfg = resolve_config("mlp", None, epochs=3, lr=None, aug_rotation=5.0)
-    assert (cfg.model, cfg.epochs, cfg.lr, cfg.aug.rotation) == ("mlp", 3, MODEL_DEFAULTS["mlp"]["lr"], 5.0)
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.aug.rotation) == ("mlp", 3, load_recipe("mlp").config.lr, 5.0)
 
 
 def test_resolve_rejects_unknown_names():
@@ -80,8 +83,8 @@ def test_frozen_warmup_and_discriminative_lrs():
         "efficientnet_lite0", None, epochs=1, batch_size=20, lr=1e-3, freeze_epochs=1, body_lr_mult=0.1, model_kwargs={"pretrained": False}
     )
     torch.manual_seed(cfg.seed)
+    from fashionclf.engine.loop import make_optimizer
     from fashionclf.models import create_model, split_body_head
-    from fashionclf.train import make_optimizer
 
     groups = make_optimizer(cfg, create_model("efficientnet_lite0", pretrained=False)).param_groups
     assert [g["lr"] for g in groups] == [pytest.approx(1e-4), 1e-3]
@@ -100,7 +103,7 @@ def test_frozen_warmup_and_discriminative_lrs():
 
 
 def test_tta_same_shape_valid_logits_and_no_loss_of_accuracy():
-    from fashionclf.train import infer
+    from fashionclf.engine.inference import infer
 
     x, y = _synthetic()
     cfg = resolve_config("tuned_cnn", None, epochs=3, batch_size=64, val_size=0)
@@ -148,7 +151,7 @@ def test_transfer_preset_freezes_then_fine_tunes_with_a_slower_body():
     scratch = resolve_config("efficientnet_lite0_scratch", None)
     assert (scratch.freeze_epochs, scratch.body_lr_mult) == (0, 1.0)
     assert (scratch.epochs, scratch.lr, scratch.optimizer) == (cfg.epochs - 1, cfg.lr, cfg.optimizer)
-    assert set(PRESETS) >= {"best-cpu", "transfer"}
+    assert set(list_recipes()) >= {"best-cpu", "transfer", "photos", "robust"}
 
 
 def test_photos_preset_is_best_cpu_with_photo_augmentation():
@@ -159,8 +162,8 @@ def test_photos_preset_is_best_cpu_with_photo_augmentation():
 
 
 def test_low_resolution_run_trains_and_reloads(tmp_path):
+    from fashionclf.engine.inference import infer
     from fashionclf.runs import load_run, save_run
-    from fashionclf.train import infer
 
     x, y = _synthetic()
     cfg = resolve_config("tuned_cnn", None, epochs=2, batch_size=64, val_size=0, resolution=14, precision="fp32")
@@ -174,7 +177,7 @@ def test_low_resolution_run_trains_and_reloads(tmp_path):
 def test_keep_freed_memory_applies_on_glibc():
     import platform
 
-    from fashionclf.train import keep_freed_memory
+    from fashionclf.engine.device import keep_freed_memory
 
     applied = keep_freed_memory()
     # glibc takes the settings (older versions through the 32 MiB fallback); elsewhere nothing is touched

@@ -1,0 +1,320 @@
+"""The Python API: what the CLI, the service, the benchmarks and users call.
+
+    import fashionclf
+    run = fashionclf.load_run("runs/shop")
+    rows = run.predict(["photo.jpg", "new-photos/"])
+    run = fashionclf.train(fashionclf.recipe("best-cpu", seed=1), out="runs/best")
+
+Functions return values and never print; progress goes to the callbacks given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashionclf import runs
+from fashionclf.config import RECOMMENDED_MODEL, TrainConfig
+from fashionclf.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from fashionclf.models import model_info
+from fashionclf.recipes import load_config_file, load_recipe, resolve_config
+
+
+class Run(runs.Run):
+    """A trained run folder, loaded: `.predict`, `.evaluate`, `.robustness`, `.export`."""
+
+    def predict(
+        self,
+        inputs: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor,
+        top_k: int = 3,
+        method: str = "grabcut",
+        with_runs: Sequence[runs.Run] = (),
+        save_preprocessed: str | Path | None = None,
+    ) -> list[dict]:
+        """Predictions for image files and folders (searched recursively), or for model-ready uint8 arrays.
+
+        Each row: file, label, confidence (calibrated), top_k, needs_review; a file that cannot be read
+        gives {'file', 'error'} and the rest still run.
+        """
+        from fashionclf.predict import class_order, predict_arrays, predict_files
+
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        if isinstance(inputs, (np.ndarray, torch.Tensor)):
+            return predict_arrays(self, inputs, top_k)
+        from fashionclf.data.images import find_images
+
+        items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        paths = find_images(items)
+        if not paths:
+            raise ValueError(f"no image files found in {', '.join(map(str, items))} (looked for .jpg, .png, .webp, .bmp, .gif, .tif)")
+        for r in with_runs:
+            class_order(self, r)  # the same classes, or a clear message before any photo is decoded
+        return list(predict_files(self, paths, top_k=top_k, save_preprocessed=save_preprocessed, method=method, also=list(with_runs)))
+
+    def evaluate(
+        self,
+        data: str | Path | None = None,
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        class_map: dict | None = None,
+        method: str = "grabcut",
+        data_dir: str | Path | None = None,
+        allow_download: bool = True,
+    ) -> dict:
+        """Accuracy, loss, per-class figures, confusion matrix and calibration on: labelled photos in class
+        folders (data), a folder of t10k IDX files (data_dir), given arrays, or the Fashion-MNIST test set."""
+        from fashionclf.data.fashion_mnist import DataError, load_split
+        from fashionclf.study import evaluate_run
+
+        skipped: list[str] = []
+        if images is not None:
+            x, y, source = images, labels, "arrays"
+        elif data is not None:
+            from fashionclf.predict import load_labelled_photos
+
+            x, y, skipped = load_labelled_photos(self, data, method, class_map)
+            source = str(data)
+        elif data_dir is not None:
+            x, y, _ = load_split(data_dir, "test", official=False)
+            source = str(data_dir)
+        else:
+            d = load_fashion_mnist(None, allow_download=allow_download)
+            x, y, source = d.test_x, d.test_y, d.source
+        try:
+            scores = evaluate_run(self, x, y)
+        except DataError as e:
+            raise DataError(f"{source}: {e}") from None
+        return {"run": str(self.path), "model": self.meta["model"], "data": source, **scores, "skipped": skipped}
+
+    def robustness(
+        self, split: str = "test", limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None, allow_download: bool = True
+    ) -> dict:
+        """Accuracy under the corruption suite (14 corruptions x 5 severities) on the test split or the run's own validation split."""
+        from fashionclf.study import robustness
+
+        if split not in ("test", "validation"):
+            raise ValueError(f"split {split!r}: expected test or validation")
+        cfg = self.config
+        data = load_fashion_mnist(data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, allow_download=allow_download)
+        x, y = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+        if limit:
+            x, y = x[:limit], y[:limit]
+        return {"run": str(self.path), "model": self.meta["model"], "split": split, **robustness(self, x, y, seed=seed)}
+
+    def export(self, path: str | Path | None = None) -> tuple[bytes, list[dict]]:
+        """ONNX (pixels in, calibrated probabilities out), checked against PyTorch at batch 1/7/64 before it is
+        written (atomically, never over an existing file). Returns the model's bytes and the parity rows."""
+        from fashionclf.io import atomic_write_bytes
+        from fashionclf.serving.export import export_checked
+
+        if path is not None:
+            path = Path(path)
+            if path.suffix.lower() != ".onnx":
+                raise ValueError(f"{path}: expected a file name ending in .onnx")
+            check_new_file(path)
+        model, rows = export_checked(self)  # raises before anything is written
+        if path is not None:
+            atomic_write_bytes(path, model)
+        return model, rows
+
+
+def check_new_file(path: Path, option: str = "--out") -> None:
+    """Results are never overwritten: refuse an existing file, or a parent that is a file."""
+    if path.exists():
+        raise ValueError(f"{option} {path} already exists; choose another file (results are never overwritten)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"{option} {path}: {path.parent} is a file, not a folder")
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """A run folder, rebuilt from meta.json and safetensors weights: nothing is unpickled, no code executes."""
+    r = runs.load_run(path, device)
+    return Run(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)})
+
+
+def recipe(name: str, **overrides) -> TrainConfig:
+    """A recipe's config by name (a model's defaults or a preset), with overrides, e.g. seed=1, aug_rotation=15."""
+    return resolve_config(base=load_recipe(name).config, **overrides)
+
+
+def model_kwargs(model: str, folder_data: bool = False, image_size: int | None = None, drop_path: float | None = None) -> dict:
+    """Constructor arguments for a model from what its registry entry declares: RGB input and its size for
+    image folders, stochastic depth where the model has it. A clear ValueError where it cannot."""
+    from fashionclf.models import list_models
+
+    info = model_info(model)
+    kwargs: dict = {}
+    if folder_data:
+        size = image_size or 128
+        if not info.flexible_size:
+            takes = [n for n in list_models() if model_info(n).flexible_size]
+            raise ValueError(
+                f"model {model} cannot take {size}x{size} RGB images (it is built for {info.input_size} px); "
+                f"models that can: {', '.join(takes)}"
+            )
+        kwargs["in_chans"] = 3
+        if info.size_arg:
+            kwargs["image_size"] = size
+    elif image_size:
+        raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
+    if drop_path is not None:
+        if not info.drop_path:
+            takes = [n for n in list_models() if model_info(n).drop_path]
+            raise ValueError(f"--drop-path: {model} has no stochastic depth; models that take it: {', '.join(takes)}")
+        if not 0 <= drop_path < 1:
+            raise ValueError(f"--drop-path {drop_path}: expected a rate in [0, 1)")
+        kwargs["drop_path"] = drop_path
+    return kwargs
+
+
+def load_data(
+    cfg: TrainConfig,
+    data: str | Path | None = None,
+    val_data: str | Path | None = None,
+    image_size: int | None = None,
+    data_dir: str | Path | None = None,
+    allow_download: bool = True,
+    train_limit: int | None = None,
+) -> tuple[FashionMNIST, list[str]]:
+    """The dataset a config trains on: an image folder (data, in any layout it reads) or Fashion-MNIST
+    (with cfg.extra_photos mixed in). Returns it and one message per file left out."""
+    if train_limit is not None and train_limit < 1:
+        raise ValueError(f"--train-limit {train_limit}: expected a positive number of images")
+    if data is not None:
+        from fashionclf.data.folders import load_image_folder
+
+        if cfg.extra_photos:
+            raise ValueError("--extra-photos mixes photos into Fashion-MNIST training; with --data the photos are the dataset already")
+        ds, skipped = load_image_folder(data, val_data, image_size or 128, split_seed=cfg.split_seed)
+    else:
+        if val_data is not None or image_size:
+            raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
+        ds = load_fashion_mnist(data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, allow_download=allow_download)
+        skipped = []
+    if train_limit:
+        # The official order is already shuffled, so a prefix is close to class-balanced.
+        ds.train_x, ds.train_y = ds.train_x[:train_limit], ds.train_y[:train_limit]
+    if data is None and cfg.extra_photos:
+        from fashionclf.data.folders import add_converted_photos
+
+        skipped += add_converted_photos(ds, cfg.extra_photos, cfg.extra_class_map, cfg.extra_repeat)
+    return ds, skipped
+
+
+def as_config(config: TrainConfig | str | Path | None, **overrides) -> TrainConfig:
+    """A TrainConfig from a config, a recipe name, or a file (recipe .toml or a run's meta.json), with overrides."""
+    if config is None or isinstance(config, TrainConfig):
+        return resolve_config(base=config, **overrides)
+    text = str(config)
+    if Path(text).suffix in (".toml", ".json") or Path(text).is_file():
+        return resolve_config(base=load_config_file(text), **overrides)
+    return resolve_config(base=load_recipe(text).config, **overrides)
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    return Path(f"runs/{cfg.model}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def train(
+    config: TrainConfig | str | Path | None = None,
+    out: str | Path | None = None,
+    data: FashionMNIST | str | Path | None = None,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_batch_factory: Callable | None = None,
+    **data_options,
+) -> Run | None:
+    """Train one run into `out` and return it loaded (None on the helper ranks of a torchrun job).
+
+    config: a TrainConfig, a recipe name ("best-cpu"), or a file (recipe .toml, a run's meta.json).
+    data: a loaded dataset, an image folder, or None for Fashion-MNIST; data_options go to load_data.
+    """
+    from fashionclf.engine import distributed
+    from fashionclf.runs import check_writable
+    from fashionclf.study import train_and_save
+
+    cfg = as_config(config if config is not None else RECOMMENDED_MODEL)
+    out = Path(out) if out is not None else default_out(cfg)
+    check_writable(out, overwrite)
+    if not isinstance(data, FashionMNIST):
+        data, _ = load_data(cfg, data, **data_options)
+    train_and_save(cfg, data, out, overwrite, on_epoch, on_batch_factory)
+    return load_run(out) if distributed.is_main() else None
+
+
+def compare(
+    configs: Sequence[TrainConfig],
+    data: FashionMNIST,
+    out: str | Path = "study",
+    overwrite: bool = False,
+    robustness: int = 0,
+    on_run_start: Callable | None = None,
+    on_epoch: Callable | None = None,
+    on_batch_factory: Callable | None = None,
+) -> tuple[dict, list[Path]]:
+    """Train every config over its seed into out/runs/, then write the study report; returns results and report files.
+
+    An interrupted study resumes: finished runs with the same config and data are reused.
+    """
+    from fashionclf.reports.study import write_report
+    from fashionclf.study import compare as run_all
+
+    results = run_all(list(configs), data, out, overwrite, on_run_start, on_epoch, on_batch_factory, robustness)
+    return results, write_report(out, results, data)
+
+
+def study_configs(plan: Sequence[tuple[str, int]], **overrides) -> list[TrainConfig]:
+    """One config per (model, seed) for a study plan [(model, number of seeds), ...]."""
+    return [resolve_config(name, None, seed=s, **overrides) for name, k in plan for s in range(k)]
+
+
+def resolution_study(
+    model: str,
+    sizes: Sequence[int],
+    seeds: int,
+    data: FashionMNIST,
+    out: str | Path = "resolution",
+    overwrite: bool = False,
+    on_run_start: Callable | None = None,
+    on_epoch: Callable | None = None,
+    on_batch_factory: Callable | None = None,
+    **overrides,
+) -> tuple[dict, list[Path], dict]:
+    """One model and recipe at several resolutions (images down- then upsampled): results, report files, summary."""
+    from fashionclf.reports.resolution import write_resolution_report
+    from fashionclf.study import compare as run_all
+    from fashionclf.study import resolution_configs
+
+    configs = resolution_configs(model, sizes, seeds, **overrides)
+    results = run_all(configs, data, out, overwrite, on_run_start, on_epoch, on_batch_factory)
+    paths, summary = write_resolution_report(out, results, list(data.classes))
+    return results, paths, summary
+
+
+def find_label_issues(cfg: TrainConfig, data: FashionMNIST, out: str | Path, folds: int = 5, on_fold: Callable | None = None) -> dict:
+    """Likely label errors in the training data (train + validation split), from k-fold out-of-fold predictions.
+
+    Writes out/oof_probs.safetensors, out/label_issues.json and a report; returns the issues (most likely
+    first), the out-of-fold accuracy, the number of images and the report files.
+    """
+    import safetensors.torch
+
+    from fashionclf.io import atomic_write_bytes, atomic_write_text, to_json
+    from fashionclf.reports.blocks import write_blocks
+    from fashionclf.reports.label_issues import label_issue_blocks
+    from fashionclf.study import out_of_fold_probs
+
+    out = Path(out)
+    x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])  # label errors live in both
+    probs = out_of_fold_probs(cfg, x, y, folds, on_fold)
+    blocks, issues = label_issue_blocks(x.numpy(), y.numpy(), probs.numpy(), list(data.classes))
+    atomic_write_bytes(out / "oof_probs.safetensors", safetensors.torch.save({"probs": probs, "labels": y}))
+    atomic_write_text(out / "label_issues.json", to_json({"model": cfg.model, "folds": folds, "issues": issues}))
+    paths = write_blocks(out, blocks, "fashionclf: likely label errors")
+    return {"issues": issues, "accuracy": (probs.argmax(1) == y).float().mean().item(), "n": len(y), "paths": paths}

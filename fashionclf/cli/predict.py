@@ -1,0 +1,96 @@
+"""`fashionclf predict`: categorise photos with a run, to the terminal or into a resumable file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ORDER = 40  # place in `fashionclf --help`
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("predict", help="categorise product photos (files or folders) with a trained run")
+    s.add_argument("run", help="run folder")
+    s.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    s.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
+    s.add_argument(
+        "--out", help="write results to this .jsonl or .csv file (streamed, with a progress bar; rerun the same command to resume)"
+    )
+    s.add_argument("--quiet", action="store_true", help="with --out: no progress bar")
+    s.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per input, as PNG")
+    s.add_argument("--method", choices=["grabcut", "threshold"], default="grabcut", help="how the item is cut from its background")
+    s.add_argument(
+        "--with",
+        dest="with_runs",
+        action="append",
+        metavar="RUN",
+        help="also ask this run (repeatable; e.g. an RGB photo run beside a 28x28 one) and average the calibrated "
+        "probabilities; the classes must match by name; an item is flagged when the runs disagree",
+    )
+    s.set_defaults(func=run)
+
+
+def line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['file']}\terror: {r['error']}"
+    flag = "  REVIEW" if r["needs_review"] else ""
+    others = ", ".join(f"{t['label']} {t['confidence']:.2f}" for t in r["top_k"][1:])
+    return f"{r['file']}\t{r['label']} {r['confidence']:.2f}{flag}" + (f"  ({others})" if others else "")
+
+
+def run(args) -> int:
+    from fashionclf.api import load_run
+    from fashionclf.data.images import find_images
+    from fashionclf.predict import class_order, predict_files
+
+    if args.top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+    run = load_run(args.run)
+    also = [load_run(r) for r in args.with_runs or []]
+    for r in also:
+        class_order(run, r)  # the same classes, or a clear message before any photo is decoded
+    paths = find_images(args.inputs)
+    if not paths:
+        raise ValueError(f"no image files found in {', '.join(args.inputs)} (looked for .jpg, .png, .webp, .bmp, .gif, .tif)")
+    for r in [run, *also]:
+        if r.metrics.get("calibration") is None:
+            print(f"fashionclf: {r.path} has no calibration (trained before it existed): every item is flagged for review", file=sys.stderr)
+    if args.out:
+        return _to_file(args, run, paths, also)
+    failed = 0
+    for r in predict_files(run, paths, top_k=args.top_k, save_preprocessed=args.save_preprocessed, method=args.method, also=also):
+        if "error" in r:
+            failed += 1
+            print(f"fashionclf: skipped {r['file']}: {r['error']}", file=sys.stderr)
+        print(json.dumps(r) if args.json else line(r), flush=True)
+    return 1 if failed == len(paths) else 0
+
+
+def _to_file(args, run, paths, also) -> int:
+    from tqdm import tqdm
+
+    from fashionclf.api import check_new_file
+    from fashionclf.serving.batch import output_format, predict_to_file
+
+    out = Path(args.out)
+    output_format(out)  # fail on a bad suffix before any work
+    check_new_file(out)
+    bar = tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr, disable=args.quiet)
+
+    def on_batch(written, total):
+        bar.update(written - bar.n)
+
+    try:
+        counts = predict_to_file(
+            run, paths, out, top_k=args.top_k, method=args.method, save_preprocessed=args.save_preprocessed, on_batch=on_batch, also=also
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"fashionclf: interrupted; run the same command again to resume ({out}.partial keeps what is done)", file=sys.stderr)
+        return 130
+    bar.close()
+    resumed = f", {counts['skipped_done']} already done before resuming" if counts["resumed"] else ""
+    print(f"{counts['done']} predictions, {counts['failed']} unreadable files{resumed} -> {out}", file=sys.stderr)
+    return 1 if counts["failed"] == len(paths) else 0

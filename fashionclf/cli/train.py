@@ -1,0 +1,90 @@
+"""`fashionclf train`: one model into a run folder (also one process of a torchrun job)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fashionclf.cli import options
+from fashionclf.models import list_models
+from fashionclf.recipes import list_recipes
+
+ORDER = 20  # place in `fashionclf --help`
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("train", help="train one model into a run folder")
+    s.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: the recipe's, else advanced_cnn, the seed's pick)")
+    s.add_argument(
+        "--preset", help=f"a recipe by name: {', '.join(list_recipes())} (fashionclf recipes); its model unless --model is given"
+    )
+    s.add_argument("--config", metavar="FILE", help="a recipe file (.toml) or a run's meta.json: repeat it exactly; flags override it")
+    s.add_argument("--seed", type=int, help="seed of initialisation, order and augmentation (default: the recipe's, 0)")
+    s.add_argument("--out", help="run folder (default: runs/<model>-s<seed>-<time>)")
+    s.add_argument("--no-pretrained", action="store_true", help="train a pretrained-capable model (efficientnet_lite0) from scratch")
+    options.add_train_options(s)
+    options.add_track_options(s)
+    s.set_defaults(func=run)
+
+
+def resolve(args):
+    """The config this command line trains: --config or --preset, then --model, then the flags."""
+    from fashionclf.models import model_info
+    from fashionclf.recipes import load_config_file, resolve_config
+
+    if args.config and args.preset:
+        raise ValueError("give --config FILE or --preset NAME, not both")
+    base = load_config_file(args.config) if args.config else None
+    probe = resolve_config(args.model, args.preset, base=base)
+    kwargs = dict(probe.model_kwargs)
+    if args.no_pretrained:
+        if not model_info(probe.model).pretrained:
+            raise ValueError(f"--no-pretrained: {probe.model} has no pretrained weights to leave out")
+        kwargs["pretrained"] = False
+    kwargs.update(options.model_kwargs(args, probe.model) or {})
+    return resolve_config(args.model, args.preset, base=base, seed=args.seed, model_kwargs=kwargs or None, **options.overrides(args))
+
+
+def run(args) -> int:
+    from fashionclf.engine import distributed
+
+    options.check_tracking(args)  # before any training: a wrong URI or a missing MLflow should not cost a run
+    if distributed.init_from_env(args.device or "auto"):  # started by torchrun: one process of several
+        ok, main_rank = False, distributed.is_main()
+        try:
+            out = _train(args, quiet=args.quiet or not main_rank)
+            ok = True
+        finally:
+            distributed.shutdown(ok)
+        if main_rank:  # rank 0 wrote the run
+            options.track(args, [out])  # after leaving the group: an upload must not hold the other ranks
+        return 0
+    options.track(args, [_train(args, quiet=args.quiet)])
+    return 0
+
+
+def _train(args, quiet: bool) -> Path:
+    from fashionclf import api
+    from fashionclf.engine import distributed
+    from fashionclf.runs import check_writable
+
+    cfg = resolve(args)
+    out = Path(args.out) if args.out else api.default_out(cfg)
+    check_writable(out, args.overwrite)
+    data = options.load_data(args, cfg)
+    on_epoch, on_batch_factory = options.progress(quiet)
+    if distributed.is_main():
+        ws = distributed.world_size()
+        procs = f" in {ws} processes" if ws > 1 else ""
+        print(f"training {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
+    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory)
+    if run is None:  # a helper rank of a torchrun job
+        return out
+    m = run.metrics
+    print(
+        f"{cfg.model}: test accuracy {m['test_accuracy']:.4f}  test loss {m['test_loss']:.4f}  "
+        f"val accuracy {m['val_accuracy']:.4f}  {m['epochs_run']} epochs in {m['train_seconds']:.1f}s  "
+        f"({m['params']:,d} params, {m['precision']} on {m['device']})"
+    )
+    print(f"run folder: {out}")
+    return out

@@ -1,0 +1,1 @@
+"""Data: Fashion-MNIST, image folders, photo decoding and conversion, augmentation, corruptions."""

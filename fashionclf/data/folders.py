@@ -1,0 +1,256 @@
+"""Image-folder datasets: a shop's own labelled photos, one subfolder per class.
+
+The photos are decoded once, letterboxed to a square of `image_size` pixels (aspect kept, padded
+with the photo's own border colour, so nothing of the item is cut) and held as one uint8 tensor
+(N, 3, S, S), like Fashion-MNIST, so the same training loop, augmentation and run folders apply.
+
+Splits: the test split is always carved out of --data (stratified, seeded) and never trained on or
+chosen on. Validation, for model choice, is --val-data when given, else another slice of --data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from fashionclf.data.fashion_mnist import DataError, FashionMNIST
+from fashionclf.data.images import SUFFIXES, ImageError, load_rgb
+
+
+def scan(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted subfolder names) and (file, label) pairs; clear errors for unusable folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; expected a folder with one subfolder of images per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class subfolder(s); expected at least 2 (one subfolder of images per class)")
+    items = []
+    for i, c in enumerate(classes):
+        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise DataError(f"{root / c} holds no images (.jpg, .png, .webp, .bmp, .gif, .tif); add some or remove the folder")
+        items += [(f, i) for f in files]
+    return classes, items
+
+
+def letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(size, size, 3): the whole photo scaled to fit, centred, padded with the median colour of its border."""
+    h, w = rgb.shape[:2]
+    s = size / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    out = np.empty((size, size, 3), np.uint8)
+    out[:] = np.median(border, axis=0).astype(np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = small
+    return out
+
+
+def load_images(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(N, 3, S, S) uint8 images, labels, and one message per file that could not be read (those are left out)."""
+    xs, ys, skipped = [], [], []
+    for path, label in items:
+        try:
+            xs.append(letterbox(load_rgb(path), size))
+            ys.append(label)
+        except ImageError as e:
+            skipped.append(f"{path}: {e}")
+    if not xs:
+        raise DataError("none of the images could be read: " + "; ".join(skipped[:3]))
+    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(ys, dtype=torch.long), skipped
+
+
+def _fingerprint(items: list[tuple[Path, int]], root: Path) -> str:
+    """Names, sizes and labels of the files: a resumed study must see the same data."""
+    h = hashlib.sha256()
+    for p, label in items:
+        h.update(f"{p.relative_to(root)}\t{p.stat().st_size}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+def _split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (rest, held) with round(fraction * n_c) items of every class c held out (at least 1)."""
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels.unique():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        held.append(idx[: max(1, round(fraction * len(idx)))])
+    held_idx = torch.cat(held).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_idx] = False
+    return torch.nonzero(mask).flatten(), held_idx
+
+
+def load_image_folder(
+    data: str | Path,
+    val_data: str | Path | None = None,
+    image_size: int = 128,
+    test_fraction: float = 0.15,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> tuple[FashionMNIST, list[str]]:
+    """The dataset (train/val/test as uint8 tensors) and the messages for files that were left out."""
+    if not 16 <= image_size <= 512:
+        raise DataError(f"--image-size {image_size}: expected 16-512 pixels")
+    root = Path(data)
+    classes, items = scan(root)
+    x, y, skipped = load_images(items, image_size)
+    rest, test = _split(y, test_fraction, split_seed)
+    checksums = {"data": _fingerprint(items, root)}
+    if val_data is not None:
+        vroot = Path(val_data)
+        vclasses, vitems = scan(vroot)
+        if vclasses != classes:
+            missing, extra = sorted(set(classes) - set(vclasses)), sorted(set(vclasses) - set(classes))
+            raise DataError(f"{vroot} has other class folders than {root}: missing {missing or 'none'}, extra {extra or 'none'}")
+        vx, vy, vskipped = load_images(vitems, image_size)
+        skipped += vskipped
+        train_idx = rest
+        checksums["val_data"] = _fingerprint(vitems, vroot)
+    else:
+        r, v = _split(y[rest], val_fraction / (1 - test_fraction), split_seed + 1)
+        train_idx, vx, vy = rest[r], x[rest[v]], y[rest[v]]
+    ds = FashionMNIST(x[train_idx], y[train_idx], vx, vy, x[test], y[test], str(root), checksums, tuple(classes), split_seed)
+    return ds, skipped
+
+
+def parse_class_map(text: str | None) -> dict[str, str | None]:
+    """'t-shirt=T-shirt/top,pants=trouser,hat=-' -> {'t-shirt': 'T-shirt/top', 'pants': 'trouser', 'hat': None}.
+
+    Lets a shop score a model on folders named its own way; '-' leaves a folder out (a class the model lacks).
+    """
+    out: dict[str, str | None] = {}
+    for item in (t.strip() for t in (text or "").split(",")):
+        if not item:
+            continue
+        folder, sep, cls = item.partition("=")
+        if not sep or not folder.strip() or not cls.strip():
+            raise DataError(f"--class-map item {item!r}: expected FOLDER=CLASS (or FOLDER=- to leave the folder out)")
+        out[folder.strip()] = None if cls.strip() == "-" else cls.strip()
+    return out
+
+
+def map_folders(names: list[str], classes: tuple | list, class_map: dict[str, str | None] | None, where: str) -> dict[str, int | None]:
+    """Each class folder's index among `classes` (None: left out), matching names ignoring case and punctuation.
+
+    class_map renames folders first ('t-shirt' -> 'T-shirt/top'); a value of None leaves a folder out.
+    """
+    norm = {norm_name(c): i for i, c in enumerate(classes)}
+    class_map = class_map or {}
+    stray = sorted(set(class_map) - set(names))
+    if stray:
+        raise DataError(f"the class map names folders {stray} that {where} does not have (it has {', '.join(names)})")
+    bad = sorted(v for v in class_map.values() if v is not None and norm_name(v) not in norm)
+    if bad:
+        raise DataError(f"the class map maps to {bad}, which are not classes of this model ({', '.join(classes)})")
+    target = {n: class_map.get(n, n) for n in names}
+    unknown = [n for n in names if target[n] is not None and norm_name(target[n]) not in norm]
+    if unknown:
+        raise DataError(
+            f"{where}: class folders {unknown} match no class of this model ({', '.join(classes)}); "
+            "rename them or map them with --class-map FOLDER=CLASS (FOLDER=- leaves one out)"
+        )
+    return {n: None if t is None else norm[norm_name(t)] for n, t in target.items()}
+
+
+def norm_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def mapped_items(folder: str | Path, classes: tuple | list, class_map: dict[str, str | None] | None) -> list[tuple[Path, int]]:
+    """(file, label) for every image of the folders the class map keeps, labels in `classes` order."""
+    root = Path(folder)
+    names, items = scan(root)
+    index = map_folders(names, classes, class_map, str(root))
+    used = [(p, index[names[i]]) for p, i in items if index[names[i]] is not None]
+    if not used:
+        raise DataError(f"{root}: the class map leaves no folder in")
+    return used
+
+
+def load_converted_photos(
+    folder: str | Path,
+    classes: tuple | list,
+    convert,
+    class_map: dict[str, str | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
+    """Labelled photos, each turned into a model input by convert(path) -> uint8 array, labels in `classes` order.
+
+    convert raises ImageError for a file it cannot use; that file is left out and named.
+
+    Returns images, labels, one message per unreadable file (left out) and a fingerprint of the files used.
+    """
+    return _convert(mapped_items(folder, classes, class_map), Path(folder), convert)
+
+
+def _convert(used: list[tuple[Path, int]], root: Path, convert) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
+    xs, ys, skipped = [], [], []
+    for path, label in used:
+        try:
+            xs.append(convert(path))
+            ys.append(label)
+        except ImageError as e:
+            skipped.append(f"{path}: {e}")
+    if not xs:
+        raise DataError(f"{root}: none of the images could be read: " + "; ".join(skipped[:3]))
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), skipped, _fingerprint(used, root)
+
+
+def converted_photos_cached(
+    folder: str | Path, classes: tuple | list, class_map: dict[str, str | None] | None = None, method: str = "grabcut"
+) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
+    """load_converted_photos with the Fashion-MNIST conversion, cached: GrabCut costs ~40 ms a photo.
+
+    The cache key covers the files used (names, sizes, mapped labels), the classes, the method, the
+    source of the conversion code and OpenCV's version, so a changed photo, map or conversion step is
+    converted afresh.
+    """
+    import json
+    import os
+    import tempfile
+
+    from fashionclf.data import images
+    from fashionclf.data import photos as preprocess
+    from fashionclf.data.fashion_mnist import cache_dir
+
+    root = Path(folder)
+    used = mapped_items(root, classes, class_map)
+    h = hashlib.sha256()
+    h.update(_fingerprint(used, root).encode())
+    h.update(json.dumps([method, list(classes), cv2.__version__]).encode())
+    for mod in (images, preprocess):
+        h.update(Path(mod.__file__).read_bytes())
+    path = cache_dir().parent / "converted" / f"{h.hexdigest()[:32]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), [str(s) for s in z["skipped"]], str(z["fingerprint"])
+    x, y, skipped, fp = _convert(used, root, lambda p: preprocess.to_fashion_mnist(load_rgb(p), method).image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")  # written whole, then renamed: no torn cache file
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, x=x.numpy(), y=y.numpy(), skipped=np.array(skipped, dtype=str), fingerprint=np.array(fp))
+    os.replace(tmp, path)
+    return x, y, skipped, fp
+
+
+def add_converted_photos(data: FashionMNIST, folder: str | Path, class_map: dict[str, str | None] | None, repeat: int) -> list[str]:
+    """Mix labelled photos, converted to Fashion-MNIST style, into data's training split (in place).
+
+    Validation and test stay as they were, so a run's scores remain comparable with runs without photos;
+    score the photos' own held-out split with `evaluate --data`. Returns the messages for unreadable files.
+    """
+    if not 1 <= repeat <= 10:
+        raise DataError(f"--extra-repeat {repeat}: expected 1-10 (times each photo appears per epoch)")
+    x, y, skipped, fp = converted_photos_cached(folder, data.classes, class_map)
+    data.train_x = torch.cat([data.train_x, x.repeat(repeat, 1, 1)])
+    data.train_y = torch.cat([data.train_y, y.repeat(repeat)])
+    data.checksums = {**data.checksums, "extra_photos": fp}
+    return skipped

@@ -1,0 +1,1 @@
+"""The training engine: device and precision, inference, the training loop, torchrun."""

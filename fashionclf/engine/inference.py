@@ -1,0 +1,66 @@
+"""Inference apart from training: uint8 images in, logits out, in batches (this module never imports the loop)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashionclf.data.fashion_mnist import MEAN, STD
+from fashionclf.engine.device import autocast
+
+
+def to_unit(x_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> float pixels in [0, 1], (N, C, H, W), on device (where augmentation works)."""
+    x = x_u8.to(device, non_blocking=True)
+    return (x.unsqueeze(1) if x.dim() == 3 else x).float().div_(255)
+
+
+def normalize(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """Pixels in [0, 1] -> the models' input: the dataset's mean and std, optionally channels_last."""
+    x = x.sub_(MEAN).div_(STD)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def to_input(x_u8: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    return normalize(to_unit(x_u8, device), channels_last)
+
+
+@torch.no_grad()
+def infer(
+    model: nn.Module, x_u8: torch.Tensor, batch_size: int = 1024, device=None, amp_dtype=None, channels_last=True, tta: bool = False
+) -> torch.Tensor:
+    """Logits (N, classes) as float32 on the CPU, in eval mode.
+
+    With tta, the log of the mean softmax of each image and its horizontal mirror: still valid logits
+    for argmax, softmax and cross-entropy.
+    """
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = []
+    for i in range(0, len(x_u8), batch_size):
+        x = to_input(x_u8[i : i + batch_size], device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+            if tta:
+                both = torch.stack([logits, model(x.flip(-1)).float()])
+                logits = both.log_softmax(-1).logsumexp(0) - math.log(2)
+        out.append(logits.cpu())
+    return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def evaluate(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, **kw) -> dict:
+    """Loss and accuracy of a model on a labelled set."""
+    logits = infer(model, x_u8, **kw)
+    return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
+
+
+def measure_inference(model, x_u8, device, amp_dtype, channels_last, tta=False, batch_size=1024) -> float:
+    """Images per second of `infer` over x_u8 (one untimed warm-up batch first)."""
+    infer(model, x_u8[:batch_size], batch_size, device, amp_dtype, channels_last, tta)
+    t0 = time.perf_counter()
+    infer(model, x_u8, batch_size, device, amp_dtype, channels_last, tta)
+    return len(x_u8) / (time.perf_counter() - t0)

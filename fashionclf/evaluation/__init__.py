@@ -1,0 +1,1 @@
+"""Evaluation: metrics, calibration, error analysis, robustness, paired tests."""

@@ -1,0 +1,1 @@
+"""Reports (Markdown + HTML) built only from stored outputs."""

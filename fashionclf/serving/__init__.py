@@ -1,0 +1,1 @@
+"""Serving: the HTTP app and its page, batch jobs, ONNX export, Ray."""
