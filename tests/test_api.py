@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from conftest import synthetic_bars
 from PIL import Image
 
 import fashionclf
@@ -14,20 +14,9 @@ from fashionclf.cli import main
 from fashionclf.data.fashion_mnist import FashionMNIST
 
 
-def _synthetic(n_per_class=40, seed=0):
-    """Images whose class is a bright bar at a class-specific height: learnable in one epoch."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(10).repeat_interleave(n_per_class)
-    x = torch.randint(0, 40, (len(y), 28, 28), generator=g, dtype=torch.uint8)
-    for c in range(10):
-        x[y == c, 4 + 2 * c : 6 + 2 * c, 4:24] = 255
-    perm = torch.randperm(len(y), generator=g)
-    return x[perm], y[perm]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    x, y = _synthetic()
+    x, y = synthetic_bars()
     data = FashionMNIST(x[:300], y[:300], x[300:350], y[300:350], x[350:], y[350:], "synthetic")
     out = tmp_path_factory.mktemp("api") / "run"
     cfg = fashionclf.recipe("mlp", epochs=3, precision="fp32", seed=1)
