@@ -27,7 +27,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The optional dependencies, by the top-level module a missing one raises on, and the extra that installs it.
+EXTRAS = {
+    "matplotlib": "study",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "mlflow": "track",
+    "ray": "ray",
+}
+
+
 def main(argv=None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:
+        print(f"fashionclf {__version__}")  # before the parser, which imports torch through the model registry
+        return 0
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"fashionclf: error: this command needs {e.name}, which is not installed: pip install 'fashionclf[{extra}]'", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     from fashionclf.cli import train
     from fashionclf.data.fashion_mnist import DataError
     from fashionclf.data.images import ImageError
