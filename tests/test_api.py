@@ -90,8 +90,8 @@ def test_predict_files_and_folders(trained, tmp_path):
 
 def test_export_writes_once_and_refuses_to_overwrite(trained, tmp_path):
     run, _, _ = trained
-    model, rows = run.export(tmp_path / "m.onnx")
-    assert (tmp_path / "m.onnx").read_bytes() == model and all(r["same_argmax"] for r in rows)
+    model, report = run.export(tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == model and all(r["same_argmax"] for r in report["parity"])
     with pytest.raises(ValueError, match="already exists"):
         run.export(tmp_path / "m.onnx")
 

@@ -23,7 +23,7 @@ LAYERS = [
     ("fashionclf.runs",),
     ("fashionclf.evaluation",),
     ("fashionclf.predict", "fashionclf.study"),
-    ("fashionclf.reports", "fashionclf.serving.export"),  # export: what Run.export calls, so below the API
+    ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize"),  # what Run.export calls: below the API
     ("fashionclf.api", "fashionclf.tracking"),
     ("fashionclf.serving", "fashionclf.cli", "fashionclf.__main__"),
 ]

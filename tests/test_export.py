@@ -2,6 +2,7 @@
 
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,18 +105,26 @@ def test_export_cli_writes_checked_file_and_never_overwrites(tmp_path, capsys):
     assert "ending in .onnx" in capsys.readouterr().err
 
 
-def test_resolution_runs_export_or_fail_clearly(tmp_path):
-    for px, exports in ((14, True), (21, False)):
+def test_resolution_runs_export_with_the_current_exporter_or_fail_clearly(tmp_path, monkeypatch):
+    """torch.export (dynamo=True) traces the resolution hook at any size; the TorchScript exporter could not at 21 px."""
+    import onnx
+
+    for px in (14, 21):
         cfg = resolve_config("tuned_cnn", None, resolution=px)
         out = save_run(
             tmp_path / f"r{px}", build_model(cfg, 10, pretrained=False), cfg, {"calibration": CAL}, [], [f"c{i}" for i in range(10)], {}
         )
         run = load_run(out)
-        if exports:
-            assert parity_ok(check_parity(run, export_onnx(run)))
-        else:
-            with pytest.raises(ValueError, match="cannot be exported to ONNX"):
-                export_onnx(run)
+        model = export_onnx(run)
+        assert parity_ok(check_parity(run, model))
+        assert {p.key: p.value for p in onnx.load_from_string(model).metadata_props}["exporter"] == "dynamo"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unsupported: aten::imaginary_op")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)  # both exporters fail: one clear error naming the cause
+    with pytest.raises(ValueError, match="cannot be exported to ONNX .*aten::imaginary_op"):
+        export_onnx(run)
 
 
 def test_a_graph_that_disagrees_is_not_written(tmp_path, monkeypatch, capsys):
@@ -126,3 +135,29 @@ def test_a_graph_that_disagrees_is_not_written(tmp_path, monkeypatch, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", str(run.path), "--onnx", str(out)]) == 2
     assert "disagrees with PyTorch" in capsys.readouterr().err and not out.exists()
+
+
+GOLDEN_CNN = Path(__file__).parent / "golden" / "study" / "runs" / "tuned_cnn-s0"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_int8_export_is_quantized_checked_and_refused_when_it_costs_accuracy(tmp_path, monkeypatch, real_data_dir):
+    import onnx
+
+    from fashionclf.api import load_run
+    from fashionclf.serving import quantize
+
+    run = load_run(GOLDEN_CNN)
+    model, report = run.export(tmp_path / "int8.onnx", int8=True, data_dir=real_data_dir)
+    ops = {n.op_type for n in onnx.load_from_string(model).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and (tmp_path / "int8.onnx").read_bytes() == model
+    r = report["int8"]
+    assert r["test_images"] == 10_000 and abs(r["drop_points"] - (r["fp32_accuracy"] - r["int8_accuracy"]) * 100) < 1e-9
+    assert r["drop_points"] <= quantize.MAX_DROP_POINTS
+    fp32, _ = run.export()
+    assert len(model) < len(fp32) / 2  # int8 weights
+    monkeypatch.setattr(quantize, "MAX_DROP_POINTS", -1.0)  # any result is now "too costly"
+    with pytest.raises(ValueError, match="more than the -1.0 allowed; nothing written"):
+        run.export(tmp_path / "refused.onnx", int8=True, data_dir=real_data_dir)
+    assert not (tmp_path / "refused.onnx").exists()

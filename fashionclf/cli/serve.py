@@ -31,7 +31,8 @@ def export(args) -> int:
     check_new_file(out, "--onnx")
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"--onnx {out}: expected a file name ending in .onnx")
-    data, rows = run.export(args.onnx)
+    data, report = run.export(args.onnx)
+    rows = report["parity"]
     for r in rows:
         print(
             f"parity batch {r['batch']:3d}: max |p_onnx - p_torch| {r['max_abs_diff']:.2e}, same argmax {r['same_argmax']}", file=sys.stderr

@@ -96,14 +96,14 @@ def export_onnx(run: Run, path: str | Path | None = None) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
         try:
-            _export(net, example, buf)
+            exporter = _export(net, example, buf)
         except Exception as e:  # the exporter raises its own error types, with the unsupported operator in the message
             raise ValueError(
                 f"{run.path}: model {run.meta['model']} at resolution {run.config.resolution} px cannot be exported to ONNX "
-                f"({str(e).splitlines()[0][:300]}); runs at 28 px and at resolutions that divide 28 (7, 14) export"
+                f"({str(e).splitlines()[0][:300]}); neither torch's exporter nor the TorchScript one could trace it"
             ) from None
     proto = onnx.load_from_string(buf.getvalue())
-    for k, v in metadata(run).items():
+    for k, v in {**metadata(run), "exporter": exporter}.items():
         proto.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
@@ -112,7 +112,30 @@ def export_onnx(run: Run, path: str | Path | None = None) -> bytes:
     return data
 
 
-def _export(net: nn.Module, example: torch.Tensor, buf: io.BytesIO) -> None:
+def _export(net: nn.Module, example: torch.Tensor, buf: io.BytesIO) -> str:
+    """Export with torch's current exporter (torch.export + onnxscript, `dynamo=True`) where it works, else
+    with the TorchScript exporter; returns which one wrote the graph (kept in the file's metadata)."""
+    try:
+        import contextlib
+
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it; without it, TorchScript)
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it reports each step on stdout
+            prog = torch.onnx.export(
+                net,
+                (example,),
+                input_names=["pixels"],
+                output_names=["probabilities"],
+                dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=65536)}},
+                opset_version=OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        buf.write(prog.model_proto.SerializeToString())
+        return "dynamo"
+    except Exception:  # an operator torch.export cannot trace (e.g. the resolution hook's interpolate): the old exporter
+        buf.seek(0)
+        buf.truncate()
     torch.onnx.export(
         net,
         (example,),
@@ -123,6 +146,7 @@ def _export(net: nn.Module, example: torch.Tensor, buf: io.BytesIO) -> None:
         opset_version=OPSET,
         dynamo=False,
     )
+    return "torchscript"
 
 
 class OnnxModel:
