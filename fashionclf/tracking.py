@@ -122,20 +122,59 @@ def log_run_folder(
         for i in range(0, len(batch), 1000):
             client.log_batch(rid, metrics=batch[i : i + 1000])
         client.log_artifacts(rid, str(run_dir), artifact_path="run")
-        version = None
-        if register_as:
-            try:
-                client.get_registered_model(register_as)
-            except mlflow.exceptions.MlflowException:
-                client.create_registered_model(register_as, description="fashionclf run folders (weights: safetensors, metadata: JSON)")
-            source = f"{client.get_run(rid).info.artifact_uri}/run"
-            mv = client.create_model_version(register_as, source=source, run_id=rid, tags={"model": meta["model"]})
-            version = mv.version
+        version = log_pyfunc(uri, rid, run_dir, register_as)
         client.set_terminated(rid, "FINISHED")
     except Exception:
         client.set_terminated(rid, "FAILED")
         raise
     return {"run_id": rid, "experiment_id": exp_id, "model_version": version}
+
+
+def signature():
+    """Encoded image bytes in; label, calibrated confidence, review flag and per-class probabilities out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    outputs = [ColSpec("string", "label"), ColSpec("double", "confidence"), ColSpec("boolean", "needs_review")]
+    return ModelSignature(Schema([ColSpec("binary", "image")]), Schema([*outputs, ColSpec(Array("double"), "probabilities")]))
+
+
+def example_image() -> bytes:
+    """A small PNG (a light item on a dark ground), the input example stored with the model."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    img = np.zeros((56, 56, 3), np.uint8)
+    img[8:48, 16:40] = 200
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def log_pyfunc(uri: str, run_id: str, run_dir: Path, register_as: str | None) -> str | None:
+    """Log the run as an MLflow pyfunc model (from code: fashionclf/mlflow_model.py, nothing pickled) with its
+    signature and input example, under the MLflow run; register it when a name is given. Returns the version."""
+    mlflow = _mlflow()
+    import pandas as pd
+
+    import fashionclf
+
+    mlflow.set_tracking_uri(uri)
+    package = Path(fashionclf.__file__).parent
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(package / "mlflow_model.py"),
+            artifacts={"run": str(run_dir)},
+            code_paths=[str(package)],  # the model carries the code that reads its run folder
+            signature=signature(),
+            input_example=pd.DataFrame({"image": [example_image()]}),
+            registered_model_name=register_as,
+            pip_requirements=["torch", "safetensors", "pillow", "numpy", "opencv-python-headless", "timm", "pandas"],
+        )
+    return str(info.registered_model_version) if register_as else None
 
 
 def start_parent(uri: str, experiment: str, name: str) -> str:

@@ -24,7 +24,7 @@ LAYERS = [
     ("fashionclf.evaluation",),
     ("fashionclf.predict", "fashionclf.study"),
     ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize"),  # what Run.export calls: below the API
-    ("fashionclf.api", "fashionclf.tracking"),
+    ("fashionclf.api", "fashionclf.tracking", "fashionclf.mlflow_model"),
     ("fashionclf.serving", "fashionclf.cli", "fashionclf.__main__"),
 ]
 
