@@ -159,10 +159,8 @@ def log_pyfunc(uri: str, run_id: str, run_dir: Path, register_as: str | None) ->
     mlflow = _mlflow()
     import pandas as pd
 
-    import fashionclf
-
     mlflow.set_tracking_uri(uri)
-    package = Path(fashionclf.__file__).parent
+    package = Path(__file__).parent  # the fashionclf package
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
