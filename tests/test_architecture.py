@@ -20,7 +20,7 @@ LAYERS = [
     ("fashionclf.models",),
     ("fashionclf.recipes",),
     ("fashionclf.engine",),
-    ("fashionclf.runs",),
+    ("fashionclf.runs", "fashionclf.card"),
     ("fashionclf.evaluation",),
     ("fashionclf.predict", "fashionclf.study"),
     ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize"),  # what Run.export calls: below the API
