@@ -348,3 +348,26 @@ def find_label_issues(cfg: TrainConfig, data: FashionMNIST, out: str | Path, fol
     atomic_write_text(out / "label_issues.json", to_json({"model": cfg.model, "folds": folds, "issues": issues}))
     paths = write_blocks(out, blocks, "fashionclf: likely label errors")
     return {"issues": issues, "accuracy": (probs.argmax(1) == y).float().mean().item(), "n": len(y), "paths": paths}
+
+
+def check_data(path: str | Path, near_rms: float = 5.0, tiny: int = 10, on_file: Callable | None = None) -> dict:
+    """The data check of a collection in any layout `train --data` reads; ['ok'] is False on a leak or an unreadable
+    file (fashionclf.data.check)."""
+    from fashionclf.data.check import check_data as check
+
+    return check(path, near_rms, tiny, on_file)
+
+
+def label_folder(run: Run | str | Path, folder, catalogue, batch_size: int = 64, method: str = "grabcut", on_batch=None) -> dict:
+    """Predict the photos under `folder` into a review catalogue, batch by batch; a rerun skips those already in it
+    (fashionclf.review.label). Returns counts: total, added, already, failed, errors."""
+    from fashionclf.review.label import label_folder as label
+
+    return label(run if isinstance(run, Run) else load_run(run), folder, catalogue, batch_size, method, on_batch)
+
+
+def export_labels(catalogue: str | Path, out: str | Path) -> dict:
+    """A catalogue's automatic and reviewed labels as class folders or a .csv/.jsonl manifest (fashionclf.review.export)."""
+    from fashionclf.review.export import export_labels as export
+
+    return export(catalogue, out)

@@ -23,9 +23,10 @@ LAYERS = [
     ("fashionclf.runs", "fashionclf.card"),
     ("fashionclf.evaluation",),
     ("fashionclf.predict", "fashionclf.study"),
-    ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize"),  # what Run.export calls: below the API
+    # serving.export: what Run.export calls; review: the catalogue, its export and Label Studio files, what the API calls
+    ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize", "fashionclf.review"),
     ("fashionclf.api", "fashionclf.tracking", "fashionclf.mlflow_model"),
-    ("fashionclf.serving", "fashionclf.cli", "fashionclf.__main__"),
+    ("fashionclf.serving", "fashionclf.review.app", "fashionclf.cli", "fashionclf.__main__"),  # review.app: the review desk's web app
 ]
 
 

@@ -71,7 +71,9 @@ def _fingerprint(items: list[tuple[Path, int]], root: Path) -> str:
     """Names, sizes and labels of the files: a resumed study must see the same data."""
     h = hashlib.sha256()
     for p, label in items:
-        h.update(f"{p.relative_to(root)}\t{p.stat().st_size}\t{label}\n".encode())
+        name = p.relative_to(root) if p.is_relative_to(root) else p  # a manifest may name files anywhere
+        size = p.stat().st_size if p.exists() else -1  # ... or missing ones (read, and reported, as unreadable)
+        h.update(f"{name}\t{size}\t{label}\n".encode())
     return h.hexdigest()
 
 
@@ -97,14 +99,30 @@ def load_image_folder(
     val_fraction: float = 0.1,
     split_seed: int = 0,
 ) -> tuple[FashionMNIST, list[str]]:
-    """The dataset (train/val/test as uint8 tensors) and the messages for files that were left out."""
+    """The dataset (train/val/test as uint8 tensors) and the messages for files that were left out.
+
+    data: class folders, split folders (train/ val/ test/, each of class folders) or a CSV/JSONL manifest
+    (fashionclf.data.layouts). Splits it gives are used as given; missing ones are carved out of train.
+    """
+    from fashionclf.data.layouts import read_layout
+
     if not 16 <= image_size <= 512:
         raise DataError(f"--image-size {image_size}: expected 16-512 pixels")
-    root = Path(data)
-    classes, items = scan(root)
-    x, y, skipped = load_images(items, image_size)
-    rest, test = _split(y, test_fraction, split_seed)
-    checksums = {"data": _fingerprint(items, root)}
+    layout = read_layout(data)
+    classes, given, root = layout.classes, layout.splits, layout.root
+    pool = given.get("all") or given["train"]
+    x, y, skipped = load_images(pool, image_size)
+    checksums = {"data": _fingerprint(pool, root)}
+    if "test" in given:
+        tx, ty, s = load_images(given["test"], image_size)
+        skipped += s
+        rest = torch.arange(len(y))
+        checksums["test"] = _fingerprint(given["test"], root)
+    else:
+        rest, test = _split(y, test_fraction, split_seed)
+        tx, ty = x[test], y[test]
+    if val_data is not None and "val" in given:
+        raise DataError(f"{data} has its own validation split; leave out --val-data {val_data}, or remove that split")
     if val_data is not None:
         vroot = Path(val_data)
         vclasses, vitems = scan(vroot)
@@ -115,10 +133,15 @@ def load_image_folder(
         skipped += vskipped
         train_idx = rest
         checksums["val_data"] = _fingerprint(vitems, vroot)
+    elif "val" in given:
+        vx, vy, vskipped = load_images(given["val"], image_size)
+        skipped += vskipped
+        train_idx = rest
+        checksums["val"] = _fingerprint(given["val"], root)
     else:
         r, v = _split(y[rest], val_fraction / (1 - test_fraction), split_seed + 1)
         train_idx, vx, vy = rest[r], x[rest[v]], y[rest[v]]
-    ds = FashionMNIST(x[train_idx], y[train_idx], vx, vy, x[test], y[test], str(root), checksums, tuple(classes), split_seed)
+    ds = FashionMNIST(x[train_idx], y[train_idx], vx, vy, tx, ty, str(data), checksums, tuple(classes), split_seed)
     return ds, skipped
 
 

@@ -1,0 +1,175 @@
+"""The review desk: a web page and its JSON routes over a catalogue (fashionclf.review.db).
+
+GET / the page; GET /api/next?reviewer=NAME (claims and returns the least certain item still needing a
+person); GET /api/items/{id}/photo (JPEG, at most 512 px); GET /api/items/{id}/heatmap (Grad-CAM over
+what the model saw, PNG; 404 with the reason when there is none); POST /api/items/{id}/decision
+{version, action: accept|correct|unknown, label, reviewer} (committed before the answer; 409 when the
+item changed since that version); POST /api/undo {reviewer}; GET /api/recent; GET /api/stats.
+
+Each request opens its own SQLite connection (WAL: readers never wait for the writer), so any number
+of reviewers and server processes can share one catalogue file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import threading
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from fashionclf.review import db
+
+PAGE = (Path(__file__).parent / "page.html").read_text()
+
+
+def _csp(page: str) -> str:
+    """A strict Content-Security-Policy: the page's own inline script and style (by hash), images from this server."""
+
+    def digest(tag):
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S).group(1)
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+    return (
+        f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; img-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+CSP = _csp(PAGE)
+
+
+class Decision(BaseModel):
+    version: int
+    action: str
+    reviewer: str
+    label: str | None = None
+
+
+class Undo(BaseModel):
+    reviewer: str
+
+
+class HeatMaps:
+    """Grad-CAM for catalogue items with the run that labelled them; one at a time (hooks on a shared model)."""
+
+    def __init__(self, run, method: str = "grabcut"):
+        from fashionclf.review.heatmap import last_conv
+
+        self.run, self.method, self.lock = run, method, threading.Lock()
+        self.reason = None
+        if run is None:
+            self.reason = "no run given (fashionclf review DB --run RUN): no heat map"
+        elif last_conv(run.model) is None:
+            self.reason = f"{run.meta['model']} has no convolution layer, so it has no heat map (Grad-CAM needs one)"
+
+    def png(self, path: str, label: str) -> bytes:
+        from fashionclf.predict import png_bytes, preprocess_file
+        from fashionclf.review.heatmap import grad_cam, overlay
+
+        image = preprocess_file(path, method=self.method, run=self.run)
+        with self.lock:
+            cam = grad_cam(self.run.model, image, self.run.classes.index(label))
+        return png_bytes(overlay(image, cam).transpose(2, 0, 1))
+
+
+def _photo_jpeg(path: str, longest: int = 512) -> bytes:
+    import cv2
+    from PIL import Image
+
+    from fashionclf.data.images import load_rgb
+
+    rgb = load_rgb(path)
+    s = longest / max(rgb.shape[:2])
+    if s < 1:
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))), interpolation=cv2.INTER_AREA)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _image(item: dict | None, item_id: int, render, media_type: str) -> Response:
+    """The image render() makes for a catalogue item, or a 404 saying why there is none."""
+    from fashionclf.data.images import ImageError
+
+    if item is None:
+        return JSONResponse({"error": f"no item {item_id}"}, status_code=404)
+    try:
+        return Response(render(), media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    except ImageError as e:
+        return JSONResponse({"error": f"{item['path']}: {e}"}, status_code=404)
+
+
+def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> FastAPI:
+    """The review desk over a catalogue file; `run` (a loaded Run) gives heat maps."""
+    catalogue = Path(catalogue)
+    db.connect(catalogue).close()  # a clear error now, not on the first request
+    maps = HeatMaps(run, method)
+    app = FastAPI(title="fashionclf review", description="Decide the photos the model was unsure of.")
+    app.state.catalogue, app.state.heatmaps = catalogue, maps
+
+    local = threading.local()
+
+    def conn():
+        """This worker thread's connection, kept open: closing the last one would checkpoint the WAL every request."""
+        if getattr(local, "conn", None) is None:
+            local.conn = db.connect(catalogue)
+        return local.conn
+
+    @app.exception_handler(db.CatalogueError)
+    async def _bad(request: Request, e: db.CatalogueError):
+        return JSONResponse({"error": str(e)}, status_code=400)
+
+    @app.exception_handler(db.Conflict)
+    async def _conflict(request: Request, e: db.Conflict):
+        return JSONResponse({"error": str(e)}, status_code=409)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/api/next")
+    def next_item(reviewer: str = "reviewer", skip: str = ""):
+        ids = tuple(int(s) for s in skip.split(",") if s.strip().isdigit())
+        c = conn()
+        item = db.claim_next(c, reviewer, ids)
+        return {"item": item, "stats": db.stats(c), "classes": db.classes(c), "heatmap": maps.reason is None, "why_no_heatmap": maps.reason}
+
+    @app.get("/api/items/{item_id}/photo")
+    def photo(item_id: int):
+        item = db.item(conn(), item_id)
+        return _image(item, item_id, lambda: _photo_jpeg(item["path"]), "image/jpeg")
+
+    @app.get("/api/items/{item_id}/heatmap")
+    def heatmap(item_id: int):
+        if maps.reason:
+            return JSONResponse({"error": maps.reason}, status_code=404)
+        item = db.item(conn(), item_id)
+        return _image(item, item_id, lambda: maps.png(item["path"], item["label"]), "image/png")
+
+    @app.post("/api/items/{item_id}/decision")
+    def decision(item_id: int, d: Decision):
+        c = conn()
+        return {"item": db.decide(c, item_id, d.version, d.action, d.reviewer, d.label), "stats": db.stats(c)}
+
+    @app.post("/api/undo")
+    def undo(u: Undo):
+        c = conn()
+        return {"item": db.undo(c, u.reviewer), "stats": db.stats(c)}
+
+    @app.get("/api/recent")
+    def recent(limit: int = 20):
+        c = conn()
+        return {"decisions": db.recent(c, max(1, min(limit, 200)))}
+
+    @app.get("/api/stats")
+    def stats():
+        c = conn()
+        return db.stats(c)
+
+    return app

@@ -1,0 +1,48 @@
+"""Predicting a folder of photos into a review catalogue: batch by batch, each batch one transaction, so a rerun
+(or a run after a crash or a kill) skips every photo whose content is already in the catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from fashionclf.data.images import find_images
+from fashionclf.review import db
+
+
+def label_folder(
+    run, folder: str | Path, catalogue: str | Path, batch_size: int = 64, method: str = "grabcut", on_batch: Callable | None = None
+) -> dict:
+    """run: a loaded fashionclf.api.Run (its .predict does the work). on_batch(done, to_do) after each committed batch.
+
+    Returns counts: total (image files found), added, already (content already in the catalogue, or earlier in
+    the folder), failed (unreadable; not stored, so tried again next time) and one error message per failure.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size}: expected at least 1")
+    paths = find_images([Path(folder).absolute()])  # stored absolute: the desk and the export may run elsewhere
+    if not paths:
+        raise ValueError(f"no image files found in {folder} (looked for .jpg, .png, .webp, .bmp, .gif, .tif)")
+    conn = db.connect(catalogue, create=True)
+    counts: dict = {"total": len(paths), "added": 0, "already": 0, "failed": 0, "errors": []}
+    try:
+        db.init(conn, list(run.classes), str(run.path), method)
+        known, todo = db.known_hashes(conn), []
+        for p in paths:
+            sha = hashlib.sha256(p.read_bytes()).hexdigest()
+            counts["already"] += sha in known
+            if sha not in known:
+                known.add(sha)
+                todo.append((p, sha))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            rows = run.predict([p for p, _ in chunk], method=method)
+            counts["errors"] += [f"{r['file']}: {r['error']}" for r in rows if "error" in r]
+            counts["added"] += db.add_predictions(conn, [{**r, "sha256": sha} for r, (_, sha) in zip(rows, chunk) if "error" not in r])
+            if on_batch:
+                on_batch(min(start + batch_size, len(todo)), len(todo))
+    finally:
+        conn.close()
+    counts["failed"] = len(counts["errors"])
+    return counts
