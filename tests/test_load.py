@@ -44,3 +44,7 @@ def test_300_requests_at_concurrency_16_without_errors(tmp_path):
     assert level["requests"] == 300 and level["errors"] == 0, level["error_examples"]
     assert res["server_pid_unchanged"] and res["healthy_after"]
     assert level["p50_ms"] > 0 and level["requests_per_s"] > 0
+    # memory: sampled every 5 ms in the server process; the burst may grow it a little (threads, arenas), no more
+    assert level["rss_mb_before"] <= level["rss_mb_peak"] < 1024, level
+    assert level["rss_mb_after"] <= 1.15 * level["rss_mb_before"], level
+    assert res["rss_mb_after_idle_2s"] <= 1.15 * res["rss_mb_after_warmup"], res

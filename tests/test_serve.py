@@ -4,6 +4,7 @@ import base64
 import contextlib
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -218,7 +219,12 @@ def _chromium():
         "--disable-quic",
     ):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations show there
     return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+
+
+def _csp_violations(browser) -> list[str]:
+    return [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
 
 
 @pytest.mark.browser
@@ -250,6 +256,49 @@ def test_web_page_in_headless_chromium(client, tmp_path):
             browser.find_element(By.ID, "pick").send_keys(str(bad))
             WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "label").get_attribute("class") == "err")
             assert "image 0" in browser.find_element(By.ID, "label").text
+            assert _csp_violations(browser) == []  # the page runs under its own strict policy
+        finally:
+            browser.quit()
+
+
+HOSTILE = [f'<img src=x onerror="window.pwned={i}">' for i in range(9)] + ["</div><script>window.pwned=9</script>"]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_class_and_model_names_are_shown_as_text_in_headless_chromium(tmp_path):
+    """A run whose class names (and model name) are markup: the page shows them as text and runs none of it."""
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fashionclf.models import build_model
+
+    cfg = resolve_config("mlp", None)
+    torch.manual_seed(0)
+    out = save_run(tmp_path / "run", build_model(cfg), cfg, {"calibration": {"temperature": 1.0, "threshold": 0.5}}, [], HOSTILE, {})
+    run = load_run(out)
+    run.meta["model"] = "<script>window.pwned='model'</script>"
+    app = create_app(run=run)
+    photo = tmp_path / "item.jpg"
+    photo.write_bytes(JPEG)
+    expected = _ok(TestClient(app), [JPEG])[0]
+    with live_server(app) as base:
+        browser = _chromium()
+        try:
+            browser.get(base + "/")
+            assert "<script>window.pwned='model'</script>" in browser.find_element(By.TAG_NAME, "code").text
+            browser.find_element(By.ID, "pick").send_keys(str(photo))
+            label = WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "label").get_attribute("data-label"))
+            assert label == expected["label"] in HOSTILE
+            assert browser.find_element(By.ID, "label").text.startswith(expected["label"] + " (")
+            names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#bars > div > div:first-child")]
+            assert [n.rsplit(" ", 1)[0] for n in names] == [t["label"] for t in expected["top_k"]]
+            assert browser.find_elements(By.CSS_SELECTOR, "#bars img, #label img, #bars script") == []
+            assert len(browser.find_elements(By.TAG_NAME, "img")) == 2  # the photo and what the model saw, nothing else
+            time.sleep(0.5)  # an injected onerror would have fired by now
+            assert browser.execute_script("return window.pwned === undefined")
+            assert _csp_violations(browser) == []
         finally:
             browser.quit()
 

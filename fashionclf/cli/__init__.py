@@ -34,6 +34,7 @@ EXTRAS = {
     "starlette": "serve",
     "uvicorn": "serve",
     "multipart": "serve",
+    "python_multipart": "serve",
     "onnx": "export",
     "onnxruntime": "export",
     "mlflow": "track",

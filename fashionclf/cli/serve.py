@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 ORDER = 50  # place in `fashionclf --help`
+KEY_ENV = "FASHIONCLF_API_KEY"
+MALLOC_ENV = "FASHIONCLF_SERVE_MALLOC"  # trim (default), keep or release: see _serve_memory and docs/serve-export.md
 
 
 def add_parser(sub) -> None:
@@ -18,7 +21,23 @@ def add_parser(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (the run's model) or onnx (onnxruntime)")
+    a = s.add_argument_group("access")
+    key_help = f"require this key on every route but /health (visible in `ps`: prefer --api-key-file or ${KEY_ENV})"
+    a.add_argument("--api-key", metavar="KEY", help=key_help)
+    a.add_argument("--api-key-file", metavar="PATH", help="read the key from this file (its first line)")
+    a.add_argument("--docs", action="store_true", help="serve Swagger UI at /docs from the swagger-ui-bundle package (off by default)")
+    _limit_flags(s.add_argument_group("limits (413 past a size limit, 503 + Retry-After when busy, 408/504 past the timeout)"))
     s.set_defaults(func=serve)
+
+
+def _limit_flags(group) -> None:
+    import dataclasses
+
+    from fashionclf.serving.limits import Limits, flag
+
+    for f in dataclasses.fields(Limits):
+        kind = int if f.type == "int" else float
+        group.add_argument(flag(f.name), type=kind, default=f.default, metavar="N", help=f"{f.metadata['help']} (default {f.default:,})")
 
 
 def export(args) -> int:
@@ -41,12 +60,73 @@ def export(args) -> int:
     return 0
 
 
+def api_key(args) -> str | None:
+    """The key from --api-key, --api-key-file or $FASHIONCLF_API_KEY (one of them at most), or None."""
+    given = [n for n, v in (("--api-key", args.api_key), ("--api-key-file", args.api_key_file)) if v is not None]
+    if len(given) > 1:
+        raise ValueError("give the API key once: --api-key or --api-key-file, not both")
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"--api-key-file {args.api_key_file}: not a text file") from None
+        source = f"--api-key-file {args.api_key_file}"
+    elif args.api_key is not None:
+        key, source = args.api_key.strip(), "--api-key"
+    elif os.environ.get(KEY_ENV) is not None:
+        key, source = os.environ[KEY_ENV].strip(), f"${KEY_ENV}"
+    else:
+        return None
+    if not key:
+        raise ValueError(f"{source}: the API key is empty")
+    return key
+
+
+def _serve_memory() -> str:
+    """How the service's process treats freed memory, from $FASHIONCLF_SERVE_MALLOC (measured in docs/serve-export.md).
+
+    `keep_freed_memory` (cli/__init__.py, for every command) raises glibc's mmap and trim thresholds to 1 GiB,
+    so a decoded photo's buffers are reused, and then kept at the peak for good.
+    trim (default): keep that setting, and give the freed heap back whenever the workers fall idle after photos.
+    keep: keep it and never give back.  release: fixed 256 KiB thresholds, every big buffer unmapped when freed.
+    """
+    import ctypes
+    import ctypes.util
+
+    mode = os.environ.get(MALLOC_ENV, "trim")
+    if mode not in ("trim", "keep", "release"):
+        raise ValueError(f"${MALLOC_ENV}={mode!r}: expected trim, keep or release")
+    name = ctypes.util.find_library("c")
+    if mode != "release" or not name or not sys.platform.startswith("linux"):
+        return mode
+    try:
+        libc = ctypes.CDLL(name)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 10)
+    except (OSError, AttributeError):  # not glibc: nothing was changed either
+        pass
+    return mode
+
+
 def serve(args) -> int:
+    import dataclasses
+
     import uvicorn
 
     from fashionclf.serving.app import create_app
+    from fashionclf.serving.guard import startup_warnings
+    from fashionclf.serving.limits import Limits
 
-    app = create_app(args.run, backend=args.backend)  # loads the run once, before the port opens
-    print(f"serving {args.run} on http://{args.host}:{args.port}/ (page), /v1/predict, /v1/models, /health", file=sys.stderr)
+    key = api_key(args)
+    limits = {f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}
+    trim = _serve_memory() == "trim"
+    # the run is loaded here, before the port opens
+    app = create_app(args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, **limits)
+    for line in startup_warnings(args.host, key):
+        print(f"fashionclf: {line}", file=sys.stderr)
+    routes = "/ (page), /v1/predict, /v1/models, /health, /openapi.json" + (", /docs" if args.docs else "")
+    print(f"serving {args.run} on http://{args.host}:{args.port}/: {routes}{'; API key required' if key else ''}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

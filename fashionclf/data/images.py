@@ -43,6 +43,14 @@ def _open(source: str | Path | bytes) -> Image.Image:
         raise ImageError(f"cannot be opened ({e.strerror or e})") from None
 
 
+def image_size(source: str | Path | bytes) -> tuple[int, int]:
+    """(width, height) from the header alone: PIL opens lazily, so no pixel is decoded (pixel budgets check this)."""
+    if isinstance(source, bytes | bytearray) and len(source) == 0:
+        raise ImageError("the file is empty (0 bytes)", "empty")
+    with _open(source) as im:
+        return im.size
+
+
 def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An (H, W, 3) uint8 RGB array from a file path or bytes; ImageError says why it could not be read."""
     if isinstance(source, bytes | bytearray) and len(source) == 0:

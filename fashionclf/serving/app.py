@@ -1,43 +1,42 @@
 """An HTTP service around one trained run: FastAPI, the model loaded once, a web page to try it.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/predict (multipart `file` fields, or the KServe V1
-JSON shape {"instances": [{"b64": "..."}]}), GET / (the page). Every refusal is a JSON error with a
-4xx code and a message; decoding, preprocessing and inference run in a worker thread, so the event
-loop keeps answering /health while a batch is being classified.
+JSON shape {"instances": [{"b64": "..."}]}), GET / (the page), GET /openapi.json (and /docs with docs=True).
+Every refusal is JSON {"error": message} with its status (guard.py). The body is read with a hard byte
+cap, pixels are budgeted from the image headers before decoding, and decoding, preprocessing and inference
+run on a bounded pool of worker threads (limits.py), so the event loop keeps answering /health.
+
+Adding a route that takes images: copy /v1/predict's three steps (admitted, read_images, ticket.run with a
+function that starts with check_pixels), declare its shapes in schemas.py, and add its test.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import html
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse
 
-from fashionclf.data.images import MAX_PIXELS, ImageError
+from fashionclf.data.images import ImageError
 from fashionclf.predict import png_bytes, predict_arrays, preprocess_file
 from fashionclf.runs import Run, load_run
+from fashionclf.serving import guard, schemas
+from fashionclf.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a phone photo is 2-8 MB; larger requests are refused before parsing
-MAX_FILES = 64  # images per request; a catalogue job belongs to `fashionclf predict`, not to HTTP
-STATUS = {"empty": 400, "unsupported": 415, "too_large": 413, "damaged": 422, "missing": 400}
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+__all__ = ["MAX_FILES", "MAX_UPLOAD_BYTES", "STATUS", "Limits", "Predictor", "RequestError", "create_app"]
+MAX_UPLOAD_BYTES = Limits().max_body_bytes  # the defaults, for callers of the earlier module constants
+MAX_FILES = Limits().max_files
 
 
 class Predictor:
     """The run, loaded once; one inference at a time (two cores: concurrent forwards would only thrash)."""
 
-    def __init__(self, run: Run, max_pixels: int = MAX_PIXELS, backend: str = "torch"):
+    def __init__(self, run: Run, max_pixels: int = Limits().max_pixels_per_image, backend: str = "torch"):
         self.run, self.max_pixels = run, max_pixels
         self.lock = threading.Lock()
         self.backend = None  # PyTorch
@@ -67,72 +66,47 @@ class Predictor:
         return results
 
 
-async def _read_blobs(request: Request) -> list[bytes]:
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > MAX_UPLOAD_BYTES:
-        raise RequestError(413, f"request body of {int(size):,d} bytes is above the limit of {MAX_UPLOAD_BYTES:,d}")
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=MAX_UPLOAD_BYTES)
-        except Exception as e:  # starlette raises its own MultiPartException/HTTPException for limits and bad bodies
-            msg = getattr(e, "detail", None) or str(e) or "malformed multipart body"
-            status = 413 if "too many" in msg.lower() or "exceed" in msg.lower() else 400
-            raise RequestError(status, f"{msg} (at most {MAX_FILES} files of {MAX_UPLOAD_BYTES:,d} bytes in all)") from None
-        files = form.getlist("file")
-        if not files:
-            names = sorted(set(form.keys()))
-            raise RequestError(400, f"expected one or more 'file' fields with images; got fields {names or 'none'}")
-        blobs = []
-        for f in files:
-            if isinstance(f, str):
-                raise RequestError(400, "the 'file' field must be an uploaded file, not text")
-            blobs.append(await f.read())
-        return blobs
-    body = await request.body()
-    if len(body) > MAX_UPLOAD_BYTES:
-        raise RequestError(413, f"request body of {len(body):,d} bytes is above the limit of {MAX_UPLOAD_BYTES:,d}")
-    if not body:
-        raise RequestError(400, 'empty request: send multipart \'file\' fields or JSON {"instances": [{"b64": "..."}]}')
-    try:
-        import json
+def create_app(
+    run_dir: str | Path | None = None,
+    run: Run | None = None,
+    backend: str = "torch",
+    *,
+    api_key: str | None = None,
+    docs: bool = False,
+    trim_memory: bool = True,
+    **limits,
+) -> FastAPI:
+    """The service for one run (a folder, or an already loaded Run), on PyTorch or onnxruntime.
 
-        payload = json.loads(body)
-    except ValueError:
-        raise RequestError(400, "the body is neither multipart/form-data nor JSON") from None
-    instances = payload.get("instances") if isinstance(payload, dict) else None
-    if not isinstance(instances, list) or not instances:
-        raise RequestError(400, 'expected JSON {"instances": [{"b64": "<base64 image>"}, ...]} with at least one instance')
-    if len(instances) > MAX_FILES:
-        raise RequestError(413, f"{len(instances)} instances; at most {MAX_FILES} per request")
-    blobs = []
-    for i, inst in enumerate(instances):
-        b64 = inst.get("b64") if isinstance(inst, dict) else None
-        if not isinstance(b64, str):
-            raise RequestError(400, f'instance {i}: expected an object {{"b64": "<base64 image>"}}')
-        try:
-            blobs.append(base64.b64decode(b64, validate=True))
-        except (binascii.Error, ValueError):
-            raise RequestError(400, f"instance {i}: malformed base64") from None
-    return blobs
-
-
-def create_app(run_dir: str | Path | None = None, run: Run | None = None, backend: str = "torch") -> FastAPI:
-    """The service for one run (a folder, or an already loaded Run), on PyTorch or onnxruntime."""
+    api_key: required on every route but /health (`Authorization: Bearer KEY` or `X-API-Key: KEY`).
+    docs: serve Swagger UI at /docs from the swagger-ui-bundle package (never from a CDN).
+    trim_memory: give freed heap back to the system when the workers fall idle after decoding photos.
+    limits: any field of limits.Limits (max_body_mb, max_files, max_pixels_per_image, max_pixels_per_request,
+    workers, queue, timeout_s, max_buffered_mb); the rest keep their defaults.
+    """
+    lim = Limits(**limits)
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty; give a non-empty key or none")
     run = run or load_run(run_dir)
-    predictor = Predictor(run, backend=backend)
-    app = FastAPI(title="fashionclf", description="Categorise product photos with a trained fashionclf run.")
-    app.state.run, app.state.predictor = run, predictor
+    predictor = Predictor(run, max_pixels=lim.max_pixels_per_image, backend=backend)
+    gate = Gate(lim, trim=trim_memory)
+    app = FastAPI(
+        title="fashionclf",
+        description="Categorise product photos with a trained fashionclf run.",
+        docs_url=None,  # the default pages load Swagger UI and ReDoc from a CDN
+        redoc_url=None,
+    )
+    app.state.run, app.state.predictor, app.state.limits, app.state.gate = run, predictor, lim, gate
+    app.router.add_event_handler("shutdown", gate.close)
+    guard.install(app, api_key)
+    keyed = (401,) if api_key else ()
+    n_classes = len(run.classes)
 
-    @app.exception_handler(RequestError)
-    async def _refused(request: Request, e: RequestError):
-        return JSONResponse({"error": e.message}, status_code=e.status)
-
-    @app.get("/health")
+    @app.get("/health", response_model=schemas.Health)
     def health():
         return {"status": "ok", "model": run.meta["model"], "backend": backend}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=schemas.ModelInfo, responses=schemas.error_responses(*keyed))
     def models():
         m = run.metrics
         return {
@@ -144,18 +118,69 @@ def create_app(run_dir: str | Path | None = None, run: Run | None = None, backen
             "calibration": m.get("calibration"),
         }
 
-    @app.post("/v1/predict")
-    async def predict(request: Request, top_k: int = 3, preprocessed: bool = False):
-        if not 1 <= top_k <= len(run.classes):
-            raise RequestError(400, f"top_k {top_k}: expected 1-{len(run.classes)}")
-        blobs = await _read_blobs(request)
-        return {"predictions": await run_in_threadpool(predictor.predict, blobs, top_k, preprocessed)}
+    @app.post(
+        "/v1/predict",
+        response_model=schemas.Predictions,
+        response_model_exclude_none=True,
+        responses=schemas.error_responses(400, *keyed, 408, 413, 415, 422, 503, 504),
+        openapi_extra=schemas.predict_request_body(lim.max_files),
+    )
+    async def predict(
+        request: Request,
+        top_k: int = Query(3, ge=1, le=n_classes, description="how many classes to rank"),
+        preprocessed: bool = Query(False, description="add the image the model saw, as base64 PNG"),
+    ):
+        async with admitted(gate, lim) as ticket:
+            blobs = await read_images(request, lim, ticket)
+            return {"predictions": await ticket.run(_work, predictor, gate, blobs, top_k, preprocessed)}
 
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        return PAGE.replace("{{MODEL}}", run.meta["model"])
+    page, csp = _page(run.meta["model"])
 
+    @app.get("/", response_class=HTMLResponse, responses=schemas.error_responses(*keyed))
+    def index():
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp})
+
+    if docs:
+        _add_docs(app)
     return app
+
+
+def _work(predictor: Predictor, gate: Gate, blobs: list[bytes], top_k: int, preprocessed: bool) -> list[dict]:
+    """On a worker thread: the pixel budget from the headers, then decoding, preprocessing and inference."""
+    pixels = check_pixels(blobs, gate.limits)
+    with gate.lock:
+        gate.decoded += pixels
+    return predictor.predict(blobs, top_k, preprocessed)
+
+
+def _page(model: str) -> tuple[str, str]:
+    """The page with the model's name (escaped), and a CSP that allows its own inline script and style only."""
+    page = PAGE.replace("{{MODEL}}", html.escape(model))
+    return page, guard.inline_csp(page)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs, its files served from the swagger-ui-bundle package: nothing from a third party."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        raise ValueError("--docs serves Swagger UI from the swagger-ui-bundle package: pip install swagger-ui-bundle") from None
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+    body = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="fashionclf API",
+        swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs/assets/swagger-ui.css",
+        swagger_favicon_url="/docs/assets/favicon-32x32.png",
+    ).body.decode()
+    csp = guard.inline_csp(body, extra=" 'unsafe-inline'")  # Swagger UI sets style attributes; its script is hashed
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger():
+        return HTMLResponse(body, headers={"Content-Security-Policy": csp})
 
 
 # The page (page.html beside this file): no external scripts, styles or fonts, so it works offline and behind strict CSPs.
