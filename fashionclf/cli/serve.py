@@ -14,6 +14,14 @@ def add_parser(sub) -> None:
     s = sub.add_parser("export", help="export a run as ONNX (pixels in, calibrated probabilities out), checked against PyTorch")
     s.add_argument("run", help="run folder")
     s.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write (never overwritten)")
+    s.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8, calibrated on the run's validation images; refused when test accuracy falls by more than 0.3 points",
+    )
+    s.add_argument("--data", help="with --int8, for an image-folder run: its folder (validation and test images)")
+    s.add_argument("--val-data", help="with --int8 and --data: the run's validation folder, if it had one")
+    s.add_argument("--data-dir", help="with --int8, for a Fashion-MNIST run: the folder with the IDX files")
     s.set_defaults(func=export)
 
     s = sub.add_parser("serve", help="an HTTP service and web page for a trained run (FastAPI + uvicorn)")
@@ -50,11 +58,20 @@ def export(args) -> int:
     check_new_file(out, "--onnx")
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"--onnx {out}: expected a file name ending in .onnx")
-    data, report = run.export(args.onnx)
+    if (args.data or args.val_data or args.data_dir) and not args.int8:
+        raise ValueError("--data, --val-data and --data-dir go with --int8 (they give its calibration and test images)")
+    data, report = run.export(args.onnx, int8=args.int8, data=args.data, val_data=args.val_data, data_dir=args.data_dir)
     rows = report["parity"]
     for r in rows:
         print(
             f"parity batch {r['batch']:3d}: max |p_onnx - p_torch| {r['max_abs_diff']:.2e}, same argmax {r['same_argmax']}", file=sys.stderr
+        )
+    if "int8" in report:
+        q = report["int8"]
+        print(
+            f"int8: test accuracy {q['fp32_accuracy'] * 100:.2f}% -> {q['int8_accuracy'] * 100:.2f}% "
+            f"({q['drop_points']:+.2f} points lost) on {q['test_images']:,d} images",
+            file=sys.stderr,
         )
     print(f"{args.onnx} ({len(data) / 1e6:.1f} MB): input 'pixels' (N, C, H, W) in [0, 1], output 'probabilities' (N, {len(run.classes)})")
     return 0
