@@ -234,6 +234,9 @@ def load_data(
         from fashionclf.data.folders import add_converted_photos
 
         skipped += add_converted_photos(ds, cfg.extra_photos, cfg.extra_class_map, cfg.extra_repeat)
+    # How they were loaded, kept with a training's checkpoint so that `train --resume` loads them again.
+    where = {k: v if v is None else str(Path(v).absolute()) for k, v in (("data", data), ("val_data", val_data), ("data_dir", data_dir))}
+    ds.load_options = {**where, "image_size": image_size, "allow_download": allow_download, "train_limit": train_limit}
     return ds, skipped
 
 
@@ -258,23 +261,34 @@ def train(
     overwrite: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
     on_batch_factory: Callable | None = None,
+    resume: bool = False,
     **data_options,
 ) -> Run | None:
     """Train one run into `out` and return it loaded (None on the helper ranks of a torchrun job).
 
     config: a TrainConfig, a recipe name ("best-cpu"), or a file (recipe .toml, a run's meta.json).
     data: a loaded dataset, an image folder, or None for Fashion-MNIST; data_options go to load_data.
+    resume: continue the training a kill left in `out` (its checkpoint), with its config (config None) and,
+    where data is None, its data as it loaded them.
     """
     from fashionclf.engine import distributed
     from fashionclf.runs import check_writable
-    from fashionclf.study import train_and_save
+    from fashionclf.study import resume_plan, train_and_save
 
-    cfg = as_config(config if config is not None else RECOMMENDED_MODEL)
+    if resume:
+        if out is None:
+            raise ValueError("resume=True continues the training in `out`: give that folder")
+        cfg, loaded = resume_plan(out)
+        cfg = as_config(config) if config is not None else cfg  # another config than the checkpoint's is refused
+        data_options = {**(loaded or {}), **data_options} if data is None else data_options
+        data = data_options.pop("data", None) if data is None else data
+    else:
+        cfg = as_config(config if config is not None else RECOMMENDED_MODEL)
     out = Path(out) if out is not None else default_out(cfg)
-    check_writable(out, overwrite)
+    check_writable(out, overwrite, resume)
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
-    train_and_save(cfg, data, out, overwrite, on_epoch, on_batch_factory)
+    train_and_save(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume)
     return load_run(out) if distributed.is_main() else None
 
 

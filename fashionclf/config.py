@@ -52,8 +52,11 @@ class TrainConfig:
     seed: int = setting(0, "seed of initialisation, order and augmentation", "data", lo=0, hi=2**31 - 1, flag=False)
     val_size: int = setting(6000, "Fashion-MNIST: images held out of the 60k train split for model choice", "data", lo=0, hi=59_990)
     split_seed: int = setting(0, "seed of the validation split (independent of --seed)", "data", lo=0, hi=2**31 - 1)
-    precision: str = setting("auto", "auto | bf16 | fp32 (auto: bf16 where supported)", "hardware", choices=("auto", "bf16", "fp32"))
-    channels_last: bool = setting(True, "channels_last memory format (oneDNN's fast path)", "hardware")
+    precision: str = setting(
+        "auto", "auto | bf16 | fp32 (auto: the variant timed fastest here, cached; bf16 only where the CPU has it natively)",
+        "hardware", choices=("auto", "bf16", "fp32"),
+    )  # fmt: skip
+    channels_last: bool = setting(True, "channels_last memory format (under auto a preference: the other one if timed faster)", "hardware")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", "hardware")
     threads: int = setting(0, "torch CPU threads (0: one per CPU this process may use)", "hardware", lo=0, hi=1024)
     compile: bool = setting(False, "torch.compile the training step (GPUs; on CPUs it measured slower)", "hardware")
@@ -88,6 +91,8 @@ def config_from_dict(d: dict, strict: bool = False) -> TrainConfig:
     aug_valid = {f.name for f in dataclasses.fields(AugmentConfig)}
     unknown = sorted(set(d) - valid) + [f"aug.{k}" for k in sorted(set(aug) - aug_valid)]
     if unknown and strict:
+        if all(k.startswith("aug.") for k in unknown):  # name only the table the unknown keys are in
+            raise ValueError(f"unknown config keys {unknown}; valid in aug: {', '.join(sorted(aug_valid))}")
         raise ValueError(f"unknown config keys {unknown}; valid: {sorted(valid)} and aug.{{{', '.join(sorted(aug_valid))}}}")
     aug = {k: v for k, v in aug.items() if k in aug_valid}
     return TrainConfig(**{k: v for k, v in d.items() if k in valid and k != "aug"}, aug=AugmentConfig(**aug))

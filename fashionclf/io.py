@@ -1,7 +1,8 @@
-"""Atomic writes and JSON: a file under its final name is always complete."""
+"""Atomic writes, JSON, and a lock on a folder: a file under its final name is always complete."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -49,3 +50,23 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def try_lock(path: str | Path) -> int | None:
+    """An exclusive flock on `path` (created if missing), held until the returned descriptor is closed (or the
+    process ends, however it ends); None when another process holds it. Where the file was replaced between
+    opening and locking it (a finished training renames its folder away), the lock is taken again on the new one."""
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise OSError(f"{path} keeps being replaced; cannot lock it")

@@ -35,19 +35,25 @@ def results_from_logits(run: Run, logits: torch.Tensor, top_k: int = 3) -> list[
 
 
 def results_from_probs(run: Run, probs: torch.Tensor, top_k: int = 3) -> list[dict]:
-    """One result per row of calibrated probabilities: label, confidence, top-k, review flag."""
+    """One result per row of calibrated probabilities: label, confidence, top-k, review flag.
+
+    A row that is not all finite numbers (a damaged model or calibration; load_run refuses those, so this is
+    a second guard) gets confidence 0 and is flagged for review: a NaN never reaches a response or a file.
+    """
     threshold = review_threshold(run)
+    finite = torch.isfinite(probs).all(1)
+    probs = torch.where(finite[:, None], probs, torch.zeros_like(probs))
     k = min(top_k, probs.shape[1])
     conf, idx = probs.topk(k, dim=1)
     out = []
-    for c, i in zip(conf.tolist(), idx.tolist()):
+    for c, i, ok in zip(conf.tolist(), idx.tolist(), finite.tolist()):
         out.append(
             {
                 "label": run.classes[i[0]],
                 "index": i[0],
                 "confidence": c[0],
                 "top_k": [{"label": run.classes[j], "index": j, "confidence": p} for j, p in zip(i, c)],
-                "needs_review": threshold is None or c[0] < threshold,
+                "needs_review": not ok or threshold is None or c[0] < threshold,
             }
         )
     return out
@@ -98,8 +104,8 @@ def joint_results(runs: list[Run], probs: list[torch.Tensor], top_k: int = 3) ->
     strict = None if None in thresholds else max(thresholds)
     tops = torch.stack([p.argmax(1) for p in probs])
     agree = (tops == tops[0]).all(0) & (tops[0] == mean.argmax(1))
-    for row, a in zip(out, agree.tolist()):
-        row["needs_review"] = strict is None or not a or row["confidence"] < strict
+    for row, a in zip(out, agree.tolist()):  # flagged alone (no finite probabilities) stays flagged
+        row["needs_review"] = row["needs_review"] or strict is None or not a or row["confidence"] < strict
     return out
 
 
@@ -191,8 +197,9 @@ def predict_files(
 
 
 def _save_png(folder: Path, source: Path, img: np.ndarray) -> None:
-    # The source's path, flattened, keeps names from different folders apart.
-    name = "__".join(p for p in source.with_suffix("").parts if p not in ("/", "..", ".")) + ".png"
+    # The source's path, flattened, keeps names from different folders apart; its suffix stays, so x.jpg and
+    # x.png beside it get x.jpg.png and x.png.png instead of one overwriting the other.
+    name = "__".join(p for p in source.parts if p not in ("/", "..", ".")) + ".png"
     atomic_write_bytes(folder / name, png_bytes(img))
 
 

@@ -3,26 +3,33 @@
 Test-set figures are computed once, after training has chosen its weights on the
 validation split, and stored with the run (metrics.json and the test logits),
 so reports derive everything from stored outputs without re-running models.
+
+A training claims its run folder (a lock) and keeps the checkpoint of its last
+epoch there, so a killed one continues with `resume=True` (`train --resume DIR`)
+to the weights an uninterrupted one would have reached.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from fashionclf.config import TrainConfig, config_to_dict
+from fashionclf.config import TrainConfig, config_from_dict, config_to_dict
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
 from fashionclf.engine import distributed
-from fashionclf.engine.device import resolve_precision
+from fashionclf.engine.checkpoint import CHECKPOINT, CheckpointError, read_state
+from fashionclf.engine.device import inference_precision, resolve_precision
 from fashionclf.engine.inference import infer, measure_inference
 from fashionclf.engine.loop import fit
 from fashionclf.evaluation.calibrate import calibrate, calibration_report
 from fashionclf.evaluation.metrics import classification_report
 from fashionclf.io import atomic_write_text, to_json
-from fashionclf.runs import PREDICTIONS, Run, RunError, check_writable, load_run, save_run
+from fashionclf.runs import METRICS, METRICS_FIELDS, PREDICTIONS, Run, RunError, check_metadata, check_writable, claim, load_run, save_run
 
 
 def train_and_save(
@@ -33,20 +40,78 @@ def train_and_save(
     on_epoch: Callable | None = None,
     on_batch_factory: Callable | None = None,
     extra_meta: dict | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Fit cfg on data, score it on the test set, write the run folder; return its metrics."""
-    check_writable(out, overwrite)  # before training, not after ten minutes of it
-    res = fit(cfg, data.train_x, data.train_y, data.val_x, data.val_y, len(data.classes), on_epoch, on_batch_factory)
-    if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
-        return {}
+    """Fit cfg on data, score it on the test set, write the run folder; return its metrics.
+
+    `out` is claimed (locked) before training and holds the checkpoint of the last finished epoch until the
+    run replaces it; resume=True continues from that checkpoint (the same config and data, else a RunError).
+    How the data were loaded (`data.load_options`, set by fashionclf.api.load_data) is recorded with it, so
+    `train --resume` can load them again.
+    """
+    # Rank 0 holds the folder; the other ranks of a torchrun job only read the checkpoint to resume.
+    held = claim(out, overwrite, resume) if distributed.is_main() else contextlib.nullcontext(Path(out) / CHECKPOINT)
+    with held as checkpoint:
+        same = {**data_info(data), "source": None, "sha256": data_digest(data)}  # what a resumed run must train on again
+        if resume:
+            check_resumable(checkpoint, cfg, same)
+        extra = {"data": same, "data_options": getattr(data, "load_options", None)}
+        xy = (data.train_x, data.train_y, data.val_x, data.val_y)
+        res = fit(cfg, *xy, len(data.classes), on_epoch, on_batch_factory, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
+        if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
+            return {}
+        return _score_and_save(cfg, data, out, res, overwrite, extra_meta)
+
+
+def data_digest(data: FashionMNIST) -> str:
+    """SHA-256 of the training images and labels as trained on (a resumed run must see the same)."""
+    h = hashlib.sha256()
+    for t in (data.train_x, data.train_y, data.val_x, data.val_y):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_resumable(checkpoint: Path, cfg: TrainConfig, data: dict) -> None:
+    """The checkpoint is of this config and these data; a CheckpointError saying which differs otherwise."""
+    state = read_state(checkpoint)
+    then, now = state["config"], json.loads(to_json(config_to_dict(cfg)))
+    if then != now:
+        diff = sorted(k for k in now if then.get(k) != now[k])
+        raise CheckpointError(f"{checkpoint} is of another configuration ({', '.join(diff)} differ); resume it with its own")
+    if state["extra"].get("data") != data:
+        raise CheckpointError(f"{checkpoint} was trained on other data (images, labels or split differ); resume it on the same data")
+
+
+def resume_plan(out: str | Path) -> tuple[TrainConfig, dict | None]:
+    """The config a run folder's checkpoint trains, and how its data were loaded (None: given from Python)."""
+    check_writable(out, resume=True)
+    state = read_state(Path(out) / CHECKPOINT)
+    try:
+        cfg = config_from_dict(state["config"], strict=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(out) / CHECKPOINT}: its config cannot be used ({e})") from None
+    return cfg, state["extra"].get("data_options")
+
+
+def usable_calibration(calibration: dict | None) -> dict | None:
+    """The calibration as fitted, or None (every item reviewed) where it could not be fitted (NaN logits)."""
+    try:
+        check_metadata(Path(METRICS), json.loads(to_json({"calibration": calibration})), METRICS_FIELDS)
+    except RunError:
+        return None
+    return calibration
+
+
+def _score_and_save(cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: bool, extra_meta: dict | None) -> dict:
     device = torch.device(res.device)
-    amp = resolve_precision(cfg.precision, device)
-    val_logits = infer(res.model, data.val_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last, tta=cfg.tta)
-    test_logits = infer(res.model, data.test_x, device=device, amp_dtype=amp, channels_last=cfg.channels_last, tta=cfg.tta)
+    inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
+    amp, cl = inf.dtype, inf.channels_last
+    val_logits = infer(res.model, data.val_x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta)
+    test_logits = infer(res.model, data.test_x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta)
     val_rep = classification_report(val_logits, data.val_y, data.classes)
     test_rep = classification_report(test_logits, data.test_y, data.classes)
     # Temperature and review threshold from the validation split; the test set only reports what they do.
-    calibration = calibrate(val_logits, data.val_y) if len(data.val_y) else None
+    calibration = usable_calibration(calibrate(val_logits, data.val_y)) if len(data.val_y) else None
     metrics = {
         "model": cfg.model,
         "seed": cfg.seed,
@@ -62,7 +127,9 @@ def train_and_save(
         "device": res.device,
         "precision": res.precision,
         "world_size": res.world_size,  # processes that trained it (torchrun); 1 for a plain run
-        "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cfg.channels_last, cfg.tta),
+        # how precision and channels_last were chosen (timed under --precision auto), with the timings and CPU flags
+        "precision_choice": {"train": res.precision_choice, "infer": inf.record()},
+        "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cl, cfg.tta),
         "test_per_class": test_rep["per_class"],
         "test_confusion_matrix": test_rep["confusion_matrix"],
         "calibration": calibration,
@@ -84,6 +151,7 @@ def train_and_save(
         overwrite=overwrite,
         predictions=predictions,
         extra_meta=extra_meta,
+        claimed=True,
     )
     return metrics
 
@@ -212,13 +280,23 @@ def compare(
         else:
             if on_run_start:
                 on_run_start(cfg, run_dir)
-            metrics = train_and_save(cfg, data, run_dir, overwrite=run_dir.exists(), on_epoch=on_epoch, on_batch_factory=on_batch_factory)
+            resume = not overwrite and _resumable(run_dir, cfg, data)  # a run killed mid-training continues
+            overwrite_dir = run_dir.exists() and not resume
+            metrics = train_and_save(cfg, data, run_dir, overwrite_dir, on_epoch, on_batch_factory, resume=resume)
         row = {**{k: metrics.get(k) for k in RESULT_KEYS}, "name": run_label(cfg), "resolution": cfg.resolution}
         if robustness_images:
             row["robustness"] = run_robustness(run_dir, data, robustness_images)["mean"]
         runs.append({**row, "run_dir": str(run_dir.relative_to(out))})
         atomic_write_text(out / "results.json", to_json({"runs": runs}))
     return {"runs": runs}
+
+
+def _resumable(run_dir: Path, cfg: TrainConfig, data: FashionMNIST) -> bool:
+    try:
+        check_resumable(run_dir / CHECKPOINT, cfg, {**data_info(data), "source": None, "sha256": data_digest(data)})
+    except (CheckpointError, KeyError, TypeError):
+        return False
+    return True
 
 
 RESOLUTIONS = (7, 14, 21, 28)

@@ -143,3 +143,60 @@ def test_a_second_writer_of_the_same_job_is_refused(tmp_path, run, photos):
             predict_to_file(run, photos, out)
     predict_to_file(run, photos, out)  # once it is gone, the job resumes
     assert len(out.read_text().splitlines()) == len(photos)
+
+
+@pytest.mark.parametrize("odd", ["\n", "\u2028", "\r", "\r\n"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_file_names_with_line_breaks_resume(tmp_path, run, suffix, odd):
+    """Issue 19: a name holding a newline or U+2028 cut the partial CSV in two (splitlines), so the job could not
+    resume. The csv module now reads the whole text; a bare carriage return is quoted too."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(9):
+        img = np.full((40, 30, 3), 230, np.uint8)
+        img[5:35, 5:25] = rng.integers(0, 120, 3)
+        Image.fromarray(img).save(folder / (f"{i}{odd}name.png" if i % 3 == 1 else f"{i}.png"))
+    paths = sorted(folder.iterdir())
+    whole = tmp_path / f"whole{suffix}"
+    predict_to_file(run, paths, whole, batch_size=2)
+    out = tmp_path / f"resumed{suffix}"
+    with pytest.raises(Stop):
+        predict_to_file(run, paths, out, batch_size=2, on_batch=_interrupt_after(4))
+    with open(tmp_path / f"resumed{suffix}.partial", "a", newline="") as f:  # and half a record with a line break in it
+        f.write(f'"5{odd}name' if suffix == ".csv" else '{"file": "5')
+    counts = predict_to_file(run, paths, out, batch_size=2)
+    assert counts["resumed"] and counts["skipped_done"] == 4 and counts["done"] == 5
+    assert out.read_bytes() == whole.read_bytes()
+    if suffix == ".csv":
+        with open(out, newline="") as f:
+            assert [r["file"] for r in csv.DictReader(f)] == [str(p) for p in paths]
+    else:
+        assert [json.loads(line)["file"] for line in out.read_text().split("\n") if line] == [str(p) for p in paths]
+
+
+def test_save_preprocessed_keeps_same_named_files_apart(tmp_path, run):
+    """Issue 19: x.jpg and x.png beside it were both saved as x.png, the second over the first."""
+    from fashionclf.predict import predict_files
+
+    img = np.full((40, 30, 3), 230, np.uint8)
+    img[5:35, 5:25] = 30
+    Image.fromarray(img).save(tmp_path / "x.jpg")
+    Image.fromarray(255 - img).save(tmp_path / "x.png")
+    pre = tmp_path / "pre"
+    rows = list(predict_files(run, [tmp_path / "x.jpg", tmp_path / "x.png"], save_preprocessed=pre))
+    assert len(rows) == 2 and all("error" not in r for r in rows)
+    saved = sorted(p.name for p in pre.iterdir())
+    assert len(saved) == 2 and [n.endswith(("x.jpg.png", "x.png.png")) for n in saved] == [True, True]
+    assert (pre / saved[0]).read_bytes() != (pre / saved[1]).read_bytes()
+
+
+@pytest.mark.parametrize("to_file", [False, True])
+def test_predict_exits_2_when_no_input_can_be_used(tmp_path, run, capsys, to_file):
+    """Issue 19: bad input is exit status 2 for every command; predict gave 1 when no file could be read."""
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "b.png").write_bytes(b"")
+    extra = ["--out", str(tmp_path / "r.csv"), "--quiet"] if to_file else []
+    assert main(["predict", str(run.path), str(tmp_path / "a.jpg"), str(tmp_path / "b.png"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "error: none of the 2 input files could be read as an image" in err and "Traceback" not in err

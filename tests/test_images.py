@@ -98,7 +98,7 @@ def test_find_images_recurses_and_keeps_missing_paths(tmp_path):
 
 
 @pytest.mark.parametrize("light", [True, False])
-@pytest.mark.parametrize("method", ["grabcut", "threshold"])
+@pytest.mark.parametrize("method", ["grabcut", "grabcut-full", "threshold"])
 def test_item_ends_centred_light_on_black(light, method):
     photo = _photo(light_background=light, item_gray=60 if light else 200)
     out = to_fashion_mnist(photo, method)
@@ -111,6 +111,30 @@ def test_item_ends_centred_light_on_black(light, method):
     assert img[0, 0] == 0 and img[-1, -1] == 0  # background black
     if light:
         assert img[14, 14] > 150  # a dark item on white becomes light on black (negated)
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_cheap_grabcut_cuts_out_what_the_full_one_does(light):
+    """GrabCut on the small copy, mask scaled back: the same item, to within its edges (benchmarks/photo_speed.py
+    measures cost and labels on real photos)."""
+    from fashionclf.data import photos
+
+    photo = _photo(light_background=light, item_gray=60 if light else 200, size=(600, 800), box=(200, 160, 520, 440))
+    fast, full = to_fashion_mnist(photo, "grabcut"), to_fashion_mnist(photo, "grabcut-full")
+    assert photos.GRABCUT["grabcut"][0] < photos.GRABCUT["grabcut-full"][0]  # really a smaller copy
+    assert fast.mask.shape == full.mask.shape  # scaled back to the working size
+    assert (fast.mask & full.mask).sum() / (fast.mask | full.mask).sum() > 0.95
+
+    def box(m):
+        ys, xs = np.nonzero(m)
+        return np.array([ys.min(), ys.max(), xs.min(), xs.max()])
+
+    assert np.abs(box(fast.mask) - box(full.mask)).max() <= 2  # the crop, to within 2 of 200 px
+
+
+def test_unknown_method_names_the_valid_ones():
+    with pytest.raises(ValueError, match="grabcut, grabcut-full, threshold"):
+        to_fashion_mnist(_photo(), "snake")
 
 
 def test_blank_photo_gives_an_empty_item_not_an_error():

@@ -67,7 +67,7 @@ def test_weights_are_safetensors_not_pickle(tmp_path):
     [
         (lambda p: (p / META).unlink(), "meta.json is missing"),
         (lambda p: (p / META).write_text("{"), "not valid JSON"),
-        (lambda p: (p / META).write_text('{"model": "nope", "classes": []}'), "unknown model 'nope'"),
+        (lambda p: (p / META).write_text('{"model": "nope", "classes": ["a", "b"]}'), "unknown model 'nope'"),
         (lambda p: (p / WEIGHTS).unlink(), "model.safetensors is missing"),
         (lambda p: (p / WEIGHTS).write_bytes(b"garbage"), "not a valid safetensors"),
     ],
@@ -84,10 +84,39 @@ def test_weights_of_another_model(tmp_path):
     meta = json.loads((tmp_path / "run" / META).read_text())
     meta["model"] = "mlp"
     (tmp_path / "run" / META).write_text(json.dumps(meta))
-    with pytest.raises(RunError, match="does not fit model 'mlp'|cannot be rebuilt from its config"):
+    with pytest.raises(RunError, match="model_kwargs.dropout: mlp takes no such argument"):
+        load_run(tmp_path / "run")
+    meta["model_kwargs"] = {"in_chans": 1, "hidden": 128, "image_size": 28}  # mlp's own arguments: now the weights are wrong
+    (tmp_path / "run" / META).write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="does not fit model 'mlp'"):
         load_run(tmp_path / "run")
 
 
 def test_not_a_folder(tmp_path):
     with pytest.raises(RunError, match="not a folder"):
         load_run(tmp_path / "missing")
+
+
+def test_every_file_has_the_permissions_open_would_give(tmp_path):
+    """safetensors creates its files 0600; a run folder's files are all 0666 & ~umask (readable by another account)."""
+    import os
+
+    from fashionclf.io import UMASK
+
+    _save(tmp_path / "run")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    assert WEIGHTS in modes and modes == dict.fromkeys(modes, 0o666 & ~UMASK), modes
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~UMASK
+    assert os.access(tmp_path / "run" / WEIGHTS, os.R_OK)
+
+
+def test_weights_that_are_not_numbers_are_refused(tmp_path):
+    import safetensors.torch
+
+    model = _save(tmp_path / "run")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    safetensors.torch.save_file(state, str(tmp_path / "run" / WEIGHTS))
+    with pytest.raises(RunError, match=f"tensor '{name}' holds NaN or infinite values"):
+        load_run(tmp_path / "run")

@@ -200,3 +200,25 @@ def test_robust_preset_is_photos_with_the_three_weaknesses_taught_and_more_epoch
     assert (cfg.aug.rotation, cfg.aug.vflip, cfg.aug.levels, cfg.epochs) == (30.0, 0.25, 0.5, 40)
     assert dataclasses.replace(cfg.aug, rotation=base.aug.rotation, vflip=0.0, levels=0.0) == base.aug
     assert dataclasses.replace(cfg, aug=base.aug, epochs=base.epochs) == base  # nothing else differs
+
+
+@pytest.mark.parametrize(
+    "flags,says",
+    [
+        (["--batch-size", "0"], "batch_size = 0: expected a value in [2, 65536]"),
+        (["--epochs", "0"], "epochs = 0: expected a value in [1, 10000]"),
+        (["--train-limit", "-5"], "--train-limit -5: expected a positive number of images"),
+        (["--train-limit", "0"], "--train-limit 0: expected a positive number of images"),
+        (["--lr", "nan"], "lr = nan: expected a finite number"),
+    ],
+)
+def test_bad_training_numbers_are_one_line_before_any_work(tmp_path, capsys, flags, says):
+    """Issue 19: --batch-size 0 was a ZeroDivisionError, --epochs 0 torch's own message, --train-limit -5 trained on
+    53,995 images. Each is refused by the real CLI with one line (exit 2), and nothing is written."""
+    from fashionclf.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", "--out", str(out), "--no-download", *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()

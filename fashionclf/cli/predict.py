@@ -65,7 +65,13 @@ def run(args) -> int:
             failed += 1
             print(f"fashionclf: skipped {r['file']}: {r['error']}", file=sys.stderr)
         print(json.dumps(r) if args.json else line(r), flush=True)
-    return 1 if failed == len(paths) else 0
+    return _none_usable(len(paths)) if failed == len(paths) else 0
+
+
+def _none_usable(n: int) -> int:
+    """Exit status 2 when no input could be used: bad input, as for any other command."""
+    print(f"fashionclf: error: none of the {n} input files could be read as an image; see the lines above for each", file=sys.stderr)
+    return 2
 
 
 def _to_file(args, run, paths, also) -> int:
@@ -93,4 +99,4 @@ def _to_file(args, run, paths, also) -> int:
     bar.close()
     resumed = f", {counts['skipped_done']} already done before resuming" if counts["resumed"] else ""
     print(f"{counts['done']} predictions, {counts['failed']} unreadable files{resumed} -> {out}", file=sys.stderr)
-    return 1 if counts["failed"] == len(paths) else 0
+    return _none_usable(len(paths)) if counts["failed"] == len(paths) else 0

@@ -21,6 +21,12 @@ def add_parser(sub) -> None:
     s.add_argument("--config", metavar="FILE", help="a recipe file (.toml) or a run's meta.json: repeat it exactly; flags override it")
     s.add_argument("--seed", type=int, help="seed of initialisation, order and augmentation (default: the recipe's, 0)")
     s.add_argument("--out", help="run folder (default: runs/<model>-s<seed>-<time>)")
+    s.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the training a kill or Ctrl-C left in DIR from its last finished epoch, with its own settings and data "
+        "(--data-dir may say where the data are now): the same result as an uninterrupted run",
+    )
     s.add_argument("--no-pretrained", action="store_true", help="train a pretrained-capable model (efficientnet_lite0) from scratch")
     options.add_train_options(s)
     options.add_track_options(s)
@@ -45,9 +51,26 @@ def resolve(args):
     return resolve_config(args.model, args.preset, base=base, seed=args.seed, model_kwargs=kwargs or None, **options.overrides(args))
 
 
+# What --resume takes from the checkpoint instead: giving any of these with it is refused.
+NOT_WITH_RESUME = ("model", "preset", "config", "seed", "out", "data", "val_data", "image_size", "train_limit", "drop_path", "class_map")
+
+
+def check_resume_args(args) -> None:
+    """--resume DIR continues with the checkpoint's settings and data; a flag that would change them is refused."""
+    given = [n for n in NOT_WITH_RESUME if getattr(args, n, None) is not None]
+    given += [n for n in ("overwrite", "no_pretrained") if getattr(args, n, False)]
+    given += [dest for dest, v in options.overrides(args).items() if v is not None]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise ValueError(f"--resume continues with the settings and data saved in {args.resume}; leave out {flags}")
+    args.out = args.resume  # where it writes, and what --track names
+
+
 def run(args) -> int:
     from fashionclf.engine import distributed
 
+    if args.resume:
+        check_resume_args(args)
     options.check_tracking(args)  # before any training: a wrong URI or a missing MLflow should not cost a run
     if distributed.init_from_env(args.device or "auto"):  # started by torchrun: one process of several
         ok, main_rank = False, distributed.is_main()
@@ -59,8 +82,37 @@ def run(args) -> int:
         if main_rank:  # rank 0 wrote the run
             options.track(args, [out])  # after leaving the group: an upload must not hold the other ranks
         return 0
-    options.track(args, [_train(args, quiet=args.quiet)])
+    try:
+        out = _train(args, quiet=args.quiet)
+    except KeyboardInterrupt:
+        from fashionclf.engine.checkpoint import CHECKPOINT, STATE
+
+        if args.out and (Path(args.out) / CHECKPOINT / STATE).exists():
+            print(
+                f"fashionclf: interrupted; `fashionclf train --resume {args.out}` continues after the last finished epoch", file=sys.stderr
+            )
+        else:
+            print("fashionclf: interrupted before the first epoch ended; nothing was kept", file=sys.stderr)
+        return 130
+    options.track(args, [out])
     return 0
+
+
+def _resumed(args):
+    """The config and data of the training saved in --resume DIR."""
+    from fashionclf import api
+    from fashionclf.study import resume_plan
+
+    cfg, loaded = resume_plan(args.resume)
+    if loaded is None:
+        raise ValueError(f"{args.resume}: its training was given its data from Python; resume it there: fashionclf.train(..., resume=True)")
+    loaded = {**loaded, "allow_download": not args.no_download}
+    if args.data_dir:  # the same files, found elsewhere now (their checksums are checked)
+        loaded["data_dir"] = args.data_dir
+    ds, skipped = api.load_data(cfg, **loaded)
+    for msg in skipped:
+        print(f"fashionclf: left out {msg}", file=sys.stderr)
+    return cfg, ds
 
 
 def _train(args, quiet: bool) -> Path:
@@ -68,16 +120,23 @@ def _train(args, quiet: bool) -> Path:
     from fashionclf.engine import distributed
     from fashionclf.runs import check_writable
 
-    cfg = resolve(args)
-    out = Path(args.out) if args.out else api.default_out(cfg)
-    check_writable(out, args.overwrite)
-    data = options.load_data(args, cfg)
+    resume = bool(args.resume)
+    if resume:
+        cfg, data = _resumed(args)
+        out = Path(args.resume)
+    else:
+        cfg = resolve(args)
+        out = Path(args.out) if args.out else api.default_out(cfg)
+        args.out = str(out)  # where an interrupted run tells the user to resume from
+        check_writable(out, args.overwrite)
+        data = options.load_data(args, cfg)
     on_epoch, on_batch_factory = options.progress(quiet)
     if distributed.is_main():
         ws = distributed.world_size()
         procs = f" in {ws} processes" if ws > 1 else ""
-        print(f"training {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
-    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory)
+        verb = "resuming" if resume else "training"
+        print(f"{verb} {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
+    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume)
     if run is None:  # a helper rank of a torchrun job
         return out
     m = run.metrics

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 
 import torch
+from torch import nn
 
-from fashionclf.engine import distributed
+from fashionclf.engine import autotune, distributed
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -21,19 +23,63 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is offered here: a capability flag, which says nothing about speed (autotune.py)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+    """The autocast dtype, or None for plain fp32, where there is no model to time (choose_precision times one).
+
+    "auto" gives bf16 on a GPU that supports it, and on a CPU only where the CPU computes bf16 natively:
+    oneDNN's flag is also True where it emulates bf16 with AVX-512, 2-3x slower than fp32.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown precision {precision!r}; valid: auto, bf16, fp32")
     if precision == "fp32":
         return None
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-    else:
-        ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ok = bf16_supported(device)
     if precision == "bf16" and not ok:
         raise ValueError(f"bf16 is not supported on this {device.type}; use --precision fp32 or auto")
-    if precision not in ("auto", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}; valid: auto, bf16, fp32")
+    if precision == "auto" and device.type != "cuda":
+        ok = ok and autotune.cpu_info()["native_bf16"] is True
     return torch.bfloat16 if ok else None
+
+
+def choose_precision(
+    precision: str, device: torch.device, model: nn.Module, example: torch.Tensor, *, train: bool, channels_last: bool, name: str, **tune_kw
+) -> autotune.Precision:
+    """Autocast dtype and memory format for `model` on `example` (model-ready float input, a few images are enough).
+
+    --precision bf16/fp32 are taken as given, with the configured channels_last. "auto" on the CPU times the
+    variants (autotune.tune: fp32/bf16 x contiguous/channels_last, cached per machine and model); on a GPU it
+    is bf16 where supported.
+    """
+    if precision != "auto" or device.type != "cpu" or not len(example):
+        return autotune.Precision(resolve_precision(precision, device), channels_last, "forced" if precision != "auto" else "capability")
+    return autotune.tune(model, example, train=train, name=name, prefer_cl=channels_last, **tune_kw)
+
+
+def inference_precision(
+    precision: str, device: torch.device, model: nn.Module, x_u8: torch.Tensor, *, channels_last: bool, name: str
+) -> autotune.Precision:
+    """How a trained model infers on x_u8's kind of images: fp32 where it was trained in fp32, else the measured
+    choice for inference (a run trained in bf16 never gets bf16 where bf16 measured slower). Puts the model's
+    weights in the chosen memory format."""
+    x = x_u8[: autotune.MEASURE_BATCH].to(device).float().div(255)
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    asked = "fp32" if precision == "fp32" else "auto"
+    prec = choose_precision(asked, device, model, x, train=False, channels_last=channels_last, name=name)
+    model.to(memory_format=torch.channels_last if prec.channels_last else torch.contiguous_format)
+    return prec
+
+
+def agreed(prec: autotune.Precision, device: torch.device) -> autotune.Precision:
+    """Rank 0's choice on every rank of a torchrun job (each rank timed its own steps)."""
+    got = distributed.from_main({"bf16": float(prec.dtype is not None), "cl": float(prec.channels_last)}, device)
+    return dataclasses.replace(prec, dtype=torch.bfloat16 if got["bf16"] else None, channels_last=bool(got["cl"]))
 
 
 def keep_freed_memory() -> bool:

@@ -12,16 +12,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionclf.config import TrainConfig
+from fashionclf.config import TrainConfig, config_to_dict
 from fashionclf.data.augment import augment_batch, cutmix
-from fashionclf.engine import distributed
-from fashionclf.engine.device import autocast, resolve_device, resolve_precision, setup_threads
-from fashionclf.engine.inference import evaluate, normalize, to_unit
+from fashionclf.engine import autotune, distributed
+from fashionclf.engine import checkpoint as ckpt
+from fashionclf.engine.device import agreed, autocast, choose_precision, resolve_device, setup_threads
+from fashionclf.engine.inference import evaluate, normalize, to_input, to_unit
 from fashionclf.models import build_model, count_params, split_body_head
 
 
@@ -140,6 +142,7 @@ class FitResult:
     device: str
     precision: str
     world_size: int = 1
+    precision_choice: dict = dataclasses.field(default_factory=dict)  # how precision and channels_last were chosen
 
 
 def _across_processes(cfg: TrainConfig, trained: nn.Module) -> tuple[nn.Module, TrainConfig]:
@@ -174,6 +177,69 @@ def _ema(cfg: TrainConfig, model: nn.Module):
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
 
 
+def _precision(cfg: TrainConfig, model: nn.Module, train_x: torch.Tensor, device: torch.device, recorded: dict | None = None):
+    """The training precision and memory format (timed on a few training images under auto), agreed across ranks;
+    cfg with the chosen channels_last. The config itself keeps what was asked for. A resumed run takes the
+    choice its checkpoint recorded (`recorded`), so it computes exactly as before it was stopped."""
+    example = to_input(train_x[: autotune.MEASURE_BATCH], device, channels_last=False)
+    asked, cl = (recorded["precision"], recorded["channels_last"]) if recorded else (cfg.precision, cfg.channels_last)
+    prec = choose_precision(asked, device, model, example, train=True, channels_last=cl, name=cfg.model)
+    prec = agreed(prec, device) if distributed.world_size() > 1 else prec
+    return prec, dataclasses.replace(cfg, channels_last=prec.channels_last)
+
+
+@dataclass
+class _Setup:
+    """What stays fixed through a fit: the module that trains, the per-rank config, the data, the precision."""
+
+    cfg: TrainConfig
+    trained: nn.Module
+    step_cfg: TrainConfig
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    amp_dtype: torch.dtype | None
+    n_batches: int
+    body: list
+    body_norms: list
+
+
+def _epoch(s: _Setup, st: ckpt.LoopState, epoch: int, on_batch_factory) -> dict:
+    """One epoch of training and validation; returns its history row and updates the best-so-far and early stopping."""
+    cfg, (train_x, train_y, val_x, val_y), t0 = s.cfg, s.data, time.perf_counter()
+    for p in s.body:  # frozen warm-up: a random head first learns from stable pretrained features
+        p.requires_grad_(epoch > cfg.freeze_epochs)
+    on_batch = on_batch_factory(epoch, s.n_batches) if on_batch_factory else None
+    frozen = s.body_norms if epoch <= cfg.freeze_epochs else []
+    ws = distributed.world_size()
+    order = distributed.shard(len(train_x), cfg.seed, epoch) if ws > 1 else None
+    args = (st.optimizer, train_x, train_y, s.step_cfg, st.generator, st.device, s.amp_dtype, on_batch, st.step_schedule, st.ema)
+    stats = train_one_epoch(s.trained, *args, frozen, order)
+    if ws > 1:
+        stats = distributed.mean_over_ranks(stats, st.device)
+        distributed.sync_buffers(st.model, st.scored)
+    if len(val_x):
+        val = evaluate(st.scored, val_x, val_y, device=st.device, amp_dtype=s.amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
+        val = distributed.from_main(val, st.device)  # one early-stopping decision on every rank
+    else:  # no validation split (cross-validation folds): the schedule runs to its end, the last weights are kept
+        val = {"loss": math.nan, "accuracy": math.nan}
+    row = {
+        "epoch": epoch,
+        **stats,
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "lr": st.optimizer.param_groups[-1]["lr"],  # the head's, where body and head differ
+        "seconds": time.perf_counter() - t0,
+    }
+    st.history.append(row)
+    if st.plateau is not None and len(val_x):
+        st.plateau.step(val["loss"])
+    if val["loss"] < st.best_loss:
+        st.best_loss, st.best_epoch, st.best_state = val["loss"], epoch, copy.deepcopy(st.scored.state_dict())
+    elif cfg.early_stopping and len(val_x) and epoch - st.best_epoch >= cfg.early_stopping:
+        st.stopped = True
+    st.epoch = epoch
+    return row
+
+
 def fit(
     cfg: TrainConfig,
     train_x: torch.Tensor,
@@ -183,15 +249,24 @@ def fit(
     num_classes: int = 10,
     on_epoch: Callable[[dict], None] | None = None,
     on_batch_factory: Callable[[int, int], Callable | None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_extra: dict | None = None,
 ) -> FitResult:
-    """Train cfg.model from scratch; early stopping on val loss restores the best weights."""
+    """Train cfg.model from scratch; early stopping on val loss restores the best weights.
+
+    checkpoint: a folder where the loop's whole state is saved after every epoch (engine/checkpoint.py);
+    resume=True first continues from what it holds: for a fixed seed, the same weights as an uninterrupted
+    run. checkpoint_extra: what the caller records with it (its data, to resume on the same).
+    """
+    asked = config_to_dict(cfg)
     setup_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
     model = build_model(cfg, num_classes).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    saved = ckpt.read_state(checkpoint) if resume else None
+    prec, cfg = _precision(cfg, model, train_x, device, saved and saved.get("precision"))  # measured under auto (autotune.py)
+    amp_dtype, model = prec.dtype, model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     # The compiled (and, across processes, DDP-wrapped) module shares the parameters; the plain one is what
     # gets validated, averaged and saved.
     trained = torch.compile(model) if cfg.compile else model
@@ -204,52 +279,25 @@ def fit(
         train_x, train_y = train_x.to(device), train_y.to(device)
     n_batches = batches_per_epoch(len(train_x) // ws, step_cfg.batch_size)
     plateau, step_schedule = make_schedules(cfg, optimizer, n_batches * cfg.epochs)
-
-    history: list[dict] = []
-    best = (math.inf, 0, None)  # (val loss, epoch, state)
-    start = time.perf_counter()
+    st = ckpt.LoopState(model, optimizer, plateau, step_schedule, _ema(cfg, model), generator, device, precision=prec.record())
+    if resume:
+        ckpt.restore(checkpoint, st, asked)
     body, _ = split_body_head(model)
-    body_norms = _norms_of(model, body)
-    ema = _ema(cfg, model)
-    scored = ema.module if ema is not None else model
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        for p in body:  # frozen warm-up: a random head first learns from stable pretrained features
-            p.requires_grad_(epoch > cfg.freeze_epochs)
-        on_batch = on_batch_factory(epoch, n_batches) if on_batch_factory else None
-        frozen = body_norms if epoch <= cfg.freeze_epochs else []
-        order = distributed.shard(len(train_x), cfg.seed, epoch) if ws > 1 else None
-        stats = train_one_epoch(
-            trained, optimizer, train_x, train_y, step_cfg, generator, device, amp_dtype, on_batch, step_schedule, ema, frozen, order
-        )
-        if ws > 1:
-            stats = distributed.mean_over_ranks(stats, device)
-            distributed.sync_buffers(model, scored)
-        if len(val_x):
-            val = evaluate(scored, val_x, val_y, device=device, amp_dtype=amp_dtype, channels_last=cfg.channels_last, tta=cfg.tta)
-            val = distributed.from_main(val, device)  # one early-stopping decision on every rank
-        else:  # no validation split (cross-validation folds): the schedule runs to its end, the last weights are kept
-            val = {"loss": math.nan, "accuracy": math.nan}
-        row = {
-            "epoch": epoch,
-            **stats,
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "lr": optimizer.param_groups[-1]["lr"],  # the head's, where body and head differ
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
+    s = _Setup(cfg, trained, step_cfg, (train_x, train_y, val_x, val_y), amp_dtype, n_batches, body, _norms_of(model, body))
+    start = time.perf_counter() - st.elapsed
+    for epoch in range(st.epoch + 1, cfg.epochs + 1):
+        if st.stopped:
+            break
+        row = _epoch(s, st, epoch, on_batch_factory)
+        st.elapsed = time.perf_counter() - start
+        if checkpoint is not None:  # before the callback: a run stopped there resumes after this epoch
+            ckpt.save(checkpoint, st, asked, checkpoint_extra)
         if on_epoch is not None:
             on_epoch(row)
-        if plateau is not None and len(val_x):
-            plateau.step(val["loss"])
-        if val["loss"] < best[0]:
-            best = (val["loss"], epoch, copy.deepcopy(scored.state_dict()))
-        elif cfg.early_stopping and len(val_x) and epoch - best[1] >= cfg.early_stopping:
-            break
     train_seconds = time.perf_counter() - start
-    if best[2] is not None:
-        scored.load_state_dict(best[2])
+    scored = st.scored
+    if st.best_state is not None:
+        scored.load_state_dict(st.best_state)
     scored.eval()
-    best_epoch = best[1] or len(history)  # without validation, the last epoch is the one kept
-    return FitResult(scored, history, train_seconds, best_epoch, count_params(model), str(device), "bf16" if amp_dtype else "fp32", ws)
+    best_epoch = st.best_epoch or len(st.history)  # without validation, the last epoch is the one kept
+    return FitResult(scored, st.history, train_seconds, best_epoch, count_params(model), str(device), prec.name, ws, st.precision)

@@ -40,19 +40,43 @@ def output_format(path: str | Path) -> str:
 
 
 def format_row(row: dict, fmt: str) -> str:
-    """One result as one line (with its newline)."""
+    """One result as one record, ending with a newline (in CSV a quoted file name may hold newlines too)."""
     if fmt == "jsonl":
-        return json.dumps(row) + "\n"
-    buf = io.StringIO()
+        return json.dumps(row) + "\n"  # ASCII: a newline or U+2028 in a name is escaped
     flat = {**row, "top_k": json.dumps(row["top_k"]) if "top_k" in row else ""}
-    csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore", lineterminator="\n").writerow(flat)
-    return buf.getvalue()
+    return _csv_record([flat.get(k, "") for k in CSV_FIELDS])
 
 
-def _file_of_line(line: str, fmt: str) -> str:
-    if fmt == "jsonl":
-        return json.loads(line)["file"]
-    return next(csv.reader([line]))[0]
+def _csv_record(values: list) -> str:
+    # Written with "\r\n" so that the writer also quotes a field holding a bare carriage return (with "\n" alone
+    # it would not, and every reader would cut the record there), then ended with "\n" as before.
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(values)
+    return buf.getvalue()[:-2] + "\n"
+
+
+def _jsonl_records(text: str) -> tuple[list[str], int]:
+    end = text.rfind("\n") + 1
+    return [json.loads(line)["file"] for line in text[:end].split("\n") if line], end
+
+
+def _csv_records(text: str) -> tuple[list[str], int]:
+    """The files of the complete records, and where they end. Parsed with the csv module over the whole text (a
+    quoted name may hold a newline, a carriage return or U+2028, which a split into lines would cut); a record
+    counts only if writing it again gives exactly its text, so a half-written last one is left out."""
+    header = _csv_record(CSV_FIELDS)
+    pos = len(header) if text.startswith(header) else 0
+    files = []
+    try:
+        for row in csv.reader(io.StringIO(text[pos:], newline="")):
+            record = _csv_record(row)
+            if len(row) != len(CSV_FIELDS) or not text.startswith(record, pos):
+                break
+            files.append(row[0])
+            pos += len(record)
+    except csv.Error:  # an unterminated quote at the end: half a record
+        pass
+    return files, pos
 
 
 def _job_id(run: Run, paths: list[Path], options: dict) -> dict:
@@ -66,16 +90,15 @@ ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # file names that
 
 
 def _resume(partial: Path, fmt: str) -> list[str]:
-    """Files already in the partial output, in order; a half-written last line (killed mid-write) is cut off."""
+    """Files already in the partial output, in order; a half-written last record (killed mid-write) is cut off."""
     with open(partial, "rb+") as f:
         data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            f.truncate(end)
-    lines = data[:end].decode(**ENCODING).splitlines()
-    if fmt == "csv" and lines and lines[0] == ",".join(CSV_FIELDS):
-        lines = lines[1:]  # the header
-    return [_file_of_line(line, fmt) for line in lines if line]
+        text = data.decode(**ENCODING)  # surrogateescape: the bytes of the kept text are exactly a prefix of data
+        files, end = _csv_records(text) if fmt == "csv" else _jsonl_records(text)
+        keep = len(text[:end].encode(**ENCODING))
+        if keep != len(data):
+            f.truncate(keep)
+    return files
 
 
 def predict_to_file(
@@ -130,7 +153,7 @@ def predict_to_file(
         todo = paths[len(done) :]
         counts = {"done": 0, "skipped_done": len(done), "failed": 0, "resumed": resumed}
         if partial.stat().st_size == 0 and fmt == "csv":  # also after a kill that left an empty partial file
-            _flush(f, [",".join(CSV_FIELDS) + "\n"])
+            _flush(f, [_csv_record(CSV_FIELDS)])
         written = counts["skipped_done"]
         lines: list[str] = []
         for row in predict_files(

@@ -1,0 +1,300 @@
+"""Precision and memory format chosen by measurement (fashionclf/engine/autotune.py, device.py).
+
+Timing decisions are tested with a fake clock: each fake step advances it by that variant's cost, so the
+assertions never depend on this machine's real speed. A few tests run real steps of a tiny model to check
+what timing must not change (weights, BatchNorm statistics, the random stream).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fashionclf.engine import autotune, device
+from fashionclf.engine.device import choose_precision, inference_precision, resolve_precision
+
+CPU = torch.device("cpu")
+X86_FLAGS = "fpu sse2 avx avx2 fma avx512f avx512bw avx512vl"
+NATIVE = {"model": "Fake Xeon (AMX)", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], "native_bf16": True}
+EMULATED = {"model": "Fake Xeon (AVX-512, no bf16)", "flags": ["avx2", "avx512f"], "native_bf16": False}
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Every test starts without a cache file and without the in-process memo."""
+    monkeypatch.setenv("FASHIONCLF_CACHE", str(tmp_path / "cache"))
+    autotune._MEMO.clear()
+    yield
+    autotune._MEMO.clear()
+
+
+class FakeClock:
+    """A clock that only moves when a fake step runs: step(variant) advances it by that variant's cost."""
+
+    def __init__(self, costs: dict[str, float]):
+        self.costs, self.now, self.calls = costs, 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def steps(self) -> dict:
+        def make(v):
+            def step():
+                self.calls.append(v)
+                self.now += self.costs[v]
+
+            return step
+
+        return {v: make(v) for v in self.costs}
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Dropout(0.5), nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )  # fmt: skip
+
+
+def contiguous(w: torch.Tensor) -> bool:
+    """Plain NCHW strides (is_contiguous cannot tell the formats apart for one input channel)."""
+    return w.stride() == w.contiguous().stride()
+
+
+def tune(costs, cpu=NATIVE, prefer_cl=True, name="tiny", train=True, bf16_runs=True, **kw):
+    clock = FakeClock(costs)
+    model = kw.pop("model", None) or tiny_cnn()
+    p = autotune.tune(
+        model,
+        torch.rand(8, 1, 8, 8),
+        train=train,
+        name=name,
+        prefer_cl=prefer_cl,
+        cpu=cpu,
+        timer=clock,
+        cpu_clock=kw.pop("cpu_clock", clock),  # the fake clock as CPU time too: the process had its core
+        steps=clock.steps(),
+        bf16_runs=bf16_runs,
+        **kw,
+    )
+    return p, clock
+
+
+def test_fastest_variant_is_chosen():
+    p, _ = tune({"fp32": 1.0, "fp32+cl": 0.8, "bf16": 0.6, "bf16+cl": 0.4})
+    assert (p.name, p.channels_last, p.how) == ("bf16", True, "measured")
+    p, _ = tune({"fp32": 0.5, "fp32+cl": 1.0, "bf16": 0.9, "bf16+cl": 0.8}, name="other")
+    assert (p.name, p.channels_last) == ("fp32", False)
+    assert p.timings == pytest.approx({"fp32": 0.5, "fp32+cl": 1.0, "bf16": 0.9, "bf16+cl": 0.8})  # recorded for metrics.json
+
+
+def test_bf16_is_never_chosen_when_it_measured_slower_or_within_noise():
+    for i, bf16 in enumerate((1.5, 1.0, 0.95)):  # slower, a tie, 5 % faster: all within what noise can do
+        p, _ = tune({"fp32": 1.0, "fp32+cl": 1.0, "bf16": bf16, "bf16+cl": bf16}, name=f"m{i}")
+        assert p.dtype is None, bf16
+    p, _ = tune({"fp32": 1.0, "fp32+cl": 1.0, "bf16": 0.85, "bf16+cl": 0.85}, name="clearly")
+    assert p.dtype is torch.bfloat16  # 15 % faster on a CPU with native bf16: taken
+
+
+def test_channels_last_switches_only_when_clearly_faster():
+    p, _ = tune({"fp32": 0.95, "fp32+cl": 1.0}, cpu=EMULATED)
+    assert p.channels_last  # the configured format within noise: kept
+    p, _ = tune({"fp32": 0.5, "fp32+cl": 1.0}, cpu=EMULATED, name="b")
+    assert not p.channels_last
+    p, _ = tune({"fp32": 1.0, "fp32+cl": 0.5}, cpu=EMULATED, prefer_cl=False, name="c")
+    assert p.channels_last
+
+
+def test_cpu_without_native_bf16_never_gets_bf16_from_auto(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8259CL\nflags\t\t: {X86_FLAGS}\n")
+    cpu = autotune.cpu_info(str(info))
+    assert cpu == {"model": "Intel(R) Xeon(R) Platinum 8259CL", "flags": ["avx2", "avx512f"], "native_bf16": False}
+    # bf16 timed twice as fast (as if emulation were fast): still not taken, and not even run.
+    p, clock = tune({"fp32": 1.0, "fp32+cl": 1.0, "bf16": 0.5, "bf16+cl": 0.5}, cpu=cpu)
+    assert p.dtype is None and not any(c.startswith("bf16") for c in clock.calls)
+    assert autotune.decide({"fp32": 1.0, "bf16": 0.1}, native_bf16=False, prefer_cl=False) == "fp32"
+    # Without a model to time, auto follows the CPU's flags, not oneDNN's capability flag.
+    monkeypatch.setattr(device, "bf16_supported", lambda d: True)
+    monkeypatch.setattr(autotune, "cpu_info", lambda path="/proc/cpuinfo": cpu)
+    assert resolve_precision("auto", CPU) is None
+    monkeypatch.setattr(autotune, "cpu_info", lambda path="/proc/cpuinfo": NATIVE)
+    assert resolve_precision("auto", CPU) is torch.bfloat16
+
+
+def test_cpu_info_reads_arm_features_and_survives_no_proc(tmp_path):
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd40\n")
+    assert autotune.cpu_info(str(arm)) == {"model": "0xd40", "flags": ["bf16"], "native_bf16": True}
+    missing = autotune.cpu_info(str(tmp_path / "absent"))
+    assert missing["flags"] == [] and missing["native_bf16"] is None  # unknown: bf16 only when clearly faster
+    assert autotune.decide({"fp32": 1.0, "bf16": 0.5}, native_bf16=None, prefer_cl=False) == "bf16"
+
+
+def test_cache_is_used_on_the_second_call():
+    costs = {"fp32": 1.0, "fp32+cl": 0.5, "bf16": 2.0, "bf16+cl": 2.0}
+    first, clock = tune(costs)
+    assert clock.calls and first.how == "measured"
+    stored = json.loads(autotune.cache_file().read_text())
+    assert stored["format"] == 1 and len(stored["entries"]) == 1
+    again, clock2 = tune(costs)  # the same process: the memo
+    assert clock2.calls == [] and again.how == "cached"
+    autotune._MEMO.clear()  # another process: the file
+    later, clock3 = tune(costs)
+    assert clock3.calls == [] and later.how == "cached"
+    assert (later.dtype, later.channels_last, later.timings) == (first.dtype, first.channels_last, first.timings)
+
+
+@pytest.mark.parametrize("change", ["torch", "flags", "model", "mode", "shape"])
+def test_cache_is_invalidated_when_the_key_changes(change, monkeypatch):
+    costs = {"fp32": 1.0, "fp32+cl": 0.5}
+    tune(costs)
+    kw = {"cpu": NATIVE, "name": "tiny", "train": True}
+    if change == "torch":
+        monkeypatch.setattr(torch, "__version__", "9.9.9")
+    elif change == "flags":
+        kw["cpu"] = {**NATIVE, "flags": ["avx2"], "native_bf16": False}
+    elif change == "model":
+        kw["name"] = "another"
+    elif change == "mode":
+        kw["train"] = False
+    clock = FakeClock(costs)
+    example = torch.rand(8, 1, 12, 12) if change == "shape" else torch.rand(8, 1, 8, 8)
+    autotune.tune(tiny_cnn(), example, prefer_cl=True, timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, **kw)
+    assert clock.calls, f"a new {change} must be measured, not read from the cache"
+    assert len(json.loads(autotune.cache_file().read_text())["entries"]) == 2
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[]", '{"format": 1, "entries": {"k": {"timings": {"fp32": -1}}}}', ""])
+def test_corrupt_cache_is_ignored_and_rewritten(garbage):
+    path = autotune.cache_file()
+    path.parent.mkdir(parents=True)
+    path.write_text(garbage)
+    p, clock = tune({"fp32": 1.0, "fp32+cl": 0.5})
+    assert clock.calls and p.how == "measured"
+    data = json.loads(path.read_text())
+    assert data["format"] == 1 and list(data["entries"]) != ["k"] and len(data["entries"]) == 1
+    assert [f.name for f in path.parent.iterdir()] == ["autotune.json"]  # written through a temporary file, renamed
+
+
+def test_timings_from_a_crowded_machine_are_used_but_not_cached():
+    costs = {"fp32": 1.0, "fp32+cl": 0.5}
+    p, _ = tune(costs, cpu_clock=lambda: 0.0)  # no CPU time while seconds passed: other jobs had the cores
+    assert p.how == "measured" and p.channels_last and p.cpu_share == 0.0
+    assert not autotune.cache_file().exists()
+    autotune._MEMO.clear()
+    again, clock = tune(costs)  # the next process measures again, on a machine that lets it
+    assert clock.calls and again.cpu_share == 1.0 and autotune.cache_file().exists()
+
+
+def test_unwritable_cache_still_gives_a_choice(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("FASHIONCLF_CACHE", str(blocker / "sub"))  # a file where the folder should be
+    p, _ = tune({"fp32": 1.0, "fp32+cl": 2.0})
+    assert p.how == "measured" and not p.channels_last
+
+
+def test_explicit_precision_is_honoured(monkeypatch):
+    def boom():
+        raise AssertionError("forced precisions must not be timed")
+
+    x = torch.rand(4, 1, 8, 8)
+    p = choose_precision("fp32", CPU, tiny_cnn(), x, train=True, channels_last=True, name="t", timer=boom)
+    assert (p.dtype, p.channels_last, p.how) == (None, True, "forced")
+    monkeypatch.setattr(device, "bf16_supported", lambda d: True)
+    monkeypatch.setattr(autotune, "cpu_info", lambda path="/proc/cpuinfo": EMULATED)
+    p = choose_precision("bf16", CPU, tiny_cnn(), x, train=True, channels_last=False, name="t", timer=boom)
+    assert (p.dtype, p.channels_last, p.how) == (torch.bfloat16, False, "forced")  # asked for: given, even if slow
+    monkeypatch.setattr(device, "bf16_supported", lambda d: False)
+    with pytest.raises(ValueError, match="bf16 is not supported"):
+        choose_precision("bf16", CPU, tiny_cnn(), x, train=True, channels_last=True, name="t")
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp16", CPU)
+
+
+def test_measure_interleaves_variants_and_keeps_to_its_budget():
+    clock = FakeClock({"a": 0.1, "b": 0.1})
+    t = autotune.measure(clock.steps(), clock, budget=10)
+    assert clock.calls == ["a"] * autotune.WARMUP + ["b"] * autotune.WARMUP + ["a", "b"] * autotune.ROUNDS
+    assert t == {"a": pytest.approx(0.1), "b": pytest.approx(0.1)}
+    slow = FakeClock({"a": 5.0, "b": 5.0})
+    autotune.measure(slow.steps(), slow, budget=3)
+    assert slow.calls == ["a", "b", "a", "b"]  # one warm-up each past half the budget, then one timed round
+
+
+def test_real_timing_leaves_weights_statistics_and_random_stream_alone():
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = torch.rand(8, 1, 8, 8)
+    state = torch.get_rng_state()
+    p = autotune.tune(model, example, train=True, name="tiny-real", prefer_cl=True, budget=0.5)
+    assert p.how == "measured" and set(p.timings) >= {"fp32", "fp32+cl"} and all(t > 0 for t in p.timings.values())
+    assert torch.equal(torch.get_rng_state(), state)  # dropout in the timed steps drew from a forked stream
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy was timed
+    assert model.training and next(model.parameters()).grad is None
+    rec = p.record()
+    assert rec["precision"] == p.name and rec["how"] == "measured" and "flags" in rec["cpu"] and "seconds_per_step" in rec
+
+
+def test_inference_uses_the_measured_choice_never_slower_bf16(monkeypatch):
+    """A run trained with auto (or bf16) infers in fp32 where bf16 measured slower, whatever the CPU claims."""
+    monkeypatch.setattr(autotune, "cpu_info", lambda path="/proc/cpuinfo": NATIVE)
+    monkeypatch.setattr(autotune, "bf16_autocast_runs", lambda device_type="cpu": True)
+    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 2.0 if v.startswith("bf16") else 1.0 for v in steps})
+    model = tiny_cnn().eval()
+    x_u8 = torch.randint(0, 256, (5, 8, 8), dtype=torch.uint8)
+    for trained in ("auto", "bf16"):
+        p = inference_precision(trained, CPU, model, x_u8, channels_last=True, name="tiny")
+        assert p.dtype is None and p.channels_last
+    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 1.0 if v == "fp32" else 2.0 for v in steps})
+    p = inference_precision("auto", CPU, model, x_u8, channels_last=True, name="tiny2")
+    assert not p.channels_last and contiguous(model[3].weight)  # the weights follow the chosen format
+    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 1.0 if v == "fp32+cl" else 2.0 for v in steps})
+    inference_precision("auto", CPU, model, x_u8, channels_last=False, name="tiny3")
+    assert not contiguous(model[3].weight)
+
+
+def test_fit_records_the_choice(monkeypatch):
+    from fashionclf.engine.loop import fit
+    from fashionclf.recipes import resolve_config
+
+    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 1.0 if v == "fp32" else 2.0 for v in steps})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    cfg = resolve_config("simple_cnn", None, epochs=1, batch_size=32, precision="auto", augment=False)
+    res = fit(cfg, x, y, x[:16], y[:16])
+    assert res.precision == "fp32" and res.precision_choice["channels_last"] is False
+    assert res.precision_choice["how"] == "measured" and res.precision_choice["seconds_per_step"]["fp32"] == 1.0
+    assert cfg.channels_last  # the config keeps what was asked for; the choice is recorded beside it
+
+
+def test_run_logits_infer_with_the_measured_choice(tmp_path, monkeypatch):
+    """Run.logits (evaluate, predict, serve) follows the inference timing for a run trained with auto."""
+    from fashionclf.engine.inference import infer
+    from fashionclf.models import create_model
+    from fashionclf.recipes import resolve_config
+    from fashionclf.runs import load_run, save_run
+
+    cfg = resolve_config("tuned_cnn", None, precision="auto")
+    save_run(tmp_path / "run", create_model("tuned_cnn"), cfg, {}, [], [str(i) for i in range(10)], {})
+    run = load_run(tmp_path / "run")
+    conv = next(m.weight for m in run.model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    monkeypatch.setattr(autotune, "cpu_info", lambda path="/proc/cpuinfo": NATIVE)
+    monkeypatch.setattr(autotune, "bf16_autocast_runs", lambda device_type="cpu": True)
+    timed = []
+    monkeypatch.setattr(
+        autotune, "measure", lambda steps, timer, budget: timed.append(1) or {v: 1.0 if v == "fp32" else 2.0 for v in steps}
+    )
+    x = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
+    assert not contiguous(conv)  # loaded channels_last, as configured
+    got = run.logits(x)
+    conv = next(m.weight for m in run.model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    assert timed == [1] and contiguous(conv)
+    assert torch.allclose(got, infer(run.model, x, amp_dtype=None, channels_last=False), atol=1e-6)
+    run.logits(x)
+    assert timed == [1]  # the second call is served from the cache
