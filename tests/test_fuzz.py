@@ -96,6 +96,17 @@ def test_fuzzing_sent_over_1000_requests():
     """Runs after the fuzz tests in this file (pytest keeps file order)."""
     if not SENT:
         pytest.skip("run together with the two fuzz tests above")
-    assert set(SENT) == {"GET /health", "GET /v1/models", "POST /v1/predict", "GET /"}, SENT
+    protocols = {  # KServe V1 and Open Inference Protocol (V2) routes, and /metrics (issue 18)
+        "GET /v1/models/{name}",
+        "POST /v1/models/{name}:predict",
+        "GET /v2",
+        "GET /v2/health/live",
+        "GET /v2/health/ready",
+        "GET /v2/models/{name}",
+        "GET /v2/models/{name}/ready",
+        "POST /v2/models/{name}/infer",
+        "GET /metrics",
+    }
+    assert set(SENT) == {"GET /health", "GET /v1/models", "POST /v1/predict", "GET /", *protocols}, SENT
     assert sum(SENT.values()) >= 1000, SENT
     print(f"schemathesis sent {sum(SENT.values())} requests: {SENT}")

@@ -35,6 +35,7 @@ EXTRAS = {
     "uvicorn": "serve",
     "multipart": "serve",
     "python_multipart": "serve",
+    "prometheus_client": "serve",
     "onnx": "export",
     "onnxruntime": "export",
     "mlflow": "track",

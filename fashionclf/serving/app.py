@@ -1,13 +1,15 @@
 """An HTTP service around one trained run: FastAPI, the model loaded once, a web page to try it.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/predict (multipart `file` fields, or the KServe V1
-JSON shape {"instances": [{"b64": "..."}]}), GET / (the page), GET /openapi.json (and /docs with docs=True).
+JSON shape {"instances": [{"b64": "..."}]}), GET / (the page), GET /openapi.json (and /docs with docs=True);
+the KServe V1 and Open Inference Protocol (V2) routes of protocols.py; GET /metrics (metrics.py).
 Every refusal is JSON {"error": message} with its status (guard.py). The body is read with a hard byte
 cap, pixels are budgeted from the image headers before decoding, and decoding, preprocessing and inference
 run on a bounded pool of worker threads (limits.py), so the event loop keeps answering /health.
 
-Adding a route that takes images: copy /v1/predict's three steps (admitted, read_images, ticket.run with a
-function that starts with check_pixels), declare its shapes in schemas.py, and add its test.
+Adding a route that takes images: call `answer` in create_app with a reader of its images (it runs /v1/predict's
+three steps: admitted, the reader, ticket.run of _work, which starts with check_pixels), declare its shapes in
+schemas.py, and add its test.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from fashionclf.data.images import ImageError
 from fashionclf.predict import png_bytes, predict_arrays, preprocess_file
 from fashionclf.runs import Run, load_run
-from fashionclf.serving import guard, schemas
+from fashionclf.serving import guard, metrics, protocols, schemas
 from fashionclf.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
 
 __all__ = ["MAX_FILES", "MAX_UPLOAD_BYTES", "STATUS", "Limits", "Predictor", "RequestError", "create_app"]
@@ -101,6 +103,11 @@ def create_app(
     guard.install(app, api_key)
     keyed = (401,) if api_key else ()
     n_classes = len(run.classes)
+    app.state.metrics = metrics.install(app, list(run.classes), keyed)  # after the guard: its middleware is outside it
+    answer = _answerer(predictor, gate, app.state.metrics.observe)
+
+    async def predict_v1(request: Request, top_k: int, preprocessed: bool) -> dict:
+        return {"predictions": await answer(lambda ticket: read_images(request, lim, ticket), top_k, preprocessed)}
 
     @app.get("/health", response_model=schemas.Health)
     def health():
@@ -108,15 +115,7 @@ def create_app(
 
     @app.get("/v1/models", response_model=schemas.ModelInfo, responses=schemas.error_responses(*keyed))
     def models():
-        m = run.metrics
-        return {
-            "name": run.meta["model"],
-            "backend": backend,
-            "classes": list(run.classes),
-            "input": run.meta.get("input"),
-            "metrics": {k: m.get(k) for k in ("test_accuracy", "val_accuracy", "params", "infer_images_per_s") if k in m},
-            "calibration": m.get("calibration"),
-        }
+        return _model_info(run, backend)
 
     @app.post(
         "/v1/predict",
@@ -127,12 +126,12 @@ def create_app(
     )
     async def predict(
         request: Request,
-        top_k: int = Query(3, ge=1, le=n_classes, description="how many classes to rank"),
-        preprocessed: bool = Query(False, description="add the image the model saw, as base64 PNG"),
+        top_k: int = schemas.top_k_query(n_classes),
+        preprocessed: bool = schemas.preprocessed_query(),
     ):
-        async with admitted(gate, lim) as ticket:
-            blobs = await read_images(request, lim, ticket)
-            return {"predictions": await ticket.run(_work, predictor, gate, blobs, top_k, preprocessed)}
+        return await predict_v1(request, top_k, preprocessed)
+
+    protocols.add_routes(app, protocols.Served(run.meta["model"], list(run.classes), backend, lim, keyed, answer, predict_v1))
 
     page, csp = _page(run.meta["model"])
 
@@ -145,12 +144,40 @@ def create_app(
     return app
 
 
-def _work(predictor: Predictor, gate: Gate, blobs: list[bytes], top_k: int, preprocessed: bool) -> list[dict]:
-    """On a worker thread: the pixel budget from the headers, then decoding, preprocessing and inference."""
+def _model_info(run: Run, backend: str) -> dict:
+    m = run.metrics
+    return {
+        "name": run.meta["model"],
+        "backend": backend,
+        "classes": list(run.classes),
+        "input": run.meta.get("input"),
+        "metrics": {k: m.get(k) for k in ("test_accuracy", "val_accuracy", "params", "infer_images_per_s") if k in m},
+        "calibration": m.get("calibration"),
+    }
+
+
+def _answerer(predictor: Predictor, gate: Gate, observe):
+    """answer(read, top_k, preprocessed) for every route that takes images: one deadline (408/504), the images
+    from `read(ticket)` (a capped body), then _work on a worker (503 when the queue is full)."""
+
+    async def answer(read, top_k: int, preprocessed: bool) -> list[dict]:
+        async with admitted(gate, gate.limits) as ticket:
+            blobs = await read(ticket)
+            return await ticket.run(_work, predictor, gate, blobs, top_k, preprocessed, observe)
+
+    return answer
+
+
+def _work(predictor: Predictor, gate: Gate, blobs: list[bytes], top_k: int, preprocessed: bool, observe=None) -> list[dict]:
+    """On a worker thread: the pixel budget from the headers, then decoding, preprocessing and inference;
+    observe(results) counts them (metrics.py) before the answer leaves."""
     pixels = check_pixels(blobs, gate.limits)
     with gate.lock:
         gate.decoded += pixels
-    return predictor.predict(blobs, top_k, preprocessed)
+    results = predictor.predict(blobs, top_k, preprocessed)
+    if observe is not None:
+        observe(results)
+    return results
 
 
 def _page(model: str) -> tuple[str, str]:

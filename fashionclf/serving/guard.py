@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from fashionclf.serving.limits import RequestError
 
 log = logging.getLogger("fashionclf.serve")
-OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers' probes)
+OPEN_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready"})  # answered without the API key (probes)
 # For JSON answers: nothing may load, frame or run. The page and /docs send their own, looser policy.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
@@ -67,7 +67,7 @@ def inline_csp(html: str, extra: str = "") -> str:
 
 
 class GuardMiddleware:
-    """Pure ASGI (no buffering): the API key on every route but /health, headers on every answer, and the 500 net."""
+    """Pure ASGI (no buffering): the API key on every route but the probes (OPEN_PATHS), headers on every answer, and the 500 net."""
 
     def __init__(self, app, api_key: str | None = None):
         self.app = app

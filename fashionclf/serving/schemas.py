@@ -1,14 +1,17 @@
 """The service's request and response shapes, declared so that /openapi.json describes every route.
 
 /v1/predict reads its body itself (with the byte cap of limits.py), so its two request bodies are written
-out here as OpenAPI (`predict_request_body`) rather than inferred by FastAPI from a parameter.
+out here as OpenAPI (`predict_request_body`) rather than inferred by FastAPI from a parameter. The same
+holds for the Open Inference Protocol's (V2) infer route: its JSON header is `InferRequest`, validated
+strictly by protocols.py, and `infer_request_body` writes it out inline.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Error(BaseModel):
@@ -49,6 +52,19 @@ class Prediction(BaseModel):
 
 class Predictions(BaseModel):
     predictions: list[Prediction] = Field(description="one per image, in input order")
+
+
+def top_k_query(n_classes: int):
+    return Query(3, ge=1, le=n_classes, description="how many classes to rank")
+
+
+def preprocessed_query():
+    return Query(False, description="add the image the model saw, as base64 PNG")
+
+
+def model_name_path(name: str):
+    """The {name} of the protocol routes: declared as the one model served; any other name is a 404."""
+    return Path(description="the model's name (GET /v1/models: name)", json_schema_extra={"enum": [name]})
 
 
 def predict_request_body(max_files: int) -> dict:
@@ -96,6 +112,7 @@ def predict_request_body(max_files: int) -> dict:
 ERRORS = {
     400: "malformed request: empty body or file, no 'file' field, bad JSON or base64",
     401: "missing or wrong API key (only when the server has one)",
+    404: "no model of that name on this server",
     408: "the request body did not arrive within --timeout-s",
     413: "body, image count or pixels above the limits (--max-body-mb, --max-files, --max-pixels-per-*)",
     415: "content that is not an image this service reads",
@@ -105,5 +122,152 @@ ERRORS = {
 }
 
 
-def error_responses(*codes: int) -> dict:
-    return {c: {"model": Error, "description": ERRORS[c]} for c in codes}
+# The V2 infer route's own wording where it differs.
+V2_ERRORS = {
+    400: "malformed request: not the protocol's request shape (see the schema), bad JSON, base64 or binary tensor data",
+    415: "content that is not an image this service reads, or a compressed (Content-Encoding) request body",
+}
+
+
+def error_responses(*codes: int, wording: dict[int, str] | None = None) -> dict:
+    return {c: {"model": Error, "description": (wording or {}).get(c, ERRORS[c])} for c in codes}
+
+
+# KServe V1 and the Open Inference Protocol (V2, KServe v2 / Triton HTTP): shapes of protocols.py's routes.
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool = Field(description="true once the model is loaded (it is, whenever the server answers)")
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="protocol extensions: binary_tensor_data, classification")
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="BYTES, FP32 or BOOL")
+    shape: list[int] = Field(description="-1: any size (the batch)")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str = Field(description="pytorch or onnxruntime_onnx: what answers")
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+OUTPUT_NAMES = ("probabilities", "label", "confidence", "needs_review")
+
+
+class _Strict(BaseModel):
+    """Types as declared, nothing coerced: a request the schema calls invalid is refused, never half-read."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class InputParameters(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    binary_data_size: int | None = Field(
+        None, ge=0, description="binary tensor extension: this input's bytes follow the JSON header (Inference-Header-Content-Length)"
+    )
+
+
+class InferInput(_Strict):
+    name: Literal["image"]
+    shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=8, description="[n] for n images")
+    datatype: Literal["BYTES"]
+    parameters: InputParameters | None = None
+    data: list[str | list[Any]] | None = Field(
+        None, description="n strings, flat or nested by shape: each an image file's bytes in base64 (or as a raw string)"
+    )
+
+
+class OutputParameters(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    binary_data: bool | None = Field(None, description="answer this output as binary data after the JSON header")
+    classification: int | None = Field(None, ge=1, description="probabilities only: the top k as 'probability:index:label'")
+
+
+class RequestedOutput(_Strict):
+    name: Literal["probabilities", "label", "confidence", "needs_review"]
+    parameters: OutputParameters | None = None
+
+
+class RequestParameters(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    binary_data_output: bool | None = Field(None, description="every output as binary data, unless it says otherwise")
+
+
+class InferRequest(_Strict):
+    id: str | None = Field(None, description="echoed in the answer")
+    parameters: RequestParameters | None = None
+    inputs: list[InferInput] = Field(min_length=1, max_length=1, description="one input, 'image'")
+    outputs: list[RequestedOutput] | None = Field(None, min_length=1, max_length=4, description="default: all four, in order")
+
+
+class InferOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size when the data follows the JSON header")
+    data: list[float | bool | str] | None = Field(None, description="row-major, flat")
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutput]
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its $defs written in place (an openapi_extra body cannot refer to them)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def infer_request_body() -> dict:
+    """openapi_extra for POST /v2/models/{name}/infer: the JSON request, or the binary tensor extension."""
+    binary = {
+        "type": "string",
+        "format": "binary",
+        "description": "the JSON request (Inference-Header-Content-Length bytes), then each input's binary_data_size bytes: "
+        "per image a 4-byte little-endian length and the image file",
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(InferRequest)}, "application/octet-stream": {"schema": binary}},
+        }
+    }
+
+
+INFER_BINARY = {
+    "description": "the answer, JSON; with binary outputs, application/octet-stream: the JSON answer "
+    "(Inference-Header-Content-Length bytes), then each binary output's bytes",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
