@@ -1,9 +1,11 @@
 """fp32 against int8 ONNX (fashionclf export --int8): single-image latency and batch throughput in onnxruntime.
 
 Two runs: a 28x28 run (default: the golden tuned_cnn fixture; its int8 accuracy is checked on the full
-test set by the export itself) and an EfficientNet-Lite0 photo model at --photo-size px RGB. The photo
-model has ImageNet weights and an untrained head (no photo run is trained here): its figures are
-speed only, and its int8 is calibrated on letterboxed photos from --photos. fp32 and int8 are timed
+test set by the export itself) and an EfficientNet-Lite0 photo model. With --photo-run RUN --photo-data
+FOLDER [--photo-val FOLDER] that is a trained image-folder run: int8 is calibrated on its validation
+images and its accuracy checked on its test split, as `fashionclf export --int8 --data` does. Without,
+it is ImageNet weights with an untrained head at --photo-size px RGB: speed only, int8 calibrated on
+letterboxed photos from --photos. fp32 and int8 are timed
 interleaved (A, B, A, B ...) in one process with the same threads, so a busy machine disturbs both alike.
 
     .venv/bin/python benchmarks/int8_speed.py [--run RUN] [--photos ../shared/clothing-photos/validation] \
@@ -27,7 +29,7 @@ import numpy as np
 from fashionclf.api import load_run
 from fashionclf.io import atomic_write_text
 from fashionclf.serving.export import OnnxModel, export_checked
-from fashionclf.serving.quantize import int8_checked, quantize_int8
+from fashionclf.serving.quantize import MAX_DROP_POINTS, accuracy, int8_checked, quantize_int8
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,11 +86,45 @@ def cpu() -> str:
     return f"{name}, {os.cpu_count()} CPUs, flags: {' '.join(isa) or 'none of avx2/avx512'}"
 
 
+def untrained_photo_row(size: int, folder: Path) -> dict:
+    """ImageNet body, zero head: int8's speed only."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prun = load_run(photo_run(size, Path(tmp) / "lite0"))
+        x = photos(folder, size, 192)
+        fp32, _ = export_checked(prun)
+        int8 = quantize_int8(fp32, x[:128])
+        models = {"fp32": OnnxModel(fp32, threads=2), "int8": OnnxModel(int8, threads=2)}
+        return {
+            f"efficientnet_lite0 {size}px": {
+                "model": "efficientnet_lite0 (ImageNet body, untrained head: speed only)",
+                **timings(models, x, 32, 5, 20),
+            }
+        }
+
+
+def trained_photo_row(run_dir: str, data: str | None, val: str | None) -> dict:
+    """A trained photo run: int8 calibrated on its validation images, checked on its test split, and timed."""
+    prun = load_run(run_dir)
+    ds = prun.dataset(data, val)
+    fp32, _ = export_checked(prun)
+    int8 = quantize_int8(fp32, ds.val_x[:1024].numpy())  # not int8_checked: a drop past the limit is a result here too
+    a32, a8 = (accuracy(m, ds.test_x.numpy(), ds.test_y.numpy()) for m in (fp32, int8))
+    check = {"fp32_accuracy": a32, "int8_accuracy": a8, "drop_points": (a32 - a8) * 100, "test_images": len(ds.test_y)}
+    check["export_would_refuse"] = check["drop_points"] > MAX_DROP_POINTS
+    models = {"fp32": OnnxModel(fp32, threads=2), "int8": OnnxModel(int8, threads=2)}
+    size = prun.meta["input"]["height"]
+    name = f"{prun.meta['model']} {size}px, trained ({len(prun.meta['classes'])} classes)"
+    return {name: {"run": run_dir, "model": prun.meta["model"], **timings(models, ds.test_x[:192].numpy(), 32, 5, 20), **check}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=str(ROOT / "tests/golden/study/runs/tuned_cnn-s0"))
     ap.add_argument("--photos", default=str(ROOT.parent / "shared/clothing-photos/validation"))
     ap.add_argument("--photo-size", type=int, default=224)
+    ap.add_argument("--photo-run", help="a trained efficientnet_lite0 image-folder run (accuracy and speed)")
+    ap.add_argument("--photo-data", help="with --photo-run: the folder it trained on (its test split)")
+    ap.add_argument("--photo-val", help="with --photo-run: its validation folder, if it had one")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/int8_speed.json"))
     args = ap.parse_args()
     rows = {}
@@ -100,16 +136,10 @@ def main() -> None:
     models = {"fp32": OnnxModel(fp32, threads=2), "int8": OnnxModel(int8, threads=2)}
     rows["28x28"] = {"run": args.run, "model": run.meta["model"], **timings(models, ds.test_x[:2048].numpy(), 256, 5, 40), **check}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prun = load_run(photo_run(args.photo_size, Path(tmp) / "lite0"))
-        x = photos(Path(args.photos), args.photo_size, 192)
-        fp32, _ = export_checked(prun)
-        int8 = quantize_int8(fp32, x[:128])
-        models = {"fp32": OnnxModel(fp32, threads=2), "int8": OnnxModel(int8, threads=2)}
-        rows[f"efficientnet_lite0 {args.photo_size}px"] = {
-            "model": "efficientnet_lite0 (ImageNet body, untrained head: speed only)",
-            **timings(models, x, 32, 5, 20),
-        }
+    if args.photo_run:
+        rows.update(trained_photo_row(args.photo_run, args.photo_data, args.photo_val))
+    else:
+        rows.update(untrained_photo_row(args.photo_size, Path(args.photos)))
     for r in rows.values():
         r["int8_speedup_throughput"] = r["int8"]["images_per_s"] / r["fp32"]["images_per_s"]
         r["int8_speedup_latency"] = r["fp32"]["latency_ms_p50"] / r["int8"]["latency_ms_p50"]

@@ -143,7 +143,8 @@ def serve(args) -> int:
     app = create_app(args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, **limits)
     for line in startup_warnings(args.host, key):
         print(f"fashionclf: {line}", file=sys.stderr)
-    routes = "/ (page), /v1/predict, /v1/models, /health, /openapi.json" + (", /docs" if args.docs else "")
+    routes = "/ (page), /v1/predict, /v1/models[/NAME[:predict]], /v2/... (Open Inference Protocol), /metrics, /health, /openapi.json"
+    routes += ", /docs" if args.docs else ""
     print(f"serving {args.run} on http://{args.host}:{args.port}/: {routes}{'; API key required' if key else ''}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
