@@ -262,6 +262,7 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     on_batch_factory: Callable | None = None,
     resume: bool = False,
+    unknown_share: float = 0.95,
     **data_options,
 ) -> Run | None:
     """Train one run into `out` and return it loaded (None on the helper ranks of a torchrun job).
@@ -269,12 +270,15 @@ def train(
     config: a TrainConfig, a recipe name ("best-cpu"), or a file (recipe .toml, a run's meta.json).
     data: a loaded dataset, an image folder, or None for Fashion-MNIST; data_options go to load_data.
     resume: continue the training a kill left in `out` (its checkpoint), with its config (config None) and,
-    where data is None, its data as it loaded them.
+    where data is None, its data as it loaded them. unknown_share: the share of validation images the
+    "none of these" score counts known (fashionclf.evaluation.unknown).
     """
     from fashionclf.engine import distributed
     from fashionclf.runs import check_writable
     from fashionclf.study import resume_plan, train_and_save
 
+    if not 0 < unknown_share <= 1:
+        raise ValueError(f"unknown_share {unknown_share}: expected a share in (0, 1], e.g. 0.95")
     if resume:
         if out is None:
             raise ValueError("resume=True continues the training in `out`: give that folder")
@@ -288,7 +292,7 @@ def train(
     check_writable(out, overwrite, resume)
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
-    train_and_save(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume)
+    train_and_save(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share)
     return load_run(out) if distributed.is_main() else None
 
 

@@ -5,7 +5,8 @@ the run folder logged beside it as an artifact (safetensors + JSON), so loading 
 
 Input: a DataFrame with one column `image` of encoded image bytes (PNG, JPEG, ...; base64 strings
 in JSON requests to `mlflow models serve`, which MLflow decodes for binary columns). Output: one row
-per image with `label`, `confidence` (calibrated), `needs_review`, and `probabilities` (one per class,
+per image with `label` (None when unknown), `confidence` (calibrated), `needs_review`, `unknown` (none of the
+run's classes), and `probabilities` (one per class,
 in the run's class order): what `fashionclf predict` gives for the same file.
 """
 
@@ -25,18 +26,19 @@ class FashionclfModel(mlflow.pyfunc.PythonModel):
         self.run = load_run(context.artifacts["run"])
 
     def predict(self, context, model_input, params=None):
-        from fashionclf.predict import predict_probs, preprocess_file, results_from_probs
+        from fashionclf.predict import predict_scored, preprocess_file, results_from_probs
 
         column = model_input["image"] if isinstance(model_input, pd.DataFrame) else model_input
         blobs = [b if isinstance(b, (bytes, bytearray)) else base64.b64decode(b) for b in column]
         images = np.stack([preprocess_file(bytes(b), run=self.run) for b in blobs])
-        probs = predict_probs(self.run, images)
-        rows = results_from_probs(self.run, probs, top_k=1)
+        probs, unknown = predict_scored(self.run, images)
+        rows = results_from_probs(self.run, probs, top_k=1, unknown=unknown)  # as `fashionclf predict`: label None when unknown
         return pd.DataFrame(
             {
                 "label": [r["label"] for r in rows],
                 "confidence": [r["confidence"] for r in rows],
                 "needs_review": [r["needs_review"] for r in rows],
+                "unknown": [r["unknown"] for r in rows],
                 "probabilities": [p.tolist() for p in probs],
             }
         )

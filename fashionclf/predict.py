@@ -6,6 +6,7 @@ cannot be read yields an error result and the rest still run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,29 +32,51 @@ def review_threshold(run: Run) -> float | None:
 
 
 def results_from_logits(run: Run, logits: torch.Tensor, top_k: int = 3) -> list[dict]:
-    return results_from_probs(run, calibrated_probs(run, logits), top_k)
+    probs = calibrated_probs(run, logits)
+    return results_from_probs(run, probs, top_k, unknown_scores(run, logits, probs))
 
 
-def results_from_probs(run: Run, probs: torch.Tensor, top_k: int = 3) -> list[dict]:
-    """One result per row of calibrated probabilities: label, confidence, top-k, review flag.
+def unknown_scores(run: Run, logits: torch.Tensor | None, probs: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """The run's "none of these" score per row (evaluation/unknown.py), named; None for runs saved without one.
+    Without logits (an ONNX backend gives calibrated probabilities) it is the probability score, with its own
+    threshold."""
+    from fashionclf.evaluation.unknown import scores_for
 
+    params = run.metrics.get("unknown")
+    return scores_for(params, logits, probs) if params else None
+
+
+def results_from_probs(run: Run, probs: torch.Tensor, top_k: int = 3, unknown: tuple[str, torch.Tensor] | None = None) -> list[dict]:
+    """One result per row of calibrated probabilities: label, confidence, top-k, review flag, and whether the
+    item belongs to none of the run's classes ("unknown": label None, top-k kept, always flagged for review).
+
+    unknown: the run's (score name, scores) from unknown_scores; None computes it from the probabilities.
     A row that is not all finite numbers (a damaged model or calibration; load_run refuses those, so this is
     a second guard) gets confidence 0 and is flagged for review: a NaN never reaches a response or a file.
     """
+    from fashionclf.evaluation.unknown import unknown_flags
+
     threshold = review_threshold(run)
     finite = torch.isfinite(probs).all(1)
+    if unknown is None:
+        unknown = unknown_scores(run, None, probs)
+    name, scores = unknown or (None, None)
     probs = torch.where(finite[:, None], probs, torch.zeros_like(probs))
     k = min(top_k, probs.shape[1])
     conf, idx = probs.topk(k, dim=1)
+    flags = unknown_flags(run.metrics.get("unknown"), run.classes, idx[:, 0], name, scores) & finite
+    shown = [None] * len(probs) if scores is None else [v if math.isfinite(v) else None for v in scores.tolist()]
     out = []
-    for c, i, ok in zip(conf.tolist(), idx.tolist(), finite.tolist()):
+    for c, i, ok, unk, score in zip(conf.tolist(), idx.tolist(), finite.tolist(), flags.tolist(), shown):
         out.append(
             {
-                "label": run.classes[i[0]],
+                "label": None if unk else run.classes[i[0]],
                 "index": i[0],
                 "confidence": c[0],
                 "top_k": [{"label": run.classes[j], "index": j, "confidence": p} for j, p in zip(i, c)],
-                "needs_review": not ok or threshold is None or c[0] < threshold,
+                "needs_review": not ok or unk or threshold is None or c[0] < threshold,
+                "unknown": unk,
+                "unknown_score": score,
             }
         )
     return out
@@ -66,14 +89,43 @@ def predict_probs(run: Run, images_u8: np.ndarray | torch.Tensor, device: str = 
     backend: None for the run's PyTorch model, or an object whose .probs(images) gives calibrated
     probabilities (export.OnnxModel).
     """
+    return predict_scored(run, images_u8, device, backend)[0]
+
+
+def predict_scored(
+    run: Run, images_u8: np.ndarray | torch.Tensor, device: str = "cpu", backend=None
+) -> tuple[torch.Tensor, tuple[str, torch.Tensor] | None]:
+    """Calibrated probabilities (see predict_probs) and the run's "none of these" scores (unknown_scores)."""
     if backend is not None:
-        return torch.from_numpy(backend.probs(images_u8))
-    return calibrated_probs(run, run.logits(torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8), device))
+        probs = torch.from_numpy(backend.probs(images_u8))
+        return probs, unknown_scores(run, None, probs)
+    logits, raw = run_logits(run, torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8), device)
+    probs = calibrated_probs(run, logits)
+    return probs, unknown_scores(run, raw, probs)
+
+
+def run_logits(run: Run, x_u8: torch.Tensor, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The run's logits (Run.logits: its precision and TTA) and the raw logits its "none of these" score takes
+    (None where it takes none: no score, or the probability score). Under TTA the same two passes give both."""
+    from fashionclf.evaluation.unknown import PROBABILITY_SCORE, view_logits
+
+    params = run.metrics.get("unknown")
+    if not params or params["score"] == PROBABILITY_SCORE or not run.config.tta:
+        logits = run.logits(x_u8, device)
+        return logits, (logits if params and params["score"] != PROBABILITY_SCORE else None)
+    from fashionclf.engine.device import inference_precision
+
+    dev = torch.device(device)
+    model = run.model.to(dev)
+    cfg = run.config
+    p = inference_precision(cfg.precision, dev, model, x_u8, channels_last=cfg.channels_last, name=cfg.model)
+    return view_logits(model, x_u8, True, device=dev, amp_dtype=p.dtype, channels_last=p.channels_last)
 
 
 def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu", backend=None) -> list[dict]:
     """Results for model-ready uint8 images (see predict_probs)."""
-    return results_from_probs(run, predict_probs(run, images_u8, device, backend), top_k)
+    probs, unknown = predict_scored(run, images_u8, device, backend)
+    return results_from_probs(run, probs, top_k, unknown)
 
 
 def class_order(primary: Run, other: Run) -> torch.Tensor:
@@ -91,15 +143,26 @@ def class_order(primary: Run, other: Run) -> torch.Tensor:
     return torch.tensor(order)
 
 
-def joint_results(runs: list[Run], probs: list[torch.Tensor], top_k: int = 3) -> list[dict]:
+def joint_results(runs: list[Run], probs: list[torch.Tensor], top_k: int = 3, unknown: list | None = None) -> list[dict]:
     """Results from several runs' calibrated probabilities (each in runs[0]'s class order), averaged.
 
     Each run's review threshold was fitted for that run alone, not for the average, so an item is
     flagged when the runs disagree on its label or when the average's confidence is below the
     strictest run's threshold (a run without a threshold flags everything, as it does alone).
+    unknown: each run's (score name, scores) (unknown_scores; None: from its probabilities). An item is
+    unknown when any run's score says so or the average's top class is a negative class; its
+    unknown_score is the first run's.
     """
+    from fashionclf.evaluation.unknown import unknown_flags
+
+    unknown = unknown or [unknown_scores(r, None, p) for r, p in zip(runs, probs)]
     mean = torch.stack(probs).mean(0)
-    out = results_from_probs(runs[0], mean, top_k)
+    out = results_from_probs(runs[0], mean, top_k, unknown[0])
+    for r, u in zip(runs[1:], unknown[1:]):
+        more = unknown_flags(r.metrics.get("unknown"), runs[0].classes, mean.argmax(1), *(u or (None, None)))
+        for row, flag in zip(out, more.tolist()):
+            if flag and not row["unknown"] and row["confidence"] > 0:  # confidence 0: probabilities not finite
+                row.update(label=None, unknown=True, needs_review=True)
     thresholds = [review_threshold(r) for r in runs]
     strict = None if None in thresholds else max(thresholds)
     tops = torch.stack([p.argmax(1) for p in probs])
@@ -180,11 +243,13 @@ def predict_files(
             rows.append({"file": str(p)})
         preds = iter([])
         if images[0]:
-            probs = [predict_probs(run, np.stack(images[0]), backend=backend)]
+            first, unknown = predict_scored(run, np.stack(images[0]), backend=backend)
+            probs, unknowns = [first], [unknown]
             for r, order, imgs in zip(also, orders, images[1:]):
-                p_other = predict_probs(r, np.stack(imgs))
+                p_other, u_other = predict_scored(r, np.stack(imgs))
                 probs.append(torch.empty_like(p_other).index_copy_(1, order, p_other))  # into the run's class order
-            preds = iter(joint_results(runs, probs, top_k) if also else results_from_probs(run, probs[0], top_k))
+                unknowns.append(u_other)
+            preds = iter(joint_results(runs, probs, top_k, unknowns) if also else results_from_probs(run, first, top_k, unknown))
         it = iter(images[0])
         for row in rows:
             if "error" in row:

@@ -268,7 +268,13 @@ META_FIELDS = {
 # The calibration is what predict applies; a run without one (null) flags every item for review, and so does a
 # null threshold (no confidence reached the target precision on the validation split).
 CALIBRATION_FIELDS = {"temperature": Field("number", True, above=0), "threshold": FRACTION, "target_precision": FRACTION}
-METRICS_FIELDS = {"calibration": Field("table", nullable=True, fields=CALIBRATION_FIELDS)}
+# "None of these" (evaluation/unknown.py); runs saved before it have none and never say unknown.
+THRESHOLDS = {s: Field("number", nullable=True) for s in ("energy", "msp", "maxlogit")}
+SHARE, NAMES = Field("number", True, above=0, lo=0, hi=1), Field("names")
+UNKNOWN_FIELDS = {"score": Field("str", True, choices=tuple(THRESHOLDS)), "known_share": SHARE, "negative_classes": NAMES}
+UNKNOWN_FIELDS |= {"temperature": Field("number", above=0), "thresholds": Field("table", True, fields=THRESHOLDS)}
+CAL, UNK = Field("table", nullable=True, fields=CALIBRATION_FIELDS), Field("table", nullable=True, fields=UNKNOWN_FIELDS)
+METRICS_FIELDS = {"calibration": CAL, "unknown": UNK}
 
 
 def check_metadata(path: Path, doc, fields: dict, prefix: str = "") -> dict:

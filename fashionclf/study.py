@@ -28,6 +28,8 @@ from fashionclf.engine.inference import infer, measure_inference
 from fashionclf.engine.loop import fit
 from fashionclf.evaluation.calibrate import calibrate, calibration_report
 from fashionclf.evaluation.metrics import classification_report
+from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, fit_unknown, view_logits
+from fashionclf.evaluation.unknown import known_share as unknown_known_share
 from fashionclf.io import atomic_write_text, to_json
 from fashionclf.runs import METRICS, METRICS_FIELDS, PREDICTIONS, Run, RunError, check_metadata, check_writable, claim, load_run, save_run
 
@@ -41,13 +43,15 @@ def train_and_save(
     on_batch_factory: Callable | None = None,
     extra_meta: dict | None = None,
     resume: bool = False,
+    unknown_share: float = DEFAULT_KNOWN_SHARE,
 ) -> dict:
     """Fit cfg on data, score it on the test set, write the run folder; return its metrics.
 
     `out` is claimed (locked) before training and holds the checkpoint of the last finished epoch until the
     run replaces it; resume=True continues from that checkpoint (the same config and data, else a RunError).
     How the data were loaded (`data.load_options`, set by fashionclf.api.load_data) is recorded with it, so
-    `train --resume` can load them again.
+    `train --resume` can load them again. unknown_share: the share of validation images the "none of these"
+    score counts known (evaluation/unknown.py).
     """
     # Rank 0 holds the folder; the other ranks of a torchrun job only read the checkpoint to resume.
     held = claim(out, overwrite, resume) if distributed.is_main() else contextlib.nullcontext(Path(out) / CHECKPOINT)
@@ -60,7 +64,7 @@ def train_and_save(
         res = fit(cfg, *xy, len(data.classes), on_epoch, on_batch_factory, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
         if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
             return {}
-        return _score_and_save(cfg, data, out, res, overwrite, extra_meta)
+        return _score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share)
 
 
 def data_digest(data: FashionMNIST) -> str:
@@ -93,16 +97,23 @@ def resume_plan(out: str | Path) -> tuple[TrainConfig, dict | None]:
     return cfg, state["extra"].get("data_options")
 
 
-def usable_calibration(calibration: dict | None) -> dict | None:
+def usable_calibration(calibration: dict | None, key: str = "calibration") -> dict | None:
     """The calibration as fitted, or None (every item reviewed) where it could not be fitted (NaN logits)."""
     try:
-        check_metadata(Path(METRICS), json.loads(to_json({"calibration": calibration})), METRICS_FIELDS)
+        check_metadata(Path(METRICS), json.loads(to_json({key: calibration})), METRICS_FIELDS)
     except RunError:
         return None
     return calibration
 
 
-def _score_and_save(cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: bool, extra_meta: dict | None) -> dict:
+def usable_unknown(unknown: dict | None) -> dict | None:
+    """The "none of these" record as fitted, or None (nothing said unknown) where it could not be (NaN logits)."""
+    return usable_calibration(unknown, "unknown")
+
+
+def _score_and_save(
+    cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: bool, extra_meta: dict | None, unknown_share: float = DEFAULT_KNOWN_SHARE
+) -> dict:
     device = torch.device(res.device)
     inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
     amp, cl = inf.dtype, inf.channels_last
@@ -112,6 +123,11 @@ def _score_and_save(cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: b
     test_rep = classification_report(test_logits, data.test_y, data.classes)
     # Temperature and review threshold from the validation split; the test set only reports what they do.
     calibration = usable_calibration(calibrate(val_logits, data.val_y)) if len(data.val_y) else None
+    temperature = (calibration or {}).get("temperature", 1.0)
+    raw = {}  # under TTA the energy needs the views' raw logits (evaluation/unknown.py): one more pass over each split
+    for split, x, logits in (("val", data.val_x, val_logits), ("test", data.test_x, test_logits)):
+        raw[split] = view_logits(res.model, x, True, device=device, amp_dtype=amp, channels_last=cl)[1] if cfg.tta and len(x) else logits
+    unknown = fit_unknown(val_logits if len(data.val_y) else None, temperature, list(data.classes), unknown_share, raw=raw["val"])
     metrics = {
         "model": cfg.model,
         "seed": cfg.seed,
@@ -133,9 +149,12 @@ def _score_and_save(cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: b
         "test_per_class": test_rep["per_class"],
         "test_confusion_matrix": test_rep["confusion_matrix"],
         "calibration": calibration,
+        "unknown": usable_unknown(unknown),
     }
     if calibration is not None:
         metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
+    if metrics["unknown"] is not None and len(data.test_y):  # about unknown_share on new photos of the classes
+        metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, raw["test"])}
     predictions = {"logits": test_logits, "labels": data.test_y}
     shape = tuple(data.train_x.shape[1:])
     if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default
@@ -178,10 +197,17 @@ def evaluate_run(run: Run, x_u8: torch.Tensor, y: torch.Tensor, device: str = "c
         raise DataError("the evaluation set holds no images")
     if int(y.max()) >= len(run.classes):
         raise DataError(f"label {int(y.max())} in the evaluation set, but the run knows {len(run.classes)} classes")
-    logits = run.logits(x_u8, device)
+    from fashionclf.predict import run_logits
+
+    logits, raw = run_logits(run, x_u8, device)
     report = classification_report(logits, y, run.classes)
-    if run.metrics.get("calibration"):  # runs saved before calibration existed have none
-        report.update(calibration_report(logits, y, run.metrics["calibration"]))
+    calibration = run.metrics.get("calibration")
+    if calibration:  # runs saved before calibration existed have none
+        report.update(calibration_report(logits, y, calibration))
+    if run.metrics.get("unknown"):  # the share the "none of these" score counts known (about its known_share)
+        report["unknown_known_share"] = unknown_known_share(
+            run.metrics["unknown"], logits, (calibration or {}).get("temperature", 1.0), raw
+        )
     return report
 
 

@@ -223,8 +223,9 @@ def test_predict_photos_json_lines(tmp_path, capsys, real_data_dir):
     assert [x["file"] for x in lines] == [str(photos / "a.jpg"), str(photos / "broken.jpg"), str(photos / "sub" / "b.png")]
     good = [x for x in lines if "error" not in x]
     for x in good:
-        assert set(x) == {"file", "label", "index", "confidence", "top_k", "needs_review"}
-        assert len(x["top_k"]) == 2 and x["top_k"][0]["label"] == x["label"] and 0 < x["confidence"] <= 1
+        assert set(x) == {"file", "label", "index", "confidence", "top_k", "needs_review", "unknown", "unknown_score"}
+        assert len(x["top_k"]) == 2 and 0 < x["confidence"] <= 1
+        assert x["label"] == (None if x["unknown"] else x["top_k"][0]["label"])  # "none of these": label None
         assert isinstance(x["needs_review"], bool)
     assert good[0]["label"] == good[1]["label"]  # the same picture as JPEG and as RGBA PNG
     assert "not an image" in lines[1]["error"] and "skipped" in captured.err

@@ -93,7 +93,8 @@ def test_label_folder_is_resumable_and_skips_known_photos(rgb_run, tmp_path, cap
     conn = db.connect(cat)
     rows = conn.execute("SELECT path, sha256, label, top3, confidence, status, unknown_score, version FROM items").fetchall()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert len(rows) == 12 and all(r["status"] in ("auto", "needs_review") and r["unknown_score"] is None for r in rows)
+    # the run's "none of these" score is stored (it was empty before the score existed: issue 17 item 2)
+    assert len(rows) == 12 and all(r["status"] in ("auto", "needs_review") and isinstance(r["unknown_score"], float) for r in rows)
     assert all(len(json.loads(r["top3"])) == 3 and r["label"] in CLASSES for r in rows)
     assert all(Path(r["path"]).is_absolute() and Path(r["path"]).is_file() for r in rows)  # usable from any working folder
     conn.close()

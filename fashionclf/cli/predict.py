@@ -36,6 +36,9 @@ def line(r: dict) -> str:
     if "error" in r:
         return f"{r['file']}\terror: {r['error']}"
     flag = "  REVIEW" if r["needs_review"] else ""
+    if r.get("unknown"):  # none of the run's classes: its nearest classes follow
+        nearest = ", ".join(f"{t['label']} {t['confidence']:.2f}" for t in r["top_k"])
+        return f"{r['file']}\tunknown (none of these classes){flag}  ({nearest})"
     others = ", ".join(f"{t['label']} {t['confidence']:.2f}" for t in r["top_k"][1:])
     return f"{r['file']}\t{r['label']} {r['confidence']:.2f}{flag}" + (f"  ({others})" if others else "")
 

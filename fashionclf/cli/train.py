@@ -28,6 +28,13 @@ def add_parser(sub) -> None:
         "(--data-dir may say where the data are now): the same result as an uninterrupted run",
     )
     s.add_argument("--no-pretrained", action="store_true", help="train a pretrained-capable model (efficientnet_lite0) from scratch")
+    s.add_argument(
+        "--unknown-share",
+        type=float,
+        default=0.95,
+        metavar="SHARE",
+        help='"none of these": the share of validation images counted known when its threshold is fitted (default 0.95)',
+    )
     options.add_train_options(s)
     options.add_track_options(s)
     s.set_defaults(func=run)
@@ -120,6 +127,8 @@ def _train(args, quiet: bool) -> Path:
     from fashionclf.engine import distributed
     from fashionclf.runs import check_writable
 
+    if not 0 < args.unknown_share <= 1:  # before the data are loaded
+        raise ValueError(f"--unknown-share {args.unknown_share}: expected a share in (0, 1], e.g. 0.95")
     resume = bool(args.resume)
     if resume:
         cfg, data = _resumed(args)
@@ -136,7 +145,7 @@ def _train(args, quiet: bool) -> Path:
         procs = f" in {ws} processes" if ws > 1 else ""
         verb = "resuming" if resume else "training"
         print(f"{verb} {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
-    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume)
+    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=args.unknown_share)
     if run is None:  # a helper rank of a torchrun job
         return out
     m = run.metrics

@@ -1,8 +1,9 @@
 """The review catalogue: one SQLite file (WAL), one row per photo, every decision kept.
 
 items: path, sha256 (unique: a photo already in the catalogue is not predicted again), the model's
-label, top-3 (JSON), calibrated confidence, unknown_score (nullable; for an out-of-distribution score
-later), status (auto | needs_review | reviewed | unknown), reviewed_label, reviewer, decided_at, and a
+label (its most likely class, also for a photo it calls "none of these"), top-3 (JSON), calibrated
+confidence, unknown_score (the run's out-of-distribution score, evaluation/unknown.py; null for runs
+without one), status (auto | needs_review | reviewed | unknown), reviewed_label, reviewer, decided_at, and a
 version that every change increments. decisions: one row per decision, with what it replaced (undo,
 audit).
 
@@ -137,16 +138,18 @@ def known_hashes(conn: sqlite3.Connection) -> set[str]:
 
 
 def add_predictions(conn: sqlite3.Connection, rows: list[dict]) -> int:
-    """Insert predicted photos (path, sha256, label, top_k, confidence, needs_review) in one transaction; returns rows added."""
+    """Insert predicted photos (path, sha256, label, top_k, confidence, needs_review, unknown_score) in one transaction;
+    returns rows added. A photo the run calls unknown (label None) is stored with its most likely class as the label
+    and its score, waiting for review (it is always flagged): the reviewer decides, "none of these" included."""
     values = [
         (
             str(r["file"]),
             r["sha256"],
-            r["label"],
+            r["label"] if r["label"] is not None else r["top_k"][0]["label"],
             json.dumps([{"label": t["label"], "confidence": t["confidence"]} for t in r["top_k"][:3]]),
             float(r["confidence"]),
             r.get("unknown_score"),
-            "needs_review" if r["needs_review"] else "auto",
+            "needs_review" if r["needs_review"] or r.get("unknown") else "auto",
         )
         for r in rows
     ]

@@ -23,7 +23,8 @@ from fashionclf.io import atomic_write_text
 from fashionclf.predict import predict_files
 from fashionclf.runs import Run
 
-CSV_FIELDS = ["file", "label", "index", "confidence", "needs_review", "top_k", "error"]
+# unknown, unknown_score last, so the earlier columns keep their places; an unknown item's label is empty
+CSV_FIELDS = ["file", "label", "index", "confidence", "needs_review", "top_k", "error", "unknown", "unknown_score"]
 
 
 class JobError(ValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class Error(BaseModel):
@@ -42,12 +42,20 @@ class Ranked(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="the most likely class")
-    index: int = Field(ge=0, description="its position in /v1/models' classes")
-    confidence: float = Field(ge=0, le=1, description="calibrated probability of the label")
+    label: str | None = Field(description='the most likely class; null when the image is none of the classes ("unknown")')
+    index: int = Field(ge=0, description="its position in /v1/models' classes (of the most likely class, also when unknown)")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of the most likely class")
     top_k: list[Ranked] = Field(description="the k most likely classes, most likely first")
-    needs_review: bool = Field(description="confidence below the run's review threshold: a person should check")
+    needs_review: bool = Field(description="confidence below the run's review threshold, or unknown: a person should check")
+    unknown: bool = Field(False, description="none of the run's classes: the out-of-distribution score or a negative class said so")
+    unknown_score: float | None = Field(None, description="the out-of-distribution score (higher: less like the classes); null without one")
     preprocessed_png_b64: str | None = Field(None, description="with ?preprocessed=true: the image the model saw, base64 PNG")
+
+    @model_serializer(mode="wrap")
+    def _keep_nulls(self, handler):
+        """label and unknown_score are written when null too (the routes leave other null fields out)."""
+        out = handler(self)
+        return {"label": self.label, **out, "unknown_score": self.unknown_score} if isinstance(out, dict) else out
 
 
 class Predictions(BaseModel):
