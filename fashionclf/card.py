@@ -110,11 +110,12 @@ def model_card(meta: dict, metrics: dict, name: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_hub_files(run_dir: str | Path) -> list[Path]:
-    """Write config.json and README.md into a run folder (atomically), from its meta.json and metrics.json."""
+def write_hub_files(run_dir: str | Path, name: str | None = None) -> list[Path]:
+    """Write config.json and README.md into a run folder (atomically), from its meta.json and metrics.json.
+    name: the run's name in the card (default: the folder's; save_run writes into a temporary folder)."""
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     atomic_write_text(run_dir / CONFIG, to_json(hub_config(meta, metrics)))
-    atomic_write_text(run_dir / CARD, model_card(meta, metrics, run_dir.name))
+    atomic_write_text(run_dir / CARD, model_card(meta, metrics, name or run_dir.name))
     return [run_dir / CONFIG, run_dir / CARD]

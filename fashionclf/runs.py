@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from fashionclf import __version__
+from fashionclf.card import write_hub_files
 from fashionclf.config import TrainConfig, config_from_dict, config_to_dict
 from fashionclf.data.fashion_mnist import MEAN, STD
 from fashionclf.engine import distributed
@@ -171,6 +172,7 @@ def save_run(
         (tmp / HISTORY).write_text(history_csv(history))
         if predictions is not None:
             safetensors.torch.save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp / PREDICTIONS))
+        write_hub_files(tmp, name=out.name)  # config.json (id2label, input, normalisation) and the model card README.md
         for f in tmp.iterdir():  # durable before the rename makes the run visible
             os.chmod(f, 0o666 & ~UMASK)  # safetensors creates its files 0600; every file as open() would make it
             with open(f, "rb") as fh:

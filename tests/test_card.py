@@ -29,3 +29,21 @@ def test_config_and_card_from_an_old_run_folder(tmp_path):
     cov = metrics["test_calibration"]["coverage_at_precision"]["0.99"]["coverage"]
     assert f"{cov * 100:.2f}%" in card
     assert load_run(run_dir).predict(load_run(run_dir).dataset().test_x[:8].numpy()) == before  # extra files change nothing
+
+
+def test_save_run_writes_the_hub_files_under_the_runs_own_name(tmp_path):
+    import torch
+
+    from fashionclf.models import create_model
+    from fashionclf.recipes import resolve_config
+    from fashionclf.runs import save_run
+
+    classes = [f"c{i}" for i in range(10)]
+    out = save_run(tmp_path / "shop-v1", create_model("mlp").eval(), resolve_config("mlp", None), {}, [], classes, {})
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["id2label"]["3"] == "c3" and cfg["architecture"] == "mlp"
+    card = (out / "README.md").read_text()
+    assert "shop-v1" in card and ".tmp-" not in card  # named after the folder it lands in, not the temporary one
+    assert (out / "config.json").stat().st_mode & 0o777 == (out / "meta.json").stat().st_mode & 0o777
+    run = load_run(out)
+    assert run.predict(torch.zeros(2, 28, 28, dtype=torch.uint8).numpy())[0]["label"] in classes

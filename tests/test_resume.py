@@ -160,7 +160,7 @@ def test_killed_run_resumes_from_python_to_the_same_run_folder(tmp_path):
     assert _same_weights(a, safetensors.torch.load_file(str(out / WEIGHTS)))
     assert _history_csv(out) == _history_csv(tmp_path / "whole") and len(_history_csv(out)) == 4
     # the finished folder is what a run folder always was: no checkpoint, no lock
-    assert sorted(p.name for p in out.iterdir()) == sorted(["history.csv", META, METRICS, WEIGHTS, PREDICTIONS])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["history.csv", META, METRICS, WEIGHTS, PREDICTIONS, "config.json", "README.md"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(RunError, match="holds a finished run: nothing to resume"):
         fashionclf.train(cfg, out, data, resume=True)
