@@ -21,7 +21,7 @@ from fashionclf.recipes import resolve_config  # noqa: E402
 from fashionclf.runs import load_run, save_run  # noqa: E402
 from fashionclf.serving.app import Predictor, create_app  # noqa: E402
 
-OUTPUTS = ["probabilities", "label", "confidence", "needs_review"]
+OUTPUTS = ["probabilities", "label", "confidence", "needs_review", "unknown"]
 
 
 def _png(w: int, h: int, color) -> bytes:
@@ -105,6 +105,7 @@ def test_tritonclient_health_and_metadata(base):
             ("label", "BYTES", [-1]),
             ("confidence", "FP32", [-1]),
             ("needs_review", "BOOL", [-1]),
+            ("unknown", "BOOL", [-1]),
         ]
         with pytest.raises(InferenceServerException) as e:
             client.get_model_metadata("nope")
@@ -124,6 +125,7 @@ def _check(result, expected: list[dict]) -> None:
     np.testing.assert_allclose(result.as_numpy("confidence"), [p["confidence"] for p in expected], rtol=1e-6)
     review = result.as_numpy("needs_review")
     assert review.dtype == np.bool_ and review.tolist() == [p["needs_review"] for p in expected]
+    assert result.as_numpy("unknown").tolist() == [p["unknown"] for p in expected]
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -138,7 +140,7 @@ def test_tritonclient_infer_gives_the_labels_of_v1_predict(base, binary):
         # binary: the files as they are (binary tensor extension); JSON strings must be UTF-8: base64 text
         data = IMAGES if binary else [_b64(b).encode() for b in IMAGES]
         inp.set_data_from_numpy(np.array(data, dtype=np.object_), binary_data=binary)
-        _check(client.infer("mlp", [inp]), expected)  # no outputs named: all four, binary (tritonclient asks so)
+        _check(client.infer("mlp", [inp]), expected)  # no outputs named: all five, binary (tritonclient asks so)
         wanted = [tritonclient.InferRequestedOutput(n, binary_data=binary) for n in OUTPUTS]
         result = client.infer("mlp", [inp], outputs=wanted, request_id="req-1")
         _check(result, expected)

@@ -7,7 +7,8 @@ POST /v2/models/{name}/infer. Its one input, "image", is BYTES of shape [n]: eac
 as JSON strings (base64, or the raw string tritonclient sends) or in the binary tensor extension
 (Inference-Header-Content-Length: the JSON header's length; per element a 4-byte little-endian length and
 the bytes). Its outputs: probabilities FP32 [n, classes], label BYTES [n], confidence FP32 [n],
-needs_review BOOL [n], each as JSON or binary as the request asks; "classification" ranks probabilities as
+needs_review BOOL [n], unknown BOOL [n] (none of the classes: label ""), each as JSON or binary as the
+request asks; "classification" ranks probabilities as
 Triton does ("probability:index:label"). An unknown model name is 404; every refusal is {"error": ...}.
 """
 
@@ -31,7 +32,7 @@ from fashionclf.serving.limits import Limits, RequestError, capped_stream
 
 HEADER = "Inference-Header-Content-Length"
 PLATFORMS = {"torch": "pytorch", "onnx": "onnxruntime_onnx"}
-DATATYPES = {"probabilities": "FP32", "label": "BYTES", "confidence": "FP32", "needs_review": "BOOL"}
+DATATYPES = {"probabilities": "FP32", "label": "BYTES", "confidence": "FP32", "needs_review": "BOOL", "unknown": "BOOL"}
 EXTENSIONS = ["binary_tensor_data", "classification"]
 MAX_NESTING = 8  # the most dimensions a shape may have
 
@@ -291,6 +292,7 @@ def tensors(results: list[dict], classes: list[str]) -> dict[str, np.ndarray]:
         "label": np.array(["" if r.get("label") is None else str(r["label"]) for r in results], dtype=object),
         "confidence": np.array([np.nan if r.get("confidence") is None else r["confidence"] for r in results], np.float32),
         "needs_review": np.array([bool(r.get("needs_review")) for r in results], np.bool_),
+        "unknown": np.array([bool(r.get("unknown")) for r in results], np.bool_),  # "none of these": its label is ""
     }
 
 
@@ -312,7 +314,7 @@ def serialize(arr: np.ndarray, datatype: str) -> bytes:
 
 
 def encode_answer(req: schemas.InferRequest, results: list[dict], s: Served) -> Response:
-    """The V2 answer: outputs as asked (all four by default), each as JSON data or binary after the JSON."""
+    """The V2 answer: outputs as asked (all of them by default), each as JSON data or binary after the JSON."""
     arrays = tensors(results, s.classes)
     default_binary = bool(req.parameters and req.parameters.binary_data_output)
     wanted = req.outputs or [schemas.RequestedOutput(name=n) for n in schemas.OUTPUT_NAMES]

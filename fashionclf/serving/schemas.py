@@ -177,7 +177,7 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
-OUTPUT_NAMES = ("probabilities", "label", "confidence", "needs_review")
+OUTPUT_NAMES = ("probabilities", "label", "confidence", "needs_review", "unknown")
 
 
 class _Strict(BaseModel):
@@ -210,7 +210,7 @@ class OutputParameters(_Strict):
 
 
 class RequestedOutput(_Strict):
-    name: Literal["probabilities", "label", "confidence", "needs_review"]
+    name: Literal["probabilities", "label", "confidence", "needs_review", "unknown"]
     parameters: OutputParameters | None = None
 
 
@@ -223,7 +223,9 @@ class InferRequest(_Strict):
     id: str | None = Field(None, description="echoed in the answer")
     parameters: RequestParameters | None = None
     inputs: list[InferInput] = Field(min_length=1, max_length=1, description="one input, 'image'")
-    outputs: list[RequestedOutput] | None = Field(None, min_length=1, max_length=4, description="default: all four, in order")
+    outputs: list[RequestedOutput] | None = Field(
+        None, min_length=1, max_length=len(OUTPUT_NAMES), description="default: all of them, in order"
+    )
 
 
 class InferOutput(BaseModel):
