@@ -92,6 +92,16 @@ def multipart(images: bytes | list[bytes], name: str = "image.png") -> tuple[byt
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def _header(run: str) -> dict:
+    """What every result file starts with: when, where, and which run."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "run": run,
+    }
+
+
 def start_server(run: str, port: int, backend: str = "torch", args=(), env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fashionclf", "serve", run, "--port", str(port), "--backend", backend, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
@@ -232,10 +242,7 @@ def run_load_test(run: str, requests: int, concurrency: list[int], image: str | 
                 levels.append({**lv, "rss_mb_before": s.start, "rss_mb_peak": s.peak, "rss_mb_after": s.end})
         time.sleep(2)  # idle: whatever the allocator gives back, it has given
         return {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "run": run,
+            **_header(run),
             "backend": backend,
             "image": name,
             "image_bytes": len(body_img),
@@ -341,10 +348,7 @@ def run_attacks(run: str, chunked_mb: int = 200, burst: int = 1000, burst_concur
         ok = all(c["status"] == c["expected"] for c in cases.values() if isinstance(c["expected"], int))
         flood_case = cases[f"{burst}_requests_at_concurrency_{burst_concurrency}"]
         return {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "run": run,
+            **_header(run),
             "limits": "defaults",
             "cases": cases,
             "rss_mb_after_idle_2s": rss_mb(proc.pid),
@@ -398,10 +402,7 @@ def run_malloc_ab(run: str, rounds: int = 3, requests: int = 1000, big: int = 16
             mine = [x for x in rows if x["mode"] == mode]
             summary[mode] = {k: float(np.median([x[k] for x in mine])) for k in mine[0] if k not in ("round", "mode")}
         return {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "run": run,
+            **_header(run),
             "rows": rows,
             "median": summary,
             "p50_ratio_over_keep": {m: summary[m]["p50_ms_small"] / summary["keep"]["p50_ms_small"] for m in MODES},

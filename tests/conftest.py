@@ -67,3 +67,15 @@ def synthetic_bars(n_per_class: int = 40, seed: int = 0):
         x[y == c, 4 + 2 * c : 6 + 2 * c, 4:24] = 255
     perm = torch.randperm(len(y), generator=g)
     return x[perm], y[perm]
+
+
+def assert_error(r, status: int, *words: str) -> str:
+    """The service's one error shape: JSON {"error": "<one line>"} and nothing else, with the status asked for,
+    naming each of `words`; returns the message."""
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and "\n" not in body["error"], body
+    for w in words:
+        assert w in body["error"], (w, body)
+    return body["error"]

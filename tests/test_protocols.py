@@ -13,6 +13,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
+from conftest import assert_error as _error  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from test_serve import live_server  # noqa: E402
 
@@ -64,16 +65,6 @@ def _v1(base, blobs=IMAGES, path="/v1/predict") -> list[dict]:
     r = httpx.post(f"{base}{path}", json={"instances": [{"b64": _b64(b)} for b in blobs]}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["predictions"]
-
-
-def _error(r, status: int, *words: str) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"] == "application/json"
-    body = r.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str) and "\n" not in body["error"], body
-    for w in words:
-        assert w in body["error"], (w, body)
-    return body["error"]
 
 
 def test_kserve_v1_paths_answer_as_v1_predict(base):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from conftest import synthetic_bars
 from PIL import Image
 
 import fashionclf
@@ -33,18 +34,8 @@ from fashionclf.study import compare, train_and_save
 TIMING = {"seconds", "train_seconds", "seconds_per_epoch", "infer_images_per_s", "precision_choice"}
 
 
-def _synthetic(n_per_class=20, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(10).repeat_interleave(n_per_class)
-    x = torch.randint(0, 40, (len(y), 28, 28), generator=g, dtype=torch.uint8)
-    for c in range(10):
-        x[y == c, 4 + 2 * c : 6 + 2 * c, 4:24] = 255
-    perm = torch.randperm(len(y), generator=g)
-    return x[perm], y[perm]
-
-
 def _dataset() -> FashionMNIST:
-    x, y = _synthetic(30)
+    x, y = synthetic_bars(30)
     return FashionMNIST(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], source="synthetic", classes=CLASSES)
 
 
@@ -92,7 +83,7 @@ CONFIGS = {  # name: (settings, images held out for validation)
 
 
 def _split(n_val):
-    x, y = _synthetic()
+    x, y = synthetic_bars(20)
     return x[:150], y[:150], x[150 : 150 + n_val], y[150 : 150 + n_val]
 
 
@@ -294,7 +285,7 @@ def test_resume_refusals_are_one_line(tmp_path, folder, capsys):
 
 def test_damaged_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    x, y = _synthetic()
+    x, y = synthetic_bars(20)
     with pytest.raises(Stop):
         fit(_cfg(), x[:150], y[:150], x[150:], y[150:], on_epoch=_stop_after(1), checkpoint=out / ckpt.CHECKPOINT)
     tensors = next((out / ckpt.CHECKPOINT).glob("epoch-*.safetensors"))

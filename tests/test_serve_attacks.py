@@ -17,6 +17,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
+from conftest import assert_error as _error
 from fastapi.testclient import TestClient  # noqa: E402
 
 from fashionclf.models import build_model  # noqa: E402
@@ -56,17 +57,6 @@ SMALL = _png(28, 28, (40, 40, 40))
 
 def _files(*blobs):
     return [("file", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
-
-
-def _error(r, status: int, *words: str) -> str:
-    """The one error shape: JSON {"error": "<one line>"} and nothing else, with the status asked for."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"] == "application/json"
-    body = r.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str) and "\n" not in body["error"], body
-    for w in words:
-        assert w in body["error"], (w, body)
-    return body["error"]
 
 
 def test_routing_validation_and_malformed_bodies_get_the_one_error_shape(client):

@@ -271,7 +271,7 @@ def efficientnet_lite0_scratch(num_classes=10, in_chans=1, image_size=56, drop_p
 # Lite1 and Lite2: the same builder with their variant. Their default image_size keeps Lite0's ratio to the
 # native side (56 = 224 / 4): 240 / 4 = 60, and 260 / 4 = 65 rounded to 64, so that EfficientNet's compound
 # scaling (a deeper/wider network sees a larger image) holds and the five stride-2 stages still end at 2x2.
-# `--preset transfer --model efficientnet_lite1` trains one with Lite0's transfer recipe.
+# Each has its own recipe file (recipes/efficientnet_lite1.toml, ...lite2.toml: the transfer recipe's settings).
 _LITE = dict(flexible_size=True, size_arg=True, pretrained=True, drop_path=True, body_head=True)
 
 
