@@ -107,19 +107,12 @@ def predict_scored(
 def run_logits(run: Run, x_u8: torch.Tensor, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The run's logits (Run.logits: its precision and TTA) and the raw logits its "none of these" score takes
     (None where it takes none: no score, or the probability score). Under TTA the same two passes give both."""
-    from fashionclf.evaluation.unknown import PROBABILITY_SCORE, view_logits
+    from fashionclf.evaluation.unknown import PROBABILITY_SCORE
 
     params = run.metrics.get("unknown")
-    if not params or params["score"] == PROBABILITY_SCORE or not run.config.tta:
-        logits = run.logits(x_u8, device)
-        return logits, (logits if params and params["score"] != PROBABILITY_SCORE else None)
-    from fashionclf.engine.device import inference_precision
-
-    dev = torch.device(device)
-    model = run.model.to(dev)
-    cfg = run.config
-    p = inference_precision(cfg.precision, dev, model, x_u8, channels_last=cfg.channels_last, name=cfg.model)
-    return view_logits(model, x_u8, True, device=dev, amp_dtype=p.dtype, channels_last=p.channels_last)
+    if not params or params["score"] == PROBABILITY_SCORE:
+        return run.logits(x_u8, device), None
+    return run.logits(x_u8, device, raw=True)
 
 
 def predict_arrays(run: Run, images_u8: np.ndarray | torch.Tensor, top_k: int = 3, device: str = "cpu", backend=None) -> list[dict]:

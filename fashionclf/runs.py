@@ -203,16 +203,17 @@ class Run:
     def classes(self) -> list[str]:
         return self.meta["classes"]
 
-    def logits(self, x_u8: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    def logits(self, x_u8: torch.Tensor, device: str | torch.device = "cpu", raw: bool = False):
         """Logits for model-ready uint8 images with the run's TTA: in fp32 where it was trained in fp32 (with its
-        channels_last), else in the precision and memory format measured fastest for inference on this machine."""
+        channels_last), else in the precision and memory format measured fastest for inference on this machine.
+        raw=True: (logits, the raw logits "none of these" scores take), from the same passes (engine.inference.infer)."""
         from fashionclf.engine.device import inference_precision
         from fashionclf.engine.inference import infer
 
         dev = torch.device(device)
         model = self.model.to(dev)
         p = inference_precision(self.config.precision, dev, model, x_u8, channels_last=self.config.channels_last, name=self.config.model)
-        return infer(model, x_u8, device=dev, amp_dtype=p.dtype, channels_last=p.channels_last, tta=self.config.tta)
+        return infer(model, x_u8, device=dev, amp_dtype=p.dtype, channels_last=p.channels_last, tta=self.config.tta, raw=raw)
 
 
 DAMAGED = "the run folder is damaged or was not written by this version of fashionclf; train it again"

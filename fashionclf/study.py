@@ -28,7 +28,7 @@ from fashionclf.engine.inference import infer, measure_inference
 from fashionclf.engine.loop import fit
 from fashionclf.evaluation.calibrate import calibrate, calibration_report
 from fashionclf.evaluation.metrics import classification_report
-from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, fit_unknown, view_logits
+from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, fit_unknown
 from fashionclf.evaluation.unknown import known_share as unknown_known_share
 from fashionclf.io import atomic_write_text, to_json
 from fashionclf.runs import METRICS, METRICS_FIELDS, PREDICTIONS, Run, RunError, check_metadata, check_writable, claim, load_run, save_run
@@ -117,17 +117,16 @@ def _score_and_save(
     device = torch.device(res.device)
     inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
     amp, cl = inf.dtype, inf.channels_last
-    val_logits = infer(res.model, data.val_x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta)
-    test_logits = infer(res.model, data.test_x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta)
+    # raw: the logits the "none of these" score takes (under TTA the views' mean), from the same passes
+    (val_logits, val_raw), (test_logits, test_raw) = (
+        infer(res.model, x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta, raw=True) for x in (data.val_x, data.test_x)
+    )
     val_rep = classification_report(val_logits, data.val_y, data.classes)
     test_rep = classification_report(test_logits, data.test_y, data.classes)
     # Temperature and review threshold from the validation split; the test set only reports what they do.
     calibration = usable_calibration(calibrate(val_logits, data.val_y)) if len(data.val_y) else None
     temperature = (calibration or {}).get("temperature", 1.0)
-    raw = {}  # under TTA the energy needs the views' raw logits (evaluation/unknown.py): one more pass over each split
-    for split, x, logits in (("val", data.val_x, val_logits), ("test", data.test_x, test_logits)):
-        raw[split] = view_logits(res.model, x, True, device=device, amp_dtype=amp, channels_last=cl)[1] if cfg.tta and len(x) else logits
-    unknown = fit_unknown(val_logits if len(data.val_y) else None, temperature, list(data.classes), unknown_share, raw=raw["val"])
+    unknown = fit_unknown(val_logits if len(data.val_y) else None, temperature, list(data.classes), unknown_share, raw=val_raw)
     metrics = {
         "model": cfg.model,
         "seed": cfg.seed,
@@ -154,7 +153,7 @@ def _score_and_save(
     if calibration is not None:
         metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
     if metrics["unknown"] is not None and len(data.test_y):  # about unknown_share on new photos of the classes
-        metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, raw["test"])}
+        metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, test_raw)}
     predictions = {"logits": test_logits, "labels": data.test_y}
     shape = tuple(data.train_x.shape[1:])
     if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default

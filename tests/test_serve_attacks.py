@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from conftest import assert_error as _error
 from fastapi.testclient import TestClient  # noqa: E402
+from test_serve import live_server  # noqa: E402
 
 from fashionclf.models import build_model  # noqa: E402
 from fashionclf.recipes import resolve_config  # noqa: E402
@@ -196,25 +197,9 @@ def test_security_headers_and_no_third_party_docs(run, client):
 
 @contextlib.contextmanager
 def live(app):
-    """The app under real uvicorn in this process, on a free loopback port; yields the port."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(400):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """The app under real uvicorn in this process, on a free loopback port (test_serve.live_server); yields the port."""
+    with live_server(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def _blocking(app):

@@ -31,16 +31,25 @@ def to_input(x_u8: torch.Tensor, device: torch.device, channels_last: bool = Tru
 
 @torch.no_grad()
 def infer(
-    model: nn.Module, x_u8: torch.Tensor, batch_size: int = 1024, device=None, amp_dtype=None, channels_last=True, tta: bool = False
-) -> torch.Tensor:
+    model: nn.Module,
+    x_u8: torch.Tensor,
+    batch_size: int = 1024,
+    device=None,
+    amp_dtype=None,
+    channels_last=True,
+    tta: bool = False,
+    raw: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, classes) as float32 on the CPU, in eval mode.
 
     With tta, the log of the mean softmax of each image and its horizontal mirror: still valid logits
-    for argmax, softmax and cross-entropy.
+    for argmax, softmax and cross-entropy. raw=True: (those logits, the raw logits an out-of-distribution
+    score takes), from the same forward passes: under tta the mean of the two views' raw logits (the log of a
+    mean softmax has logsumexp 0, no energy left in it), else the logits themselves.
     """
     device = device or next(model.parameters()).device
     model.eval()
-    out = []
+    out, means = [], []
     for i in range(0, len(x_u8), batch_size):
         x = to_input(x_u8[i : i + batch_size], device, channels_last)
         with autocast(device, amp_dtype):
@@ -48,8 +57,10 @@ def infer(
             if tta:
                 both = torch.stack([logits, model(x.flip(-1)).float()])
                 logits = both.log_softmax(-1).logsumexp(0) - math.log(2)
+                means.append(both.mean(0).cpu())
         out.append(logits.cpu())
-    return torch.cat(out) if out else torch.empty(0, 10)
+    logits = torch.cat(out) if out else torch.empty(0, 10)
+    return (logits, torch.cat(means) if means else logits) if raw else logits
 
 
 def evaluate(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, **kw) -> dict:

@@ -102,19 +102,11 @@ def all_scores(logits: torch.Tensor, calibration_temperature: float = 1.0, raw: 
 
 
 def view_logits(model, x_u8: torch.Tensor, tta: bool, **infer_kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the logits as the run predicts them, the raw logits its energy and maxlogit scores take).
-
-    Without TTA both are the model's logits. With it, the first is engine.inference's log of the mean softmax of
-    the image and its mirror, whose logsumexp is always 0 (no energy is left in it), and the second is the mean of
-    the two views' raw logits. The same two forward passes as TTA inference.
-    """
+    """(the logits as the run predicts them, the raw logits its energy and maxlogit scores take): engine.inference's
+    infer(raw=True), the same forward passes as the run's (TTA) inference."""
     from fashionclf.engine.inference import infer
 
-    if not tta:
-        out = infer(model, x_u8, **infer_kw)
-        return out, out
-    views = torch.stack([infer(model, x_u8, **infer_kw), infer(model, x_u8.flip(-1), **infer_kw)])
-    return views.log_softmax(-1).logsumexp(0) - math.log(2), views.mean(0)
+    return infer(model, x_u8, tta=tta, raw=True, **infer_kw)
 
 
 def scores_for(params: dict, logits: torch.Tensor | None, probs: torch.Tensor) -> tuple[str, torch.Tensor]:
