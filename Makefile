@@ -9,7 +9,7 @@ DEV    := $(VENV)/.installed-dev
 OUT    ?= study
 SEEDS  ?= 1
 
-.PHONY: run test lint data bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
+.PHONY: run test lint data ready-model bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,23 @@ lint: $(DEV)
 
 test: $(DEV) lint data
 	$(BIN)/pytest -q -rs
+
+# The ready model shipped in fashionclf/weights/default (docs/results/ready-model.md): trains a scan run and an RGB
+# photo run (seed READY_SEED) into READY, fits their review rule on held-out photos, writes the bundle and its figures.
+READY      ?= ready-build
+READY_SEED ?= 0
+PHOTOS     ?= ../shared/clothing-photos
+READY_MAP  := t-shirt=T-shirt/top,pants=Trouser,dress=Dress,outwear=Coat,shirt=Shirt,longsleeve=Pullover,hat=-,shoes=-,shorts=-,skirt=-
+ready-model: $(DEV) data
+	$(BIN)/python tools/photo_fmnist_folder.py $(READY)/photofm --shop $(PHOTOS)/train --class-map "$(READY_MAP)" --seed $(READY_SEED)
+	$(BIN)/python tools/catalogue_shots.py $(READY)/catshots --per-class 50
+	$(BIN)/fashionclf train --model tuned_cnn --seed $(READY_SEED) --augment --aug-rotation 10 --aug-zoom 0.1 --aug-shift 0.1 \
+		--aug-photo 0.5 --extra-photos $(PHOTOS)/train --class-map "$(READY_MAP)" --out $(READY)/scan
+	$(BIN)/fashionclf train --data $(READY)/photofm --model efficientnet_lite0 --image-size 160 --epochs 10 --batch-size 64 \
+		--aug-shift 0.1 --aug-zoom 0.15 --seed $(READY_SEED) --out $(READY)/photo
+	$(BIN)/python tools/ready_model.py --scan $(READY)/scan --photo $(READY)/photo --phone $(PHOTOS)/validation \
+		--phone-map "$(READY_MAP)" --catalogue $(READY)/catshots --out $(READY)/default \
+		--report experiments/ready_model/results/ready.json --record tests/data/ready
 
 # Benchmarks (minutes each); every one writes JSON into benchmarks/results/. The Keras baseline gets its own venv.
 # bench-inference and bench-load time RUN, a run folder (by default one of `make run`'s).

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashionclf import runs
-from fashionclf.config import RECOMMENDED_MODEL, TrainConfig
+from fashionclf import ready, runs
+from fashionclf.config import DEFAULT_FOLDER_MODEL, DEFAULT_RECIPE, TrainConfig
 from fashionclf.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from fashionclf.io import check_new_file  # noqa: F401  (the CLI's, kept here)
 from fashionclf.models import model_info
 from fashionclf.recipes import load_config_file, load_recipe, resolve_config
 
@@ -46,6 +47,8 @@ class Run(runs.Run):
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
         if isinstance(inputs, (np.ndarray, torch.Tensor)):
+            if self.partners:
+                raise ValueError("the ready model asks several runs, each converting the photo its own way: give photo files, not arrays")
             return predict_arrays(self, inputs, top_k)
         from fashionclf.data.images import find_images
 
@@ -69,6 +72,7 @@ class Run(runs.Run):
     ) -> dict:
         """Accuracy, loss, per-class figures, confusion matrix and calibration on: labelled photos in class
         folders (data), a folder of t10k IDX files (data_dir), given arrays, or the Fashion-MNIST test set."""
+        ready.one_run(self, "evaluate")
         from fashionclf.data.fashion_mnist import DataError, load_split
         from fashionclf.study import evaluate_run
 
@@ -96,6 +100,7 @@ class Run(runs.Run):
         self, split: str = "test", limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None, allow_download: bool = True
     ) -> dict:
         """Accuracy under the corruption suite (14 corruptions x 5 severities) on the test split or the run's own validation split."""
+        ready.one_run(self, "robustness")
         from fashionclf.study import robustness
 
         if split not in ("test", "validation"):
@@ -119,6 +124,7 @@ class Run(runs.Run):
         written (atomically, never over an existing file). int8: statically quantized, calibrated on the run's
         validation images and refused when it costs more than 0.3 points of test accuracy (image-folder runs
         need their folder as data). Returns the model's bytes and a report {parity, int8?}."""
+        ready.one_run(self, "export")
         from fashionclf.io import atomic_write_bytes
         from fashionclf.serving.export import export_checked
 
@@ -154,17 +160,11 @@ class Run(runs.Run):
         return load_fashion_mnist(data_dir, val_size=self.config.val_size, split_seed=self.config.split_seed)
 
 
-def check_new_file(path: Path, option: str = "--out") -> None:
-    """Results are never overwritten: refuse an existing file, or a parent that is a file."""
-    if path.exists():
-        raise ValueError(f"{option} {path} already exists; choose another file (results are never overwritten)")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise ValueError(f"{option} {path}: {path.parent} is a file, not a folder")
-
-
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
-    """A run folder, rebuilt from meta.json and safetensors weights: nothing is unpickled, no code executes."""
-    r = runs.load_run(path, device)
+def load_run(path: str | Path = "default", device: str | torch.device = "cpu") -> Run:
+    """A run folder, rebuilt from meta.json and safetensors weights: nothing is unpickled, no code executes. "default":
+    the ready model in the package; a folder with ready.json: such a bundle, its SHA-256 checked first (ready.py)."""
+    bundle = ready.resolve(path)
+    r = ready.load_bundle(bundle, device) if bundle else runs.load_run(path, device)
     return Run(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)})
 
 
@@ -287,7 +287,7 @@ def train(
         data_options = {**(loaded or {}), **data_options} if data is None else data_options
         data = data_options.pop("data", None) if data is None else data
     else:
-        cfg = as_config(config if config is not None else RECOMMENDED_MODEL)
+        cfg = as_config(config if config is not None else DEFAULT_FOLDER_MODEL if data is not None else DEFAULT_RECIPE)
     out = Path(out) if out is not None else default_out(cfg)
     check_writable(out, overwrite, resume)
     if not isinstance(data, FashionMNIST):
@@ -301,19 +301,22 @@ def compare(
     data: FashionMNIST,
     out: str | Path = "study",
     overwrite: bool = False,
-    robustness: int = 0,
+    robustness: int | None = None,
     on_run_start: Callable | None = None,
     on_epoch: Callable | None = None,
     on_batch_factory: Callable | None = None,
+    photos: str | Path | None = None,
+    class_map: dict[str, str | None] | None = None,
 ) -> tuple[dict, list[Path]]:
     """Train every config over its seed into out/runs/, then write the study report; returns results and report files.
 
-    An interrupted study resumes: finished runs with the same config and data are reused.
+    An interrupted study resumes: finished runs with the same config and data are reused. robustness: validation images
+    for the corruption suite (None: 1,000 on 28x28 data; 0: off); photos: labelled photos (class_map as in Run.evaluate).
     """
     from fashionclf.reports.study import write_report
     from fashionclf.study import compare as run_all
 
-    results = run_all(list(configs), data, out, overwrite, on_run_start, on_epoch, on_batch_factory, robustness)
+    results = run_all(list(configs), data, out, overwrite, on_run_start, on_epoch, on_batch_factory, robustness, photos, class_map)
     return results, write_report(out, results, data)
 
 

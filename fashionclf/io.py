@@ -70,3 +70,11 @@ def try_lock(path: str | Path) -> int | None:
             pass
         os.close(fd)
     raise OSError(f"{path} keeps being replaced; cannot lock it")
+
+
+def check_new_file(path: Path, option: str = "--out") -> None:
+    """Results are never overwritten: refuse an existing file, or a parent that is a file."""
+    if path.exists():
+        raise ValueError(f"{option} {path} already exists; choose another file (results are never overwritten)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"{option} {path}: {path.parent} is a file, not a folder")

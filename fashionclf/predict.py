@@ -136,7 +136,9 @@ def class_order(primary: Run, other: Run) -> torch.Tensor:
     return torch.tensor(order)
 
 
-def joint_results(runs: list[Run], probs: list[torch.Tensor], top_k: int = 3, unknown: list | None = None) -> list[dict]:
+def joint_results(
+    runs: list[Run], probs: list[torch.Tensor], top_k: int = 3, unknown: list | None = None, review: dict | None = None
+) -> list[dict]:
     """Results from several runs' calibrated probabilities (each in runs[0]'s class order), averaged.
 
     Each run's review threshold was fitted for that run alone, not for the average, so an item is
@@ -145,11 +147,16 @@ def joint_results(runs: list[Run], probs: list[torch.Tensor], top_k: int = 3, un
     unknown: each run's (score name, scores) (unknown_scores; None: from its probabilities). An item is
     unknown when any run's score says so or the average's top class is a negative class; its
     unknown_score is the first run's.
+    review: a rule fitted for the runs together ({"temperature", "threshold"}: a ready model's, fitted on photos,
+    fashionclf/ready.py); the average is recalibrated by it and an item is flagged when the runs disagree or its
+    confidence is below its threshold, instead of the strictest single-run threshold.
     """
     from fashionclf.evaluation.unknown import unknown_flags
 
     unknown = unknown or [unknown_scores(r, None, p) for r, p in zip(runs, probs)]
     mean = torch.stack(probs).mean(0)
+    if review:
+        mean = joint_calibrated(mean, review["temperature"])
     out = results_from_probs(runs[0], mean, top_k, unknown[0])
     for r, u in zip(runs[1:], unknown[1:]):
         more = unknown_flags(r.metrics.get("unknown"), runs[0].classes, mean.argmax(1), *(u or (None, None)))
@@ -158,11 +165,20 @@ def joint_results(runs: list[Run], probs: list[torch.Tensor], top_k: int = 3, un
                 row.update(label=None, unknown=True, needs_review=True)
     thresholds = [review_threshold(r) for r in runs]
     strict = None if None in thresholds else max(thresholds)
+    if review:
+        strict = review["threshold"]
     tops = torch.stack([p.argmax(1) for p in probs])
     agree = (tops == tops[0]).all(0) & (tops[0] == mean.argmax(1))
-    for row, a in zip(out, agree.tolist()):  # flagged alone (no finite probabilities) stays flagged
-        row["needs_review"] = row["needs_review"] or strict is None or not a or row["confidence"] < strict
+    finite = torch.isfinite(mean).all(1)
+    for row, a, ok in zip(out, agree.tolist(), finite.tolist()):  # flagged alone (no finite probabilities) stays flagged
+        alone = row["needs_review"] if not review else (row["unknown"] or not ok)
+        row["needs_review"] = alone or strict is None or not a or row["confidence"] < strict
     return out
+
+
+def joint_calibrated(mean: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Averaged probabilities recalibrated by a temperature fitted on them: softmax(log(mean) / T)."""
+    return (mean.clamp_min(1e-12).log() / temperature).softmax(1)
 
 
 def preprocess_file(
@@ -207,51 +223,61 @@ def predict_files(
     """One dict per path, in order: the prediction, or {'file', 'error'} for a file that cannot be used.
 
     also: more runs to ask (each converts the photo its own way: 28x28 cut-out or RGB letterbox); their
-    calibrated probabilities are averaged with the run's (joint_results). save_preprocessed keeps the
-    run's own input.
+    calibrated probabilities are averaged with the run's (joint_results). Without it, a ready model's run asks
+    its partners, with their review rule (Run.partners, Run.review). save_preprocessed keeps the run's own input.
     """
-    runs = [run, *also]
-    if also and backend is not None:
-        raise ValueError("several runs are asked with their PyTorch models only, not with an ONNX backend")
-    orders = [class_order(run, r) for r in also]
+    runs = [run, *(also or run.partners)]
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        images: list[list[np.ndarray]] = [[] for _ in runs]
+        images: list[list[np.ndarray]] = []
         rows = []
         for p in chunk:
             try:
-                rgb = load_rgb(p)
-                converted: dict[str, np.ndarray] = {}  # runs with the same kind of input share one conversion
-                per_run = []
-                for r in runs:
-                    key = repr(sorted(r.meta.get("input", {}).items()))
-                    if key not in converted:
-                        converted[key] = convert_rgb(rgb, method, r)
-                    per_run.append(converted[key])
+                images.append(convert_for_runs(runs, load_rgb(p), method))
             except ImageError as e:
                 rows.append({"file": str(p), "error": str(e)})
                 continue
-            for imgs, img in zip(images, per_run):
-                imgs.append(img)
             rows.append({"file": str(p)})
-        preds = iter([])
-        if images[0]:
-            first, unknown = predict_scored(run, np.stack(images[0]), backend=backend)
-            probs, unknowns = [first], [unknown]
-            for r, order, imgs in zip(also, orders, images[1:]):
-                p_other, u_other = predict_scored(r, np.stack(imgs))
-                probs.append(torch.empty_like(p_other).index_copy_(1, order, p_other))  # into the run's class order
-                unknowns.append(u_other)
-            preds = iter(joint_results(runs, probs, top_k, unknowns) if also else results_from_probs(run, first, top_k, unknown))
-        it = iter(images[0])
+        preds = iter(predict_converted(runs, images, top_k, backend, review=None if also else run.review) if images else [])
+        it = iter(images)
         for row in rows:
             if "error" in row:
                 yield row
                 continue
-            img = next(it)
+            per_run = next(it)
             if save_preprocessed is not None:
-                _save_png(Path(save_preprocessed), Path(row["file"]), img)
+                _save_png(Path(save_preprocessed), Path(row["file"]), per_run[0])
             yield {**row, **next(preds)}
+
+
+def convert_for_runs(runs: list[Run], rgb: np.ndarray, method: str = "grabcut") -> list[np.ndarray]:
+    """A decoded photo as each run takes it; runs with the same kind of input share one conversion."""
+    converted: dict[str, np.ndarray] = {}
+    out = []
+    for r in runs:
+        key = repr(sorted(r.meta.get("input", {}).items()))
+        if key not in converted:
+            converted[key] = convert_rgb(rgb, method, r)
+        out.append(converted[key])
+    return out
+
+
+def predict_converted(
+    runs: list[Run], images: list[list[np.ndarray]], top_k: int = 3, backend=None, review: dict | None = None
+) -> list[dict]:
+    """Results for photos converted by convert_for_runs (one list per photo, one image per run): runs[0] alone, or
+    all runs' calibrated probabilities averaged in runs[0]'s class order (joint_results, with review if given)."""
+    if len(runs) > 1 and backend is not None:
+        raise ValueError("several runs are asked with their PyTorch models only, not with an ONNX backend")
+    first, unknown = predict_scored(runs[0], np.stack([im[0] for im in images]), backend=backend)
+    if len(runs) == 1:
+        return results_from_probs(runs[0], first, top_k, unknown)
+    probs, unknowns = [first], [unknown]
+    for i, r in enumerate(runs[1:], 1):
+        p_other, u_other = predict_scored(r, np.stack([im[i] for im in images]))
+        probs.append(torch.empty_like(p_other).index_copy_(1, class_order(runs[0], r), p_other))  # into runs[0]'s order
+        unknowns.append(u_other)
+    return joint_results(runs, probs, top_k, unknowns, review)
 
 
 def _save_png(folder: Path, source: Path, img: np.ndarray) -> None:

@@ -2,9 +2,8 @@
 
 A run folder is written complete into a hidden temporary sibling and renamed
 into place, so a crash never leaves half a run, and an existing run is only
-replaced when asked to. While a training runs, its folder holds a lock (`.lock`,
-so a second training into it is refused) and the checkpoint of the last epoch
-(`checkpoint/`, engine/checkpoint.py); the finished run replaces both.
+replaced when asked to. While a training runs, its folder holds a lock (`.lock`) and
+the last epoch's checkpoint (`checkpoint/`); the finished run replaces both.
 
 Loading checks meta.json and metrics.json against one schema (META_FIELDS,
 METRICS_FIELDS, and TrainConfig's own field checks for the config): a damaged
@@ -23,7 +22,7 @@ import os
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -198,6 +197,8 @@ class Run:
     meta: dict
     metrics: dict
     config: TrainConfig
+    partners: list = field(default_factory=list)  # a ready model's other runs, asked beside this one (fashionclf/ready.py)
+    review: dict | None = None  # and their review rule together, fitted on photos
 
     @property
     def classes(self) -> list[str]:

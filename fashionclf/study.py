@@ -234,6 +234,7 @@ def robustness(run: Run, x_u8: torch.Tensor, y: torch.Tensor, names=None, seed: 
 
 
 ROBUSTNESS = "robustness.json"
+DEFAULT_ROBUSTNESS_IMAGES = 1000  # compare's default: validation images the corruption suite scores each run on
 
 
 def run_robustness(run_dir: Path, data: FashionMNIST, n: int) -> dict:
@@ -279,15 +280,24 @@ def compare(
     on_run_start: Callable[[TrainConfig, Path], None] | None = None,
     on_epoch: Callable | None = None,
     on_batch_factory: Callable | None = None,
-    robustness_images: int = 0,
+    robustness_images: int | None = 0,
+    photos: str | Path | None = None,
+    class_map: dict[str, str | None] | None = None,
 ) -> dict:
     """Train every config into out/runs/<label>-s<seed>; write out/results.json after each run.
 
-    A finished run with the same config and data is reused, so an interrupted study resumes;
-    overwrite=True retrains every run, each old run replaced only once its new one is complete.
+    A finished run with the same config and data is reused (an interrupted study resumes); overwrite=True retrains
+    every run, each old run replaced only once its new one is complete. robustness_images: the corruption suite's
+    mean on that many validation images per run (row 'robustness'; None: 1,000 on 28x28 data). photos: a folder of labelled photos (class
+    subfolders, renamed by class_map), checked before anything trains, scoring every run (row 'photo_accuracy').
     """
     out = Path(out)
-    runs = []
+    if robustness_images is None:  # the default: the suite wherever it applies (28x28 grayscale images)
+        robustness_images = DEFAULT_ROBUSTNESS_IMAGES if data.val_x.dim() == 3 else 0
+    if robustness_images < 0 or (robustness_images and data.val_x.dim() != 3):
+        raise DataError(f"robustness {robustness_images}: expected 0 (off) or a number of 28x28 grayscale validation images (--data: 0)")
+    score_photos = PhotoScorer(photos, data.classes, class_map) if photos is not None else None
+    runs, head = [], {}
     for cfg in configs:
         run_dir = out / "runs" / f"{run_label(cfg).replace('@', '-')}-s{cfg.seed}"
         if not overwrite and (run_dir / PREDICTIONS).exists():
@@ -311,9 +321,38 @@ def compare(
         row = {**{k: metrics.get(k) for k in RESULT_KEYS}, "name": run_label(cfg), "resolution": cfg.resolution}
         if robustness_images:
             row["robustness"] = run_robustness(run_dir, data, robustness_images)["mean"]
+        if score_photos is not None:
+            row["photo_accuracy"] = score_photos(run_dir)
         runs.append({**row, "run_dir": str(run_dir.relative_to(out))})
-        atomic_write_text(out / "results.json", to_json({"runs": runs}))
-    return {"runs": runs}
+        head = {"photos": score_photos.record()} if score_photos is not None else {}
+        atomic_write_text(out / "results.json", to_json({**head, "runs": runs}))
+    return {**head, "runs": runs}
+
+
+class PhotoScorer:
+    """Accuracy of runs on labelled photos converted as `predict` converts them (Run.evaluate(data=FOLDER)), once per
+    kind of model input. A missing folder or a class map matching no class of the data fails when it is made."""
+
+    def __init__(self, folder: str | Path, classes, class_map: dict[str, str | None] | None = None, method: str = "grabcut"):
+        from fashionclf.data.folders import mapped_items
+
+        self.folder, self.class_map, self.method = Path(folder), class_map, method
+        self.files, self.converted, self.left_out = len(mapped_items(self.folder, classes, class_map)), {}, []
+
+    def __call__(self, run_dir: Path) -> float:
+        from fashionclf.predict import load_labelled_photos
+
+        run = load_run(run_dir)
+        key = to_json([run.meta.get("input"), list(run.classes)])
+        if key not in self.converted:
+            self.converted[key] = load_labelled_photos(run, self.folder, self.method, self.class_map)
+        x, y, self.left_out = self.converted[key]
+        return evaluate_run(run, x, y)["accuracy"]
+
+    def record(self) -> dict:
+        """What results.json keeps of the photos: the folder, the map, and the files scored and left out (unreadable)."""
+        n = self.files - len(self.left_out)
+        return {"folder": str(self.folder), "class_map": self.class_map, "images": n, "left_out": self.left_out}
 
 
 def _resumable(run_dir: Path, cfg: TrainConfig, data: FashionMNIST) -> bool:

@@ -28,16 +28,18 @@ def test_summarize_mean_and_std_over_seeds():
 
 
 def test_recommend_fastest_within_tolerance_on_validation():
-    # c has the best *test* accuracy but is outside the validation tolerance: the test set does not choose.
-    runs = [_run("a", 0, 0.93, 0.930, 100), _run("b", 0, 0.92, 0.927, 900), _run("c", 0, 0.95, 0.90, 5000)]
-    pick, text = recommend(summarize(runs), tolerance=0.005)
-    assert pick["model"] == "b" and "Candidates: a, b" in text and "**b**" in text
+    # c has the best *test* accuracy but is outside the validation tolerance (1 point): the test set does not choose.
+    runs = [_run("a", 0, 0.93, 0.930, 100), _run("b", 0, 0.92, 0.921, 900), _run("c", 0, 0.95, 0.915, 5000)]
+    pick, text = recommend(summarize(runs))
+    assert pick["model"] == "b" and "Candidates: a, b." in text and "**b**" in text and "within 1.0 points" in text
+    pick, text = recommend(summarize(runs), tolerance=0.005)  # a stated tolerance is the one applied
+    assert pick["model"] == "a" and "Candidates: a." in text and "within 0.5 points" in text
 
 
 def test_recommend_prefers_robustness_when_measured():
     runs = [_run("a", 0, 0.93, 0.93, 100, robustness=0.80), _run("b", 0, 0.93, 0.93, 900, robustness=0.70)]
     pick, text = recommend(summarize(runs))
-    assert pick["model"] == "a" and "robustness" in text
+    assert pick["model"] == "a" and "the highest robustness score (its corrupted mean accuracy)" in text
 
 
 def test_recommend_smaller_model_breaks_speed_ties():

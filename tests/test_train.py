@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionclf.config import RECOMMENDED_MODEL
+from fashionclf.config import DEFAULT_RECIPE, RECOMMENDED_MODEL
 from fashionclf.engine.inference import evaluate
 from fashionclf.engine.loop import ema_step_decay, fit
 from fashionclf.recipes import list_recipes, load_recipe, resolve_config
@@ -21,8 +21,10 @@ def _synthetic(n_per_class=60, seed=0):
 
 
 def test_resolve_defaults_and_overrides():
-    cfg = resolve_config(None, None)
-    assert cfg.model == RECOMMENDED_MODEL and cfg.augment == load_recipe(RECOMMENDED_MODEL).config.augment is True
+    cfg = resolve_config(None, None)  # the default follows the evidence on photos: the `photos` preset
+    assert cfg == load_recipe(DEFAULT_RECIPE).config and cfg.model == "resnet" and cfg.aug.photo > 0
+    cfg = resolve_config(RECOMMENDED_MODEL, None)  # the seed's Model 4, one flag away
+    assert cfg.model == "advanced_cnn" and cfg.augment == load_recipe(RECOMMENDED_MODEL).config.augment is True
     cfg = resolve_config("mlp", None, epochs=3, lr=None, aug_rotation=5.0)
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.aug.rotation) == ("mlp", 3, load_recipe("mlp").config.lr, 5.0)
 

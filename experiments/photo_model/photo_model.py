@@ -20,11 +20,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fashionclf.data.fashion_mnist import load_fashion_mnist
-from fashionclf.data.folders import letterbox, map_folders, parse_class_map
+from fashionclf.data.folders import map_folders, parse_class_map, scans_as_photos
 from fashionclf.io import atomic_write_text, to_json
 from fashionclf.predict import load_labelled_photos
 from fashionclf.runs import load_run
@@ -32,15 +31,6 @@ from fashionclf.study import evaluate_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/, for common.py
 import common  # noqa: E402
-
-
-def scans_as_photos(x_u8: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, 28, 28) light-on-black scans -> (N, 3, size, size) dark-on-white, as the training folder's PNGs load."""
-    out = torch.empty((len(x_u8), 3, size, size), dtype=torch.uint8)
-    for i, img in enumerate(x_u8.numpy()):
-        rgb = np.repeat((255 - img)[:, :, None], 3, axis=2)
-        out[i] = torch.from_numpy(letterbox(rgb, size).transpose(2, 0, 1).copy())
-    return out
 
 
 def score(run_dir: str, args, data) -> dict:

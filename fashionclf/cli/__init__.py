@@ -65,7 +65,12 @@ def _main(argv=None) -> int:
     from fashionclf.engine.distributed import env_world_size
     from fashionclf.runs import RunError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "more_inputs", False) and not any(x.startswith("-") for x in extra):
+        args.inputs += extra  # `predict [RUN] --with RUN2 PHOTO...`: photos after an option (argparse takes one block)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if env_world_size() > 1 and args.func is not train.run:
         print("fashionclf: error: only `train` runs under torchrun; start other commands as one process", file=sys.stderr)
         return 2

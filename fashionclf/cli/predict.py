@@ -10,9 +10,14 @@ ORDER = 40  # place in `fashionclf --help`
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("predict", help="categorise product photos (files or folders) with a trained run")
-    s.add_argument("run", help="run folder")
-    s.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    s = sub.add_parser("predict", help="categorise product photos (files or folders) with a trained run, or the ready model")
+    s.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="[RUN] INPUT",
+        help="a run folder (or 'default', the ready model shipped in the package, used when no run folder comes first), "
+        "then image files or folders (searched recursively)",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per line and image")
     s.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
     s.add_argument(
@@ -29,7 +34,7 @@ def add_parser(sub) -> None:
         help="also ask this run (repeatable; e.g. an RGB photo run beside a 28x28 one) and average the calibrated "
         "probabilities; the classes must match by name; an item is flagged when the runs disagree",
     )
-    s.set_defaults(func=run)
+    s.set_defaults(func=run, more_inputs=True)
 
 
 def line(r: dict) -> str:
@@ -50,6 +55,7 @@ def run(args) -> int:
 
     if args.top_k < 1:
         raise ValueError("--top-k must be at least 1")
+    args.run, args.inputs = split_run(args.inputs)
     run = load_run(args.run)
     also = [load_run(r) for r in args.with_runs or []]
     for r in also:
@@ -69,6 +75,17 @@ def run(args) -> int:
             print(f"fashionclf: skipped {r['file']}: {r['error']}", file=sys.stderr)
         print(json.dumps(r) if args.json else line(r), flush=True)
     return _none_usable(len(paths)) if failed == len(paths) else 0
+
+
+def split_run(items: list[str]) -> tuple[str, list[str]]:
+    """(run, inputs) from `predict [RUN] INPUT...`: the first item is the run when it is 'default' or a folder with
+    meta.json or ready.json (a run or a bundle); otherwise every item is an input and the ready model answers."""
+    first = Path(items[0])
+    if items[0] == "default" or (first / "meta.json").is_file() or (first / "ready.json").is_file():
+        if len(items) == 1:
+            raise ValueError(f"{items[0]} is a run; give the photos to categorise after it: fashionclf predict {items[0]} PHOTO...")
+        return items[0], items[1:]
+    return "default", items
 
 
 def _none_usable(n: int) -> int:

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     s.set_defaults(func=export)
 
     s = sub.add_parser("serve", help="an HTTP service and web page for a trained run (FastAPI + uvicorn)")
-    s.add_argument("run", help="run folder")
+    s.add_argument("run", nargs="?", default="default", help="run folder (default: 'default', the ready model shipped in the package)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (the run's model) or onnx (onnxruntime)")

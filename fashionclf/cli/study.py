@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def add_parser(sub) -> None:
     options.add_train_options(s)
     s.set_defaults(func=label_issues)
 
-    s = sub.add_parser("compare", help="the seed study: train several models over seeds and write a report")
+    # conflict_handler: compare's --class-map (below) replaces the train options' one, to say it also maps --photos
+    s = sub.add_parser("compare", help="the seed study: train several models over seeds and write a report", conflict_handler="resolve")
     s.add_argument(
         "--models",
         help=f"comma-separated, NAME:SEEDS for a model's own seed count (default: mlp,simple_cnn,tuned_cnn,advanced_cnn); "
@@ -31,11 +33,24 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--robustness",
         type=int,
-        default=0,
         metavar="N",
-        help="also run the corruption suite on N validation images per run (into the report and the recommendation)",
+        help="score every run on the corruption suite (14 corruptions x 5 severities) on N validation images, into the "
+        "report's table and recommendation; default 1000, which added about 11 s per mlp run and 40 s per tuned_cnn run on "
+        "2 CPU cores shared with training jobs (docs/study.md); 0 turns it off; Fashion-MNIST only (off with --data)",
+    )
+    s.add_argument(
+        "--photos",
+        metavar="FOLDER",
+        help="also score every run on these labelled photos (one subfolder per class, converted as predict converts "
+        "photos), into the report's table and recommendation; checked before anything trains",
     )
     options.add_train_options(s)
+    s.add_argument(
+        "--class-map",
+        metavar="MAP",
+        help="with --photos (and with --extra-photos, one map for both): folder names to classes, "
+        "e.g. 't-shirt=T-shirt/top,pants=Trouser,hat=-' ('-' leaves a folder out)",
+    )
     options.add_track_options(s)
     s.set_defaults(func=compare)
 
@@ -66,14 +81,20 @@ def model_seeds(text: str, default: int) -> list[tuple[str, int]]:
 
 def compare(args) -> int:
     from fashionclf import api
+    from fashionclf.data.folders import parse_class_map
     from fashionclf.reports.study import summarize
     from fashionclf.study import DEFAULT_MODELS, run_label
 
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
+    if args.robustness is not None and args.robustness < 0:
+        raise ValueError(f"--robustness {args.robustness}: expected a number of validation images (0 turns the suite off)")
+    if args.class_map and not (args.photos or args.extra_photos):
+        raise ValueError("--class-map goes with --photos FOLDER or --extra-photos FOLDER (labelled photos whose folder names it maps)")
+    photo_map = parse_class_map(args.class_map) if args.photos and args.class_map else None
     plan = model_seeds(args.models, args.seeds) if args.models else [(n, args.seeds) for n in DEFAULT_MODELS]
     kwargs = {n: options.model_kwargs(args, n) for n, _ in plan}  # checked once per model, not per seed
-    given = options.overrides(args)
+    given = options.overrides(args if args.extra_photos else argparse.Namespace(**{**vars(args), "class_map": None}))
     configs = [c for n, k in plan for c in api.study_configs([(n, k)], model_kwargs=kwargs[n], **given)]
     out = Path(args.out)
     options.check_tracking(args)
@@ -83,11 +104,18 @@ def compare(args) -> int:
     def on_run_start(cfg, run_dir):
         print(f"== {cfg.model} seed {cfg.seed} -> {run_dir}", file=sys.stderr)
 
-    results, paths = api.compare(configs, data, out, args.overwrite, args.robustness, on_run_start, on_epoch, on_batch_factory)
+    results, paths = api.compare(
+        configs, data, out, args.overwrite, args.robustness, on_run_start, on_epoch, on_batch_factory, args.photos, photo_map
+    )
     options.track(args, [out / "runs" / f"{run_label(c).replace('@', '-')}-s{c.seed}" for c in configs], [out / "results.json", *paths])
+    for msg in results.get("photos", {}).get("left_out", []):
+        print(f"fashionclf: left out {msg}", file=sys.stderr)
     for row in summarize(results["runs"]):
+        robust = "".join(
+            f"  {label} {row[k] * 100:.2f}" for k, label in (("corrupted", "corrupted"), ("photo", "photos")) if row[k] is not None
+        )
         print(
-            f"{row['model']:14s} test acc {row['acc_mean'] * 100:6.2f} ± {row['acc_std'] * 100:.2f}  "
+            f"{row['model']:14s} test acc {row['acc_mean'] * 100:6.2f} ± {row['acc_std'] * 100:.2f}{robust}  "
             f"({row['n']} seed{'s' if row['n'] > 1 else ''}, {row['train_seconds']:.0f}s train, {row['params']:,d} params)"
         )
     print("report: " + ", ".join(str(p) for p in paths))

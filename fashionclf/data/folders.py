@@ -52,6 +52,16 @@ def letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def scans_as_photos(x_u8: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 28, 28) light-on-black Fashion-MNIST scans as an RGB photo run takes them: negated back to a dark item
+    on white (what the shots looked like before the dataset was made), letterboxed to (N, 3, size, size)."""
+    out = torch.empty((len(x_u8), 3, size, size), dtype=torch.uint8)
+    for i, img in enumerate(np.asarray(x_u8)):
+        rgb = np.repeat((255 - img)[:, :, None], 3, axis=2)
+        out[i] = torch.from_numpy(letterbox(rgb, size).transpose(2, 0, 1).copy())
+    return out
+
+
 def load_images(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(N, 3, S, S) uint8 images, labels, and one message per file that could not be read (those are left out)."""
     xs, ys, skipped = [], [], []

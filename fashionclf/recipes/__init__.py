@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fashionclf.config import RECOMMENDED_MODEL, TrainConfig, config_from_dict, replace
+from fashionclf.config import DEFAULT_RECIPE, TrainConfig, config_from_dict, replace
 
 HERE = Path(__file__).parent
 
@@ -94,9 +94,10 @@ def resolve_config(model: str | None = None, preset: str | None = None, base: Tr
         base = load_recipe(preset, kind="preset").config
     if model is not None:
         model_info(model)  # fail early, listing valid names
+    if base is None and model is None:
+        base = load_recipe(DEFAULT_RECIPE, kind="preset").config
     if base is None:
-        name = model or RECOMMENDED_MODEL
-        base = load_recipe(name).config if (HERE / f"{name}.toml").is_file() else TrainConfig(model=name)
+        base = load_recipe(model).config if (HERE / f"{model}.toml").is_file() else TrainConfig(model=model)
     name = model or base.model
     model_info(name)
     return replace(base, model=name, **overrides)

@@ -24,9 +24,10 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
-from fashionclf.data.images import ImageError
-from fashionclf.predict import png_bytes, predict_arrays, preprocess_file
-from fashionclf.runs import Run, load_run
+from fashionclf.api import load_run
+from fashionclf.data.images import ImageError, load_rgb
+from fashionclf.predict import convert_for_runs, png_bytes, predict_converted
+from fashionclf.runs import Run
 from fashionclf.serving import guard, metrics, protocols, schemas
 from fashionclf.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
 
@@ -42,6 +43,9 @@ class Predictor:
         self.run, self.max_pixels = run, max_pixels
         self.lock = threading.Lock()
         self.backend = None  # PyTorch
+        self.runs = [run, *run.partners]  # a ready model asks its partners too, each with its own conversion
+        if backend == "onnx" and run.partners:
+            raise ValueError("--backend onnx takes one run; the ready model asks several: serve it with --backend torch")
         if backend == "onnx":
             try:
                 from fashionclf.serving.export import OnnxModel, export_checked
@@ -52,19 +56,20 @@ class Predictor:
         elif backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
 
-    def prepare(self, blob: bytes, index: int) -> np.ndarray:
+    def prepare(self, blob: bytes, index: int) -> list[np.ndarray]:
+        """The photo as each run takes it: the same path as `fashionclf predict`."""
         try:
-            return preprocess_file(blob, run=self.run, max_pixels=self.max_pixels)  # the same path as `fashionclf predict`
+            return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels))
         except ImageError as e:
             raise RequestError(STATUS.get(e.kind, 422), f"image {index}: {e}") from None
 
     def predict(self, blobs: list[bytes], top_k: int = 3, preprocessed: bool = False) -> list[dict]:
         images = [self.prepare(b, i) for i, b in enumerate(blobs)]
         with self.lock, torch.inference_mode():
-            results = predict_arrays(self.run, np.stack(images), top_k, backend=self.backend)
+            results = predict_converted(self.runs, images, top_k, backend=self.backend, review=self.run.review)
         if preprocessed:
             for r, img in zip(results, images):
-                r["preprocessed_png_b64"] = base64.b64encode(png_bytes(img)).decode()
+                r["preprocessed_png_b64"] = base64.b64encode(png_bytes(img[0])).decode()
         return results
 
 

@@ -1,0 +1,202 @@
+"""Build the ready model (fashionclf/weights/default): two trained runs, a review rule fitted on photos, checksums.
+
+The members are a scan run (Fashion-MNIST's ten classes at 28x28, the photo cut out as Zalando cut its shots) and
+an RGB photo run (the same ten classes, the photo kept in colour), asked together as `predict --with` asks them.
+`make ready-model` trains both and calls this script; the figures it prints are reproduced in
+docs/results/ready-model.md.
+
+    .venv/bin/python tools/ready_model.py --scan SCAN_RUN --photo RGB_RUN \\
+        --phone ../shared/clothing-photos/validation --phone-map "$MAP" --catalogue /tmp/catshots \\
+        --out fashionclf/weights/default --report experiments/ready_model/results/ready.json \\
+        --record tests/data/ready
+
+What is fitted where: each run calibrated itself on its own validation split. The review rule of the pair
+(a temperature for the averaged probabilities, and the confidence threshold for 99% precision on the items both
+runs agree on) is fitted on the held-out photos here, phone photos and catalogue shots pooled, which neither run
+trained on. Its realised precision is estimated by 2-fold cross-fitting (fit on one half, count on the other,
+and the reverse); the shipped rule is fitted on all of them. Nothing here chooses between recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from fashionclf import ready
+from fashionclf.data.fashion_mnist import load_fashion_mnist
+from fashionclf.data.folders import map_folders, parse_class_map, scans_as_photos
+from fashionclf.evaluation.calibrate import ece
+from fashionclf.io import atomic_write_text, to_json
+from fashionclf.predict import class_order, load_labelled_photos, predict_probs, review_threshold
+from fashionclf.runs import load_run
+
+
+def member_probs(runs, folder, class_map):
+    """Each run's calibrated probabilities on labelled photos, in runs[0]'s class order, and the labels."""
+    probs, labels = [], None
+    for r in runs:
+        x, y, skipped = load_labelled_photos(r, folder, class_map=class_map)
+        if skipped:
+            raise SystemExit(f"{folder}: {len(skipped)} photos unreadable for {r.path}: {skipped[:3]}")
+        p = predict_probs(r, x)
+        order = class_order(runs[0], r)
+        probs.append(torch.empty_like(p).index_copy_(1, order, p))
+        y0 = order[y]
+        if labels is not None and not torch.equal(labels, y0):
+            raise SystemExit(f"{folder}: the runs read its photos in different orders")
+        labels = y0
+    return probs, labels
+
+
+def old_rule(runs, probs, labels):
+    """What `predict --with` did before: the average, flagged below the strictest run's own (scan-fitted) threshold."""
+    mean = torch.stack(probs).mean(0)
+    conf, pred = mean.max(1)
+    strict = max(review_threshold(r) for r in runs)
+    auto = ready.agreement(probs, mean) & (conf >= strict)
+    correct = pred == labels
+    n = int(auto.sum())
+    return {
+        "threshold": strict,
+        "automatic_share": n / len(labels),
+        "automatic": n,
+        "automatic_errors": int((auto & ~correct).sum()),
+        "realised_precision": correct[auto].float().mean().item() if n else None,
+        "ece": ece(mean, labels),
+    }
+
+
+def cross_fit(kinds: dict, seed: int = 0) -> dict:
+    """2-fold cross-fitting over the pooled photos: per kind, the check figures summed over both held-out halves."""
+    g = torch.Generator().manual_seed(seed)
+    folds = {k: torch.randperm(len(y), generator=g) % 2 for k, (_, y) in kinds.items()}
+    totals = {k: {"photos": 0, "automatic": 0, "automatic_errors": 0, "thresholds": []} for k in kinds}
+    for f in (0, 1):
+        fit_p = [torch.cat([p[m][folds[k] != f] for k, (p, _) in kinds.items()]) for m in range(2)]
+        fit_y = torch.cat([y[folds[k] != f] for k, (_, y) in kinds.items()])
+        rule = ready.fit_review(fit_p, fit_y)
+        for k, (p, y) in kinds.items():
+            held = folds[k] == f
+            c = ready.check_review([q[held] for q in p], y[held], rule)
+            t = totals[k]
+            t["photos"] += c["photos"]
+            t["automatic"] += c["automatic"]
+            t["automatic_errors"] += c["automatic_errors"]
+            t["thresholds"].append(rule["threshold"])
+    for t in totals.values():
+        t["automatic_share"] = t["automatic"] / t["photos"]
+        t["realised_precision"] = 1 - t["automatic_errors"] / t["automatic"] if t["automatic"] else None
+    return totals
+
+
+def fashion_mnist_test(runs, rule):
+    """The whole test set: the scan run on the scans, the photo run on them as dark-on-white photos, and both."""
+    data = load_fashion_mnist(allow_download=False)
+    index = map_folders(list(data.classes), runs[0].classes, None, "Fashion-MNIST")
+    y = torch.tensor([index[name] for name in data.classes])[data.test_y]
+    scan = predict_probs(runs[0], data.test_x)
+    p = predict_probs(runs[1], scans_as_photos(data.test_x, runs[1].meta["input"]["height"]))
+    photo = torch.empty_like(p).index_copy_(1, class_order(runs[0], runs[1]), p)
+    both = ready.check_review([scan, photo], y, rule)
+    acc = lambda q: (q.argmax(1) == y).float().mean().item()  # noqa: E731
+    return {"scan_run": acc(scan), "photo_run": acc(photo), "both": both}
+
+
+def record(bundle: Path, folder: Path, photos: list[Path]) -> list[dict]:
+    """Copy a few photos into folder (downscaled to 256 px, JPEG) and record what the bundle says of each."""
+    from PIL import Image
+
+    import fashionclf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for p in photos:
+        im = Image.open(p).convert("RGB")
+        im.thumbnail((256, 256))
+        dest = folder / f"{p.parent.name}-{p.stem}.jpg"
+        im.save(dest, quality=90)
+        files.append(dest)
+    rows = fashionclf.load_run(bundle).predict(files)
+    return [
+        {"file": f.name, "label": r["label"], "confidence": r["confidence"], "needs_review": r["needs_review"]} for f, r in zip(files, rows)
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scan", required=True, help="the scan run (28x28, Fashion-MNIST's classes)")
+    ap.add_argument("--photo", required=True, help="the RGB photo run (the same classes, named alike)")
+    ap.add_argument("--phone", required=True, help="held-out labelled phone photos, one folder per category")
+    ap.add_argument("--phone-map", required=True, help="their folders onto Fashion-MNIST's classes ('-' leaves one out)")
+    ap.add_argument("--catalogue", required=True, help="catalogue-style shots (tools/catalogue_shots.py), one folder per class")
+    ap.add_argument("--out", required=True, help="the bundle folder to write (never overwritten)")
+    ap.add_argument("--report", required=True, help="the figures, as JSON")
+    ap.add_argument("--record", help="copy a few phone photos here and record the bundle's answers (tests/data/ready)")
+    args = ap.parse_args()
+    t0 = time.time()
+    runs = [load_run(args.scan), load_run(args.photo)]
+    kinds = {
+        "phone": member_probs(runs, args.phone, parse_class_map(args.phone_map)),
+        "catalogue": member_probs(runs, args.catalogue, None),
+    }
+    rule = ready.fit_review([torch.cat([kinds[k][0][m] for k in kinds]) for m in range(2)], torch.cat([kinds[k][1] for k in kinds]))
+    figures = {
+        "per_kind": {
+            k: {
+                "scan_run": (p[0].argmax(1) == y).float().mean().item(),
+                "photo_run": (p[1].argmax(1) == y).float().mean().item(),
+                "both_fitted_on_all": ready.check_review(p, y, rule),
+                "old_rule": old_rule(runs, p, y),
+            }
+            for k, (p, y) in kinds.items()
+        },
+        "cross_fitted": cross_fit(kinds),
+        "fashion_mnist_test": fashion_mnist_test(runs, rule),
+        "members": {
+            name: {
+                "model": r.meta["model"],
+                "train_seconds": r.metrics.get("train_seconds"),
+                "seed": r.config.seed,
+                "test_accuracy": r.metrics.get("test_accuracy"),
+            }
+            for name, r in zip(("scan", "photo"), runs)
+        },
+    }
+    command = " ".join(["python", *sys.argv])
+    extra = {
+        "name": "default",
+        "classes": runs[0].classes,
+        "command": command,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "figures": figures,
+    }
+    bundle = ready.write_bundle(args.out, {"scan": args.scan, "photo": args.photo}, rule, extra)
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+    doc = {
+        "command": command,
+        "date": extra["created"],
+        "bundle_bytes": size,
+        "review": rule,
+        "figures": figures,
+        "seconds": time.time() - t0,
+    }
+    if args.record:
+        photos = sorted(p for p in Path(args.phone).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[::40][:6]
+        rec = Path(args.record)
+        if rec.exists():
+            shutil.rmtree(rec)
+        doc["recorded"] = record(bundle, rec, photos)
+        atomic_write_text(rec / "expected.json", to_json(doc["recorded"]))
+    atomic_write_text(args.report, to_json(doc))
+    print(to_json({k: doc[k] for k in ("bundle_bytes", "review", "figures")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
