@@ -46,11 +46,14 @@ def unknown_scores(run: Run, logits: torch.Tensor | None, probs: torch.Tensor) -
     return scores_for(params, logits, probs) if params else None
 
 
-def results_from_probs(run: Run, probs: torch.Tensor, top_k: int = 3, unknown: tuple[str, torch.Tensor] | None = None) -> list[dict]:
+def results_from_probs(
+    run: Run, probs: torch.Tensor, top_k: int = 3, unknown: tuple[str, torch.Tensor] | None = None, unknown_params: dict | None = None
+) -> list[dict]:
     """One result per row of calibrated probabilities: label, confidence, top-k, review flag, and whether the
     item belongs to none of the run's classes ("unknown": label None, top-k kept, always flagged for review).
 
     unknown: the run's (score name, scores) from unknown_scores; None computes it from the probabilities.
+    unknown_params: the score's fitted parameters, if not the run's own (a ready model's, refitted on photos).
     A row that is not all finite numbers (a damaged model or calibration; load_run refuses those, so this is
     a second guard) gets confidence 0 and is flagged for review: a NaN never reaches a response or a file.
     """
@@ -64,7 +67,7 @@ def results_from_probs(run: Run, probs: torch.Tensor, top_k: int = 3, unknown: t
     probs = torch.where(finite[:, None], probs, torch.zeros_like(probs))
     k = min(top_k, probs.shape[1])
     conf, idx = probs.topk(k, dim=1)
-    flags = unknown_flags(run.metrics.get("unknown"), run.classes, idx[:, 0], name, scores) & finite
+    flags = unknown_flags(unknown_params or run.metrics.get("unknown"), run.classes, idx[:, 0], name, scores) & finite
     shown = [None] * len(probs) if scores is None else [v if math.isfinite(v) else None for v in scores.tolist()]
     out = []
     for c, i, ok, unk, score in zip(conf.tolist(), idx.tolist(), finite.tolist(), flags.tolist(), shown):
@@ -157,9 +160,10 @@ def joint_results(
     mean = torch.stack(probs).mean(0)
     if review:
         mean = joint_calibrated(mean, review["temperature"])
-    out = results_from_probs(runs[0], mean, top_k, unknown[0])
-    for r, u in zip(runs[1:], unknown[1:]):
-        more = unknown_flags(r.metrics.get("unknown"), runs[0].classes, mean.argmax(1), *(u or (None, None)))
+    params = [unknown_params(r, i, review) for i, r in enumerate(runs)]
+    out = results_from_probs(runs[0], mean, top_k, unknown[0], params[0])
+    for p, u in zip(params[1:], unknown[1:]):
+        more = unknown_flags(p, runs[0].classes, mean.argmax(1), *(u or (None, None)))
         for row, flag in zip(out, more.tolist()):
             if flag and not row["unknown"] and row["confidence"] > 0:  # confidence 0: probabilities not finite
                 row.update(label=None, unknown=True, needs_review=True)
@@ -174,6 +178,16 @@ def joint_results(
         alone = row["needs_review"] if not review else (row["unknown"] or not ok)
         row["needs_review"] = alone or strict is None or not a or row["confidence"] < strict
     return out
+
+
+def unknown_params(run: Run, i: int, review: dict | None) -> dict | None:
+    """Run i's "none of these" parameters; a review rule's `unknown_thresholds[i]` (fitted on photos) replaces the
+    threshold of its score (None there: that run's score decides nothing)."""
+    params = run.metrics.get("unknown")
+    over = (review or {}).get("unknown_thresholds")
+    if not params or over is None:
+        return params
+    return {**params, "thresholds": {} if over[i] is None else {params["score"]: over[i]}}
 
 
 def joint_calibrated(mean: torch.Tensor, temperature: float) -> torch.Tensor:

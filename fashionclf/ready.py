@@ -63,12 +63,21 @@ def read_bundle(folder: Path) -> dict:
     if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in sums.items()):
         raise RunError(f"{where}: 'sha256' must map each file to its 64-digit SHA-256; the bundle is damaged: {DAMAGED}")
     if review is not None:
-        t, th = review.get("temperature") if isinstance(review, dict) else None, (review or {}).get("threshold")
-        ok_t = isinstance(t, (int, float)) and math.isfinite(t) and t > 0
-        ok_th = th is None or (isinstance(th, (int, float)) and 0 <= th <= 1)
-        if not (ok_t and ok_th):
-            raise RunError(f"{where}: 'review' needs a positive temperature and a threshold in [0, 1] (or null): {DAMAGED}")
+        review = review if isinstance(review, dict) else {}
+        t, th, cuts = review.get("temperature"), review.get("threshold"), review.get("unknown_thresholds")
+        ok_t = _number_or_none(t) and t is not None and t > 0
+        ok_th = _number_or_none(th) and (th is None or 0 <= th <= 1)
+        ok_u = cuts is None or (isinstance(cuts, list) and len(cuts) == len(members) and all(_number_or_none(c) for c in cuts))
+        if not (ok_t and ok_th and ok_u):
+            raise RunError(
+                f"{where}: 'review' needs a positive temperature, a threshold in [0, 1] (or null) and, if given, one "
+                f"unknown threshold (or null) per member: {DAMAGED}"
+            )
     return spec
+
+
+def _number_or_none(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 
 
 def _plain_name(name) -> bool:
@@ -158,32 +167,66 @@ def agreement(probs: list[torch.Tensor], mean: torch.Tensor) -> torch.Tensor:
     return (tops == mean.argmax(1)).all(0)
 
 
-def fit_review(probs: list[torch.Tensor], labels: torch.Tensor, target: float = 0.99) -> dict:
-    """A review rule for members asked together, fitted on labelled photos: the temperature of the averaged
-    probabilities (NLL), then the lowest confidence at which the items all members agree on reach `target`
-    precision (None: never reached, everything goes to a person). probs: each member's calibrated probabilities
-    in the first member's class order."""
+def unknown_mask(scores: list[torch.Tensor | None] | None, thresholds: list[float | None] | None, n: int) -> torch.Tensor:
+    """Items any member's "none of these" score puts above its threshold (predict.unknown_params)."""
+    flags = torch.zeros(n, dtype=torch.bool)
+    for sc, th in zip(scores or [], thresholds or []):
+        if sc is not None and th is not None:
+            flags |= torch.isfinite(sc) & (sc > th)
+    return flags
+
+
+def fit_review(
+    probs: list[torch.Tensor],
+    labels: torch.Tensor,
+    target: float = 0.99,
+    scores: list | None = None,
+    known_share: float = 0.95,
+    groups: torch.Tensor | None = None,
+) -> dict:
+    """A review rule for members asked together, fitted on labelled photos of their classes:
+    - each member's "none of these" threshold, so that `known_share` of these photos count known (scores: each
+      member's score per photo, higher = less like its classes; None for a member without one), in each group of
+      photos (groups: a kind per photo, e.g. phone and catalogue; None: one group). A run fits it on its own
+      validation split, which for a scan run holds no photo: it would call many real photos unknown;
+    - the temperature of the averaged probabilities (NLL);
+    - the lowest confidence at which the items all members agree on, and no score calls unknown, reach `target`
+      precision (None: never reached, everything goes to a person).
+    probs: each member's calibrated probabilities in the first member's class order."""
     mean = torch.stack(probs).mean(0)
     temperature = fit_temperature(mean.clamp_min(1e-12).log(), labels)
     cal = joint_calibrated(mean, temperature)
-    agree = agreement(probs, cal)
-    threshold = review_threshold(cal[agree], labels[agree], target) if agree.any() else None
-    return {"temperature": temperature, "threshold": threshold, "target_precision": target, "fitted_on_photos": len(labels)}
+    cuts = None
+    if scores is not None:
+        groups = torch.zeros(len(labels), dtype=torch.long) if groups is None else groups
+        cuts = [None if sc is None else _known_cut(sc, groups, known_share) for sc in scores]
+    keep = agreement(probs, cal) & ~unknown_mask(scores, cuts, len(labels))
+    threshold = review_threshold(cal[keep], labels[keep], target) if keep.any() else None
+    rule = {"temperature": temperature, "threshold": threshold, "target_precision": target, "fitted_on_photos": len(labels)}
+    return {**rule, "unknown_thresholds": cuts, "known_share": known_share} if cuts is not None else rule
 
 
-def check_review(probs: list[torch.Tensor], labels: torch.Tensor, review: dict) -> dict:
-    """What the rule does on labelled photos it was not fitted on: accuracy, ECE, the share labelled with no
-    person and the realised precision of those labels."""
+def _known_cut(scores: torch.Tensor, groups: torch.Tensor, known_share: float) -> float:
+    """The lowest score threshold under which `known_share` of every group's photos fall."""
+    ok = torch.isfinite(scores)
+    return max(torch.quantile(scores[ok & (groups == g)].float(), known_share).item() for g in groups[ok].unique())
+
+
+def check_review(probs: list[torch.Tensor], labels: torch.Tensor, review: dict, scores: list | None = None) -> dict:
+    """What the rule does on labelled photos it was not fitted on: accuracy (top class of the average), ECE, the
+    share called unknown, the share labelled with no person and the realised precision of those labels."""
     cal = joint_calibrated(torch.stack(probs).mean(0), review["temperature"])
     conf, pred = cal.max(1)
     correct = pred == labels
     threshold = review["threshold"]
-    auto = agreement(probs, cal) & (conf >= threshold if threshold is not None else torch.zeros_like(correct))
+    unknown = unknown_mask(scores, review.get("unknown_thresholds"), len(labels))
+    auto = agreement(probs, cal) & ~unknown & (conf >= threshold if threshold is not None else torch.zeros_like(correct))
     n_auto = int(auto.sum())
     return {
         "photos": len(labels),
         "accuracy": correct.float().mean().item(),
         "ece": ece(cal, labels),
+        "unknown": int(unknown.sum()),
         "automatic_share": n_auto / len(labels),
         "automatic": n_auto,
         "automatic_errors": int((auto & ~correct).sum()),

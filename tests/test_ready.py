@@ -51,6 +51,30 @@ def test_review_rule_is_fitted_for_the_pair_and_checked_on_other_photos():
     assert hot[0]["confidence"] > p[0].max().item()  # T < 1 sharpens
 
 
+def test_none_of_these_is_refitted_on_each_kind_of_photo():
+    g = torch.Generator().manual_seed(1)
+    n = 400
+    labels = torch.randint(0, 2, (n,), generator=g)
+    p = torch.nn.functional.one_hot(labels, 2).float() * 0.98 + 0.01
+    groups = (torch.arange(n) >= 300).long()  # 300 catalogue shots, 100 phone photos whose scores run higher
+    scan = torch.randn(n, generator=g) + 3 * groups  # a scan run's score: phone photos look unlike its scans
+    rule = ready.fit_review([p, p], labels, scores=[scan, None], groups=groups)
+    cut = rule["unknown_thresholds"]
+    assert cut[1] is None and (scan[groups == 1] <= cut[0]).float().mean() >= 0.95  # 95% of the phone photos known
+    assert (scan[groups == 0] <= cut[0]).float().mean() > 0.99
+    pooled = ready.fit_review([p, p], labels, scores=[scan, None])["unknown_thresholds"][0]
+    assert pooled < cut[0]  # one quantile over all photos would call far more phone photos unknown
+    check = ready.check_review([p, p], labels, rule, [scan, None])
+    assert check["unknown"] == int((scan > cut[0]).sum()) and check["automatic"] == n - check["unknown"]
+    # predict uses the bundle's thresholds instead of the run's own (fitted on its validation scans)
+    from fashionclf.predict import unknown_params
+
+    run = type("R", (), {"metrics": {"unknown": {"score": "energy", "thresholds": {"energy": -9.0}}}})()
+    assert unknown_params(run, 0, rule)["thresholds"] == {"energy": cut[0]}
+    assert unknown_params(run, 0, {**rule, "unknown_thresholds": [None, None]})["thresholds"] == {}
+    assert unknown_params(run, 0, None)["thresholds"] == {"energy": -9.0}
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """Two small photo runs of different input sizes, bundled with a rule fitted on their photos."""
@@ -99,6 +123,8 @@ def test_one_changed_byte_or_a_bad_ready_json_is_refused(bundle, tmp_path):
         ({"members": ["../a"]}, "'members' must list"),
         ({"sha256": {"one/meta.json": "x"}}, "64-digit SHA-256"),
         ({"review": {"temperature": -1, "threshold": 0.5}}, "positive temperature"),
+        ({"review": {"temperature": 1.0, "threshold": 0.5, "unknown_thresholds": [1.0]}}, "one unknown threshold"),
+        ({"review": "loose"}, "positive temperature"),
     ]:
         bad = shutil.copytree(out, tmp_path / f"bad{len(list(tmp_path.iterdir()))}")
         spec = json.loads((bad / "ready.json").read_text())
