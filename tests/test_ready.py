@@ -181,7 +181,8 @@ def test_the_shipped_ready_model_categorises_committed_photos_as_recorded(tmp_pa
     rows = run.predict([RECORDED / e["file"] for e in expected])
     for e, r in zip(expected, rows):
         assert r["label"] == e["label"], e["file"]
-        assert r["confidence"] == pytest.approx(e["confidence"], abs=5e-3), e["file"]
+        # recorded in fp32 on an AVX2 CPU; a CPU where inference runs faster in bf16 (--precision auto) drifts a little
+        assert r["confidence"] == pytest.approx(e["confidence"], abs=0.03), e["file"]
     # the checksum in its metadata catches one changed weight byte
     copy = shutil.copytree(SHIPPED, tmp_path / "default")
     weights = copy / "photo" / "model.safetensors"
