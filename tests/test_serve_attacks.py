@@ -102,8 +102,8 @@ def test_an_unexpected_exception_is_a_json_500_and_one_log_line(run, caplog):
 
 def test_decompression_bombs_are_refused_from_the_header_before_decoding(run, monkeypatch):
     decoded = []
-    real = app_module.preprocess_file
-    monkeypatch.setattr(app_module, "preprocess_file", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    real = app_module.load_rgb  # what decodes each photo in the service (Predictor.prepare)
+    monkeypatch.setattr(app_module, "load_rgb", lambda *a, **k: decoded.append(1) or real(*a, **k))
     c = TestClient(create_app(run=run))
     bomb = _png(7000, 7000)
     assert len(bomb) < 400_000  # a few hundred KB that would decode to ~150 MB of RGB and ~500 MB in all
