@@ -31,6 +31,11 @@ def test_wheel_holds_the_package_and_its_data_files(wheel):
     for recipe in (ROOT / "fashionclf" / "recipes").glob("*.toml"):
         assert f"fashionclf/recipes/{recipe.name}" in names
     assert "fashionclf/serving/page.html" in names
+    # the ready model, so `fashionclf predict photo.jpg` works right after install: every file of the bundle
+    shipped = [f for f in (ROOT / "fashionclf" / "weights").rglob("*") if f.is_file()]
+    assert any(f.name == "ready.json" for f in shipped)
+    for f in shipped:
+        assert f"fashionclf/{f.relative_to(ROOT / 'fashionclf').as_posix()}" in names, f
     for pkg in ("data", "models", "engine", "evaluation", "reports", "serving", "cli", "recipes"):
         assert f"fashionclf/{pkg}/__init__.py" in names
 
