@@ -161,6 +161,8 @@ def test_predict_and_serve_with_no_run_folder_use_the_ready_model(bundle, monkey
         got = client.post("/v1/predict", files=[("file", ("p.png", f.read(), "image/png"))]).json()["predictions"][0]
     assert got["label"] == row["label"] and got["confidence"] == pytest.approx(row["confidence"], abs=1e-5)
     assert got["needs_review"] == row["needs_review"]
+    info = client.get("/v1/models").json()
+    assert info["ready"]["members"] == ["one", "two"] and info["ready"]["review"]["threshold"] == 0.7
     with pytest.raises(ValueError, match="--backend onnx takes one run"):
         create_app("default", backend="onnx")
 

@@ -158,6 +158,7 @@ def _model_info(run: Run, backend: str) -> dict:
         "input": run.meta.get("input"),
         "metrics": {k: m.get(k) for k in ("test_accuracy", "val_accuracy", "params", "infer_images_per_s") if k in m},
         "calibration": m.get("calibration"),
+        "ready": run.meta.get("ready"),
     }
 
 

@@ -33,6 +33,11 @@ class ModelInfo(BaseModel):
     input: dict[str, Any] | None = Field(description="what the model takes: kind and size")
     metrics: dict[str, Any] = Field(description="test and validation accuracy, parameters, speed, where recorded")
     calibration: dict[str, Any] | None = Field(description="temperature and review threshold")
+    ready: dict[str, Any] | None = Field(
+        None,
+        description="the ready model only (no run folder given): its members, asked together on every photo, and the "
+        "review rule they answer under, fitted on photos (it replaces `calibration`'s threshold); null for one run",
+    )
 
 
 class Ranked(BaseModel):
