@@ -367,8 +367,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     # Rebuilt from the recorded kwargs (builder defaults included), not today's defaults.
     built = config_from_dict({**meta.get("config", {}), "model": meta["model"], "model_kwargs": meta.get("model_kwargs", {})})
     try:
-        # pretrained=False: the run's own weights replace any pretrained ones just below
-        model = build_model(built, len(meta["classes"]), pretrained=False)
+        # pretrained=False, empty: the run's own weights (assigned below) replace pretrained and random ones
+        model = build_model(built, len(meta["classes"]), pretrained=False, empty=True)
     except (TypeError, ValueError, RuntimeError) as e:
         raise RunError(f"{path / META}: the model cannot be rebuilt from its config ({e})") from None
     weights = path / WEIGHTS
@@ -382,7 +382,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     if bad is not None:
         raise RunError(f"{weights}: tensor {bad!r} holds NaN or infinite values; {DAMAGED}")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in state.items()}, assign=True)
     except RuntimeError as e:
         raise RunError(f"{weights} does not fit model {meta['model']!r}: {str(e).splitlines()[0]}") from None
     model.to(device).eval()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_bars
+from conftest import study_row, synthetic_bars
 from PIL import Image
 
 from fashionclf.cli import main
@@ -16,34 +16,13 @@ from fashionclf.data.fashion_mnist import CLASSES, DataError, FashionMNIST
 from fashionclf.reports.robust import claim_blocks
 from fashionclf.reports.study import recommend, recommendation_blocks, summarize
 
-
-def _run(model, seed=0, val=0.93, ips=1000.0, params=1000, corrupted=None, photo=None):
-    r = {
-        "model": model,
-        "seed": seed,
-        "test_accuracy": val - 0.005,
-        "val_accuracy": val,
-        "test_loss": 0.3,
-        "params": params,
-        "train_seconds": 10.0,
-        "seconds_per_epoch": 1.0,
-        "epochs_run": 10,
-        "infer_images_per_s": ips,
-    }
-    if corrupted is not None:
-        r["robustness"] = corrupted
-    if photo is not None:
-        r["photo_accuracy"] = photo
-    return r
-
-
 # --------------------------------------------------------------------------- the rule
 
 
 def test_rule_takes_the_more_robust_model_within_one_point_even_if_slower():
     runs = [
-        _run("fast", val=0.930, ips=50_000, corrupted=0.60, photo=0.50),
-        _run("robust", val=0.921, ips=900, corrupted=0.70, photo=0.60),  # 0.9 points below the best: in the tier
+        study_row("fast", val=0.930, ips=50_000, corrupted=0.60, photo=0.50),
+        study_row("robust", val=0.921, ips=900, corrupted=0.70, photo=0.60),  # 0.9 points below the best: in the tier
     ]
     pick, text = recommend(summarize(runs))
     assert pick["model"] == "robust" and "**robust**" in text
@@ -55,46 +34,46 @@ def test_rule_takes_the_more_robust_model_within_one_point_even_if_slower():
 
 def test_rule_score_is_the_mean_of_both_figures():
     # 'a' leads on the corruption suite, 'b' on the mean of both figures: the mean decides
-    runs = [_run("a", corrupted=0.80, photo=0.40), _run("b", corrupted=0.65, photo=0.65)]
+    runs = [study_row("a", corrupted=0.80, photo=0.40), study_row("b", corrupted=0.65, photo=0.65)]
     assert recommend(summarize(runs))[0]["model"] == "b"
 
 
 def test_a_model_outside_the_tier_never_wins():
     runs = [
-        _run("a", val=0.930, ips=100, corrupted=0.50, photo=0.50),
-        _run("b", val=0.925, ips=100, corrupted=0.55, photo=0.52),
-        _run("c", val=0.915, ips=90_000, corrupted=0.99, photo=0.99),  # 1.5 points below: most robust and fastest
+        study_row("a", val=0.930, ips=100, corrupted=0.50, photo=0.50),
+        study_row("b", val=0.925, ips=100, corrupted=0.55, photo=0.52),
+        study_row("c", val=0.915, ips=90_000, corrupted=0.99, photo=0.99),  # 1.5 points below: most robust and fastest
     ]
     pick, text = recommend(summarize(runs))
     assert pick["model"] == "b" and "Candidates: a (" in text and "c (" not in text
 
 
 def test_rule_with_photos_only():
-    runs = [_run("a", ips=5000, photo=0.40), _run("b", ips=100, photo=0.45)]
+    runs = [study_row("a", ips=5000, photo=0.40), study_row("b", ips=100, photo=0.45)]
     pick, text = recommend(summarize(runs))
     assert pick["model"] == "b" and "highest robustness score (its photo accuracy)" in text
 
 
 def test_rule_with_the_corruption_suite_only():
-    runs = [_run("a", ips=5000, corrupted=0.62), _run("b", ips=100, corrupted=0.61)]
+    runs = [study_row("a", ips=5000, corrupted=0.62), study_row("b", ips=100, corrupted=0.61)]
     pick, text = recommend(summarize(runs))
     assert pick["model"] == "a" and "highest robustness score (its corrupted mean accuracy)" in text
 
 
 def test_rule_weighs_only_figures_every_candidate_has():
     # photos were scored for 'a' only: comparing its two-figure mean with b's corruption figure would be unfair
-    runs = [_run("a", corrupted=0.60, photo=0.90), _run("b", corrupted=0.70)]
+    runs = [study_row("a", corrupted=0.60, photo=0.90), study_row("b", corrupted=0.70)]
     pick, text = recommend(summarize(runs))
     assert pick["model"] == "b" and "(its corrupted mean accuracy)" in text
 
 
 def test_ties_in_robustness_go_to_the_faster_model():
-    runs = [_run("slow", ips=100, corrupted=0.6, photo=0.5), _run("quick", ips=200, corrupted=0.5, photo=0.6)]
+    runs = [study_row("slow", ips=100, corrupted=0.6, photo=0.5), study_row("quick", ips=200, corrupted=0.5, photo=0.6)]
     assert recommend(summarize(runs))[0]["model"] == "quick"
 
 
 def test_unmeasured_robustness_keeps_the_old_rule_and_wording():
-    runs = [_run("a", val=0.930, ips=100), _run("b", val=0.925, ips=900)]
+    runs = [study_row("a", val=0.930, ips=100), study_row("b", val=0.925, ips=900)]
     pick, text = recommend(summarize(runs))
     assert pick["model"] == "b"
     assert "take the one with the fastest inference, then the fewest parameters (robustness not measured in this study)" in text
@@ -102,7 +81,9 @@ def test_unmeasured_robustness_keeps_the_old_rule_and_wording():
 
 
 def test_summarize_gives_mean_and_std_of_each_figure_over_seeds():
-    rows = summarize([_run("a", 0, corrupted=0.60, photo=0.5), _run("a", 1, corrupted=0.70), _run("b", corrupted=0.5, photo=0.4)])
+    rows = summarize(
+        [study_row("a", 0, corrupted=0.60, photo=0.5), study_row("a", 1, corrupted=0.70), study_row("b", corrupted=0.5, photo=0.4)]
+    )
     a, b = rows
     assert abs(a["corrupted"] - 0.65) < 1e-12 and abs(a["corrupted_std"] - 0.0707106781) < 1e-8
     assert a["photo"] is None  # seed 1 has no photo figure: not measured for the model
@@ -114,7 +95,7 @@ def test_summarize_gives_mean_and_std_of_each_figure_over_seeds():
 
 def _ladder(advanced: tuple[float, float], seeds: int = 1) -> list[dict]:
     figures = {"mlp": (0.50, 0.40), "tuned_cnn": (0.60, 0.50), "advanced_cnn": advanced}
-    return summarize([_run(m, s, corrupted=c + 0.01 * s, photo=p - 0.01 * s) for m, (c, p) in figures.items() for s in range(seeds)])
+    return summarize([study_row(m, s, corrupted=c + 0.01 * s, photo=p - 0.01 * s) for m, (c, p) in figures.items() for s in range(seeds)])
 
 
 def _claim_text(rows) -> str:
@@ -150,8 +131,8 @@ def test_model4_paragraph_weighs_the_gap_against_the_seeds_spread():
 
 
 def test_model4_paragraph_only_with_advanced_cnn_and_measured_robustness():
-    assert claim_blocks(summarize([_run("mlp", corrupted=0.5), _run("tuned_cnn", corrupted=0.6)])) == []
-    assert claim_blocks(summarize([_run("mlp"), _run("advanced_cnn")])) == []
+    assert claim_blocks(summarize([study_row("mlp", corrupted=0.5), study_row("tuned_cnn", corrupted=0.6)])) == []
+    assert claim_blocks(summarize([study_row("mlp"), study_row("advanced_cnn")])) == []
     blocks = recommendation_blocks(_ladder((0.72, 0.55)))
     assert [type(b).__name__ for b in blocks] == ["Heading", "Paragraph", "Heading", "Paragraph"]
 

@@ -190,8 +190,8 @@ def test_cutmix_and_drop_path_train_on_photos_and_are_recorded(tmp_path, capsys)
     assert meta["config"]["aug"]["cutmix"] == 0.5 and meta["model_kwargs"]["drop_path"] == 0.1
     from fashionclf.runs import load_run
 
-    rates = {m.drop_prob for m in load_run(run).model.modules() if type(m).__name__ == "DropPath"}
-    assert rates and 0.05 < max(rates) <= 0.1  # rebuilt with its stochastic depth (timm ramps it up to 0.1 with depth)
+    rates = {m.drop for m in load_run(run).model.modules() if type(m).__name__ in ("Separable", "Inverted")}
+    assert rates and 0.05 < max(rates) <= 0.1  # rebuilt with its stochastic depth (ramped up to 0.1 with depth, as timm)
     assert main(["evaluate", str(run), "--data", str(root), "--json"]) == 0
 
 

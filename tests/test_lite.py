@@ -1,6 +1,7 @@
 """EfficientNet-Lite1 and Lite2 (and Lite0 where the check is shared): the variant table, the name mapping
 of their packages' ImageNet weights, that every package tensor lands in exactly one place of timm's network,
-and that a wrong, damaged or code-carrying file is one line naming the package and the fix."""
+that fashionclf's own network (models/lite.py) is timm's, name for name and logit for logit, and that a
+wrong, damaged or code-carrying file is one line naming the package and the fix."""
 
 import pickle
 import sys
@@ -35,6 +36,65 @@ def test_variant_table_matches_timm_and_the_package(key):
     assert net.pretrained_cfg["mean"] == (IMAGENET_MEAN,) * 3 and net.pretrained_cfg["std"] == (IMAGENET_STD,) * 3
     assert len(net.state_dict()) == v.tensors
     assert weights_file(key).name.startswith(f"efficientnet-{key}-")
+
+
+@pytest.mark.parametrize("key", list(VARIANTS))
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_our_network_is_timms(key, in_chans):
+    """One state dict in both: the same names in the same order and shapes, and the same logits in eval and
+    in train mode (batch statistics), at sides where TF's 'same' padding is even and where it is not."""
+    import timm
+
+    v = VARIANTS[key]
+    torch.manual_seed(0)
+    ref = timm.create_model(v.timm_model, pretrained=False, num_classes=10, in_chans=in_chans)
+    ours = v.network(10, in_chans)
+    theirs, mine = ref.state_dict(), ours.state_dict()
+    assert list(mine) == list(theirs)
+    assert all(mine[k].shape == theirs[k].shape for k in theirs)
+    ours.load_state_dict(theirs)
+    for side in (33, 56, 57):
+        x = torch.randn(3, in_chans, side, side)
+        for mode in ("eval", "train"):
+            with torch.no_grad():
+                a, b = getattr(ref, mode)()(x), getattr(ours, mode)()(x)
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (side, mode, (a - b).abs().max())
+    for name in ("running_mean", "running_var"):  # train mode moved the batch statistics alike
+        assert torch.allclose(ref.bn2.state_dict()[name], ours.bn2.state_dict()[name], atol=1e-6)
+    # stochastic depth: the same rate for every block, rising with depth as timm's builder sets it
+    ref = timm.create_model(v.timm_model, pretrained=False, drop_path_rate=0.2)
+    theirs = [0.0 if type(b.drop_path).__name__ == "Identity" else b.drop_path.drop_prob for s in ref.blocks for b in s]
+    mine = [b.drop for s in v.network(drop_path=0.2).blocks for b in s]
+    assert mine == pytest.approx(theirs) and max(mine) > 0.15
+
+
+@pytest.mark.parametrize("key", ["lite0", "lite2"])
+def test_our_random_init_is_tfs_as_timm_draws_it(key):
+    """From scratch (efficientnet_lite0_scratch) the weights are drawn as timm draws them: per tensor,
+    the same spread (TF's normal(0, sqrt(2 / fan_out)) for convolutions) within sampling error."""
+    import timm
+
+    v = VARIANTS[key]
+    ref = timm.create_model(v.timm_model, pretrained=False, num_classes=10).state_dict()
+    mine = v.network(10, 3).state_dict()
+    for k, t in ref.items():
+        if t.is_floating_point() and t.numel() >= 2000:
+            assert abs(mine[k].std().item() / t.std().item() - 1) < 0.15, k
+        elif t.is_floating_point() and ("running" in k or k.endswith("bn1.weight")):
+            assert torch.equal(mine[k], t), k  # BatchNorm's 0/1 starts
+
+
+def test_importing_a_run_of_our_network_does_not_import_timm():
+    """The reason the network is ours: a Lite0 run is built and run without timm (or torchvision) imported."""
+    import subprocess
+
+    code = (
+        "import sys; from fashionclf.models import create_model; import torch; "
+        "m = create_model('efficientnet_lite0', pretrained=False).eval(); m(torch.zeros(1, 1, 28, 28)); "
+        "print(sorted(k for k in ('timm', 'torchvision', 'torch._dynamo') if k in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
 
 
 def test_default_sizes_keep_lite0s_ratio_to_the_native_side():
@@ -171,7 +231,8 @@ def test_imagenet_head_recognises_tshirts(key):
     photos = sorted(_shared("clothing-photos", "validation", "t-shirt").glob("*.jpg"))[:12]
     assert len(photos) >= 8
     trained = create_lite(key, 1000, 3, pretrained=True, imagenet_head=True)
-    transform = create_transform(**resolve_data_config({}, model=trained))
+    # the preprocessing timm declares for the variant (its pretrained_cfg: side, crop, mean, std)
+    transform = create_transform(**resolve_data_config({}, model=timm.create_model(VARIANTS[key].timm_model)))
     x = torch.stack([transform(Image.open(p).convert("RGB")) for p in photos])
     assert x.shape[-1] == VARIANTS[key].native_size
     hits = {}

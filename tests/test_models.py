@@ -120,3 +120,25 @@ def test_registry_declarations_hold_for_the_real_module(name):
         else:
             with pytest.raises(RuntimeError):
                 _build(name, in_chans=3)(torch.zeros(2, 3, side, side))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_saved_run_loads_back_exactly_without_a_throwaway_init(name, tmp_path):
+    """load_run builds the network on the meta device and assigns the saved tensors: every parameter and
+    buffer is real afterwards, and the loaded run computes what the saved model computed."""
+    from fashionclf.config import TrainConfig
+    from fashionclf.models import build_model
+    from fashionclf.runs import load_run, save_run
+
+    cfg = TrainConfig(model=name, model_kwargs={"pretrained": False} if _sig(name).get("pretrained") else {})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    run = load_run(save_run(tmp_path / "run", model, cfg, {}, [], [f"c{i}" for i in range(10)], {}))
+    tensors = list(run.model.parameters()) + list(run.model.buffers())
+    assert tensors and not any(t.is_meta for t in tensors)
+    assert all(t.dtype == torch.float32 for t in run.model.parameters())
+    saved, loaded = model.state_dict(), run.model.state_dict()
+    assert list(saved) == list(loaded) and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():  # the loaded run may run channels_last (as trained): same function, other kernels
+        assert torch.allclose(run.model(x), model(x), atol=1e-5)

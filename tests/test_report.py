@@ -1,22 +1,10 @@
+from conftest import study_row
+
 from fashionclf.reports.study import recommend, summarize
 
 
 def _run(model, seed, acc, val, ips, params=1000, robustness=None):
-    r = {
-        "model": model,
-        "seed": seed,
-        "test_accuracy": acc,
-        "val_accuracy": val,
-        "test_loss": 0.3,
-        "params": params,
-        "train_seconds": 10.0,
-        "seconds_per_epoch": 1.0,
-        "epochs_run": 10,
-        "infer_images_per_s": ips,
-    }
-    if robustness is not None:
-        r["robustness"] = robustness
-    return r
+    return study_row(model, seed, val, ips, params, corrupted=robustness, acc=acc)
 
 
 def test_summarize_mean_and_std_over_seeds():

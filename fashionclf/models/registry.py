@@ -8,9 +8,11 @@ head. tests/test_models.py checks every declaration against the real module.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from fashionclf.config import TrainConfig
@@ -57,15 +59,18 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, **kwargs) 
     return model_info(name).build(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-def build_model(cfg: TrainConfig, num_classes: int = 10, pretrained: bool | None = None) -> nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int = 10, pretrained: bool | None = None, empty: bool = False) -> nn.Module:
     """The network a config trains: the registered model with its kwargs, at the config's resolution.
 
     pretrained=False rebuilds a pretrained model without fetching weights (a run folder's replace them).
+    empty=True builds it on the meta device, with no storage and no random initialisation, for
+    load_state_dict(state, assign=True) to fill: loading a run skips an initialisation it would overwrite.
     """
     kwargs = dict(cfg.model_kwargs)
     if pretrained is not None and model_info(cfg.model).pretrained:
         kwargs["pretrained"] = pretrained
-    return at_resolution(create_model(cfg.model, num_classes=num_classes, **kwargs), cfg.resolution)
+    with torch.device("meta") if empty else contextlib.nullcontext():
+        return at_resolution(create_model(cfg.model, num_classes=num_classes, **kwargs), cfg.resolution)
 
 
 def at_resolution(model: nn.Module, pixels: int, size: int = 28) -> nn.Module:
