@@ -155,7 +155,7 @@ class Run(runs.Run):
                 )
             from fashionclf.data.folders import load_image_folder
 
-            ds, _ = load_image_folder(data, val_data, self.meta["input"]["height"], split_seed=self.config.split_seed)
+            ds, _ = load_image_folder(data, val_data, self.meta["input"]["height"], split_seed=self.config.split_seed, cache="auto")
             return ds
         return load_fashion_mnist(data_dir, val_size=self.config.val_size, split_seed=self.config.split_seed)
 
@@ -211,9 +211,11 @@ def load_data(
     data_dir: str | Path | None = None,
     allow_download: bool = True,
     train_limit: int | None = None,
+    data_cache: str = "auto",
 ) -> tuple[FashionMNIST, list[str]]:
-    """The dataset a config trains on: an image folder (data, in any layout it reads) or Fashion-MNIST
-    (with cfg.extra_photos mixed in). Returns it and one message per file left out."""
+    """The dataset a config trains on: an image folder (data, any layout; its pixels in memory or mapped
+    from disk as data_cache says, fashionclf.data.store) or Fashion-MNIST (with cfg.extra_photos mixed in).
+    Returns it and one message per file left out."""
     if train_limit is not None and train_limit < 1:
         raise ValueError(f"--train-limit {train_limit}: expected a positive number of images")
     if data is not None:
@@ -221,7 +223,7 @@ def load_data(
 
         if cfg.extra_photos:
             raise ValueError("--extra-photos mixes photos into Fashion-MNIST training; with --data the photos are the dataset already")
-        ds, skipped = load_image_folder(data, val_data, image_size or 128, split_seed=cfg.split_seed)
+        ds, skipped = load_image_folder(data, val_data, image_size or 128, split_seed=cfg.split_seed, cache=data_cache)
     else:
         if val_data is not None or image_size:
             raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
@@ -236,7 +238,8 @@ def load_data(
         skipped += add_converted_photos(ds, cfg.extra_photos, cfg.extra_class_map, cfg.extra_repeat)
     # How they were loaded, kept with a training's checkpoint so that `train --resume` loads them again.
     where = {k: v if v is None else str(Path(v).absolute()) for k, v in (("data", data), ("val_data", val_data), ("data_dir", data_dir))}
-    ds.load_options = {**where, "image_size": image_size, "allow_download": allow_download, "train_limit": train_limit}
+    more = {"image_size": image_size, "allow_download": allow_download, "train_limit": train_limit, "data_cache": data_cache}
+    ds.load_options = {**where, **more}
     return ds, skipped
 
 

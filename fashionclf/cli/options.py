@@ -47,6 +47,13 @@ def add_train_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ())
     g.add_argument("--data", help="an image-folder dataset instead of Fashion-MNIST: one subfolder of photos per class")
     g.add_argument("--val-data", help="with --data: a folder of the same classes for validation (model choice)")
     g.add_argument("--image-size", type=int, help="with --data: photos are letterboxed to this square size (default 128)")
+    g.add_argument(
+        "--data-cache",
+        choices=("auto", "memory", "disk"),
+        default="auto",
+        help="with --data: decoded images in memory, or in files mapped from the cache for folders larger than memory "
+        "(auto: disk when they would take over 15%% of the available memory)",
+    )
     g.add_argument("--no-download", action="store_true", help="fail instead of downloading when the data are not found")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only (quick checks)")
     groups["pretrained"].add_argument(
@@ -78,6 +85,7 @@ def data_options(args) -> dict:
         "data_dir": args.data_dir,
         "allow_download": not args.no_download,
         "train_limit": args.train_limit,
+        "data_cache": args.data_cache,
     }
 
 

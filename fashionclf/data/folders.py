@@ -101,6 +101,30 @@ def _split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
     return torch.nonzero(mask).flatten(), held_idx
 
 
+class _Decoder:
+    """load_images, in memory or (cache="disk") into files mapped from the cache (data/store.py)."""
+
+    def __init__(self, mode: str, size: int):
+        from fashionclf.data import images, store
+
+        self.size, self.disk = size, store.DiskStore() if mode == "disk" else None
+        self.code = [Path(__file__), Path(images.__file__)]
+
+    def decode(self, items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        if self.disk is None:
+            return load_images(items, self.size)
+        from fashionclf.data.store import file_key
+
+        return self.disk.decode(items, self.size, lambda p: letterbox(load_rgb(p), self.size), file_key(items, self.size, self.code))
+
+    def take(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, of: list) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.disk is None:
+            return x[idx], y[idx]
+        from fashionclf.data.store import file_key
+
+        return self.disk.take(x, y, idx, file_key(of, self.size, self.code))
+
+
 def load_image_folder(
     data: str | Path,
     val_data: str | Path | None = None,
@@ -108,29 +132,34 @@ def load_image_folder(
     test_fraction: float = 0.15,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    cache: str = "memory",
 ) -> tuple[FashionMNIST, list[str]]:
     """The dataset (train/val/test as uint8 tensors) and the messages for files that were left out.
 
     data: class folders, split folders (train/ val/ test/, each of class folders) or a CSV/JSONL manifest
     (fashionclf.data.layouts). Splits it gives are used as given; missing ones are carved out of train.
+    cache: "memory", "disk" (file-backed tensors, for folders larger than memory: data/store.py) or
+    "auto" (disk when the decoded images would take more than 15% of the available memory).
     """
     from fashionclf.data.layouts import read_layout
+    from fashionclf.data.store import choose
 
     if not 16 <= image_size <= 512:
         raise DataError(f"--image-size {image_size}: expected 16-512 pixels")
     layout = read_layout(data)
     classes, given, root = layout.classes, layout.splits, layout.root
     pool = given.get("all") or given["train"]
-    x, y, skipped = load_images(pool, image_size)
+    dec = _Decoder(choose(cache, sum(map(len, given.values())), image_size), image_size)
+    x, y, skipped = dec.decode(pool)
     checksums = {"data": _fingerprint(pool, root)}
     if "test" in given:
-        tx, ty, s = load_images(given["test"], image_size)
+        tx, ty, s = dec.decode(given["test"])
         skipped += s
         rest = torch.arange(len(y))
         checksums["test"] = _fingerprint(given["test"], root)
     else:
         rest, test = _split(y, test_fraction, split_seed)
-        tx, ty = x[test], y[test]
+        tx, ty = dec.take(x, y, test, pool)
     if val_data is not None and "val" in given:
         raise DataError(f"{data} has its own validation split; leave out --val-data {val_data}, or remove that split")
     if val_data is not None:
@@ -139,19 +168,22 @@ def load_image_folder(
         if vclasses != classes:
             missing, extra = sorted(set(classes) - set(vclasses)), sorted(set(vclasses) - set(classes))
             raise DataError(f"{vroot} has other class folders than {root}: missing {missing or 'none'}, extra {extra or 'none'}")
-        vx, vy, vskipped = load_images(vitems, image_size)
+        vx, vy, vskipped = dec.decode(vitems)
         skipped += vskipped
         train_idx = rest
         checksums["val_data"] = _fingerprint(vitems, vroot)
     elif "val" in given:
-        vx, vy, vskipped = load_images(given["val"], image_size)
+        vx, vy, vskipped = dec.decode(given["val"])
         skipped += vskipped
         train_idx = rest
         checksums["val"] = _fingerprint(given["val"], root)
     else:
         r, v = _split(y[rest], val_fraction / (1 - test_fraction), split_seed + 1)
-        train_idx, vx, vy = rest[r], x[rest[v]], y[rest[v]]
-    ds = FashionMNIST(x[train_idx], y[train_idx], vx, vy, tx, ty, str(data), checksums, tuple(classes), split_seed)
+        train_idx = rest[r]
+        vx, vy = dec.take(x, y, rest[v], pool)
+    if len(train_idx) < len(y) or dec.disk is None:  # all of the pool trains (given splits, disk): use it as it is
+        x, y = dec.take(x, y, train_idx, pool)
+    ds = FashionMNIST(x, y, vx, vy, tx, ty, str(data), checksums, tuple(classes), split_seed)
     return ds, skipped
 
 
