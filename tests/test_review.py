@@ -68,8 +68,9 @@ def rgb_run(tmp_path_factory):
     return api.train(cfg, tmp / "run", data=data, image_size=32)
 
 
-def fake_catalogue(path: Path, folder: Path, n: int, seed0: int = 0) -> list[Path]:
-    """A catalogue of n real photos with made-up predictions: confidence rising with the index, every 3rd one automatic."""
+def fake_catalogue(path: Path, folder: Path, n: int, seed0: int = 0, unknown: tuple[int, ...] = ()) -> list[Path]:
+    """A catalogue of n real photos with made-up predictions: confidence rising with the index, every 3rd one automatic;
+    the items whose ids are in `unknown` called "none of these" by the (made-up) run."""
     files = write_photos(folder, [i % 3 for i in range(n)], seed0)
     conn = db.connect(path, create=True)
     db.init(conn, CLASSES, "made-up")
@@ -78,7 +79,7 @@ def fake_catalogue(path: Path, folder: Path, n: int, seed0: int = 0) -> list[Pat
         conf = 0.3 + 0.6 * i / max(1, n - 1)
         top = [{"label": CLASSES[(i + j) % 3], "confidence": p} for j, p in enumerate((conf, (1 - conf) * 0.7, (1 - conf) * 0.3))]
         rows.append({"file": str(f), "sha256": f"{seed0}-{i}", "label": top[0]["label"], "confidence": conf, "top_k": top,
-                     "needs_review": i % 3 != 2})  # fmt: skip
+                     "needs_review": i % 3 != 2, "unknown": i + 1 in unknown})  # fmt: skip
     db.add_predictions(conn, rows)
     conn.close()
     return files
@@ -405,3 +406,25 @@ def test_a_decision_and_the_next_item_take_under_100ms_with_10k_items(tmp_path):
     assert np.median(ms) < 100
     with sqlite3.connect(cat) as c:
         assert c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 320
+
+
+def test_the_runs_none_of_these_verdict_is_kept_and_older_catalogues_gain_it(tmp_path):
+    """A photo the run calls unknown keeps that verdict (predicted_unknown) beside its most likely class, always
+    waiting for a person; a catalogue written before the column existed gains it on open, as 'not unknown'."""
+    cat = tmp_path / "cat.db"
+    fake_catalogue(cat, tmp_path / "photos", 6, unknown=(3,))
+    conn = db.connect(cat)
+    items = {i: db.item(conn, i) for i in range(1, 7)}
+    assert [i for i, it in items.items() if it["predicted_unknown"]] == [3]
+    assert items[3]["status"] == "needs_review" and items[3]["label"] in CLASSES  # item 3 alone would have been automatic
+    conn.close()
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as c:
+        c.executescript(db.SCHEMA.replace("    predicted_unknown INTEGER NOT NULL DEFAULT 0,\n", ""))
+        c.execute(
+            "INSERT INTO items (path, sha256, label, top3, confidence, status) VALUES ('a.jpg', 'h', 'pants', '[]', 0.4, 'needs_review')"
+        )
+    conn = db.connect(old)
+    assert db.item(conn, 1)["predicted_unknown"] is False
+    assert db.claim_next(conn, "ann")["id"] == 1
+    conn.close()

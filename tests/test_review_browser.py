@@ -22,7 +22,7 @@ def test_review_page_keyboard_only(tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     cat = tmp_path / "cat.db"
-    fake_catalogue(cat, tmp_path / "photos", 9)  # needing review, least certain first: items 1, 2, 4, 5, 7, 8
+    fake_catalogue(cat, tmp_path / "photos", 9, unknown=(2,))  # needing review, least certain first: items 1, 2, 4, 5, 7, 8
     with live_server(create_app(cat)) as base:
         browser = _chromium()
         try:
@@ -46,7 +46,9 @@ def test_review_page_keyboard_only(tmp_path):
             sel = browser.find_element(By.CSS_SELECTOR, "#classes button.sel")
             assert sel.get_attribute("data-label") == CLASSES[0]  # item 1's prediction is highlighted
             assert sel.value_of_css_property("background-color") == "rgba(204, 221, 238, 1)"  # the hashed style block applied
+            assert not browser.find_element(By.ID, "verdict").is_displayed()
             assert press(Keys.ENTER) == "2"  # accept the model's label
+            assert "none of these" in browser.find_element(By.ID, "verdict").text  # item 2: the run called it unknown
             assert press("3") == "4"  # item 2: correct it to the third class
             # item 4 (predicted pants): arrow to the next class, Enter takes it
             ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()

@@ -3,9 +3,9 @@
 items: path, sha256 (unique: a photo already in the catalogue is not predicted again), the model's
 label (its most likely class, also for a photo it calls "none of these"), top-3 (JSON), calibrated
 confidence, unknown_score (the run's out-of-distribution score, evaluation/unknown.py; null for runs
-without one), status (auto | needs_review | reviewed | unknown), reviewed_label, reviewer, decided_at, and a
-version that every change increments. decisions: one row per decision, with what it replaced (undo,
-audit).
+without one), predicted_unknown (1: the run called it "none of these"; added to older catalogues on open),
+status (auto | needs_review | reviewed | unknown), reviewed_label, reviewer, decided_at, and a version
+that every change increments. decisions: one row per decision, with what it replaced (undo, audit).
 
 Concurrency: a decision names the version it was made on; a write on a stale version changes nothing
 and raises Conflict (optimistic concurrency). Reviewers also claim the item they are shown for a
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS items (
     top3 TEXT NOT NULL,
     confidence REAL NOT NULL,
     unknown_score REAL,
+    predicted_unknown INTEGER NOT NULL DEFAULT 0,
     status TEXT NOT NULL CHECK (status IN ('auto', 'needs_review', 'reviewed', 'unknown')),
     reviewed_label TEXT,
     reviewer TEXT,
@@ -59,7 +60,9 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_by_reviewer ON decisions (reviewer, id);
 """
-ITEM_COLUMNS = "id, path, sha256, label, top3, confidence, unknown_score, status, reviewed_label, reviewer, decided_at, version"
+ITEM_COLUMNS = (
+    "id, path, sha256, label, top3, confidence, unknown_score, predicted_unknown, status, reviewed_label, reviewer, decided_at, version"
+)
 
 
 class CatalogueError(ValueError):
@@ -89,6 +92,8 @@ def connect(path: str | Path, create: bool = False) -> sqlite3.Connection:
             conn.executescript(SCHEMA)
         elif conn.execute("SELECT name FROM sqlite_master WHERE name='items'").fetchone() is None:
             raise CatalogueError(f"{path} is an SQLite file but not a fashionclf catalogue (no items table)")
+        if "predicted_unknown" not in {r[1] for r in conn.execute("PRAGMA table_info(items)")}:  # a catalogue from before it
+            conn.execute("ALTER TABLE items ADD COLUMN predicted_unknown INTEGER NOT NULL DEFAULT 0")
     except sqlite3.DatabaseError as e:
         conn.close()
         raise CatalogueError(f"{path}: {e}; is it a catalogue written by `fashionclf label`?") from None
@@ -139,8 +144,9 @@ def known_hashes(conn: sqlite3.Connection) -> set[str]:
 
 def add_predictions(conn: sqlite3.Connection, rows: list[dict]) -> int:
     """Insert predicted photos (path, sha256, label, top_k, confidence, needs_review, unknown_score) in one transaction;
-    returns rows added. A photo the run calls unknown (label None) is stored with its most likely class as the label
-    and its score, waiting for review (it is always flagged): the reviewer decides, "none of these" included."""
+    returns rows added. A photo the run calls unknown (label None) is stored with its most likely class as the label,
+    its score and predicted_unknown=1, waiting for review (it is always flagged): the page says the model's
+    verdict, and the reviewer decides, "none of these" included."""
     values = [
         (
             str(r["file"]),
@@ -149,16 +155,15 @@ def add_predictions(conn: sqlite3.Connection, rows: list[dict]) -> int:
             json.dumps([{"label": t["label"], "confidence": t["confidence"]} for t in r["top_k"][:3]]),
             float(r["confidence"]),
             r.get("unknown_score"),
+            int(bool(r.get("unknown"))),
             "needs_review" if r["needs_review"] or r.get("unknown") else "auto",
         )
         for r in rows
     ]
+    columns = "path, sha256, label, top3, confidence, unknown_score, predicted_unknown, status"
     with Transaction(conn):
         before = conn.total_changes
-        conn.executemany(
-            "INSERT OR IGNORE INTO items (path, sha256, label, top3, confidence, unknown_score, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            values,
-        )
+        conn.executemany(f"INSERT OR IGNORE INTO items ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
         return conn.total_changes - before
 
 
@@ -167,6 +172,7 @@ def as_dict(row: sqlite3.Row | None) -> dict | None:
         return None
     d = dict(row)
     d["top3"] = json.loads(d["top3"])
+    d["predicted_unknown"] = bool(d["predicted_unknown"])
     return d
 
 
