@@ -11,6 +11,7 @@ Functions return values and never print; progress goes to the callbacks given.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -266,18 +267,18 @@ def train(
     on_batch_factory: Callable | None = None,
     resume: bool = False,
     unknown_share: float = 0.95,
+    unlabelled: str | Path | None = None,
     **data_options,
 ) -> Run | None:
-    """Train one run into `out` and return it loaded (None on the helper ranks of a torchrun job).
-
-    config: a TrainConfig, a recipe name ("best-cpu"), or a file (recipe .toml, a run's meta.json).
-    data: a loaded dataset, an image folder, or None for Fashion-MNIST; data_options go to load_data.
-    resume: continue the training a kill left in `out` (its checkpoint), with its config (config None) and,
-    where data is None, its data as it loaded them. unknown_share: the share of validation images the
-    "none of these" score counts known (fashionclf.evaluation.unknown).
-    """
+    """Train one run into `out` and return it loaded (None on the helper ranks of a torchrun job). config: a
+    TrainConfig, a recipe name ("best-cpu"), or a file (recipe .toml, a run's meta.json). data: a loaded dataset,
+    an image folder, or None for Fashion-MNIST; data_options go to load_data. resume: continue the training a kill
+    left in `out` (its checkpoint), with its config (config None) and, where data is None, its data as it loaded
+    them. unknown_share: the share of validation images the "none of these" score counts known. unlabelled: photos
+    for self-training (a teacher into <out>-teacher, its confident labels, the student into out: selftrain.py)."""
     from fashionclf.engine import distributed
     from fashionclf.runs import check_writable
+    from fashionclf.selftrain import train_with_unlabelled
     from fashionclf.study import resume_plan, train_and_save
 
     if not 0 < unknown_share <= 1:
@@ -295,7 +296,8 @@ def train(
     check_writable(out, overwrite, resume)
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
-    train_and_save(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share)
+    fit = train_and_save if unlabelled is None else functools.partial(train_with_unlabelled, unlabelled=unlabelled)
+    fit(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share)
     return load_run(out) if distributed.is_main() else None
 
 

@@ -22,7 +22,8 @@ LAYERS = [
     ("fashionclf.engine",),
     ("fashionclf.runs", "fashionclf.card"),
     ("fashionclf.evaluation",),
-    ("fashionclf.predict", "fashionclf.study", "fashionclf.ready"),  # ready: the shipped model, read as predict reads runs
+    # ready: the shipped model, read as predict reads runs; selftrain: study's training with predict's pseudo-labels
+    ("fashionclf.predict", "fashionclf.study", "fashionclf.ready", "fashionclf.selftrain"),
     # serving.export: what Run.export calls; review: the catalogue, its export and Label Studio files, what the API calls
     ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize", "fashionclf.review"),
     ("fashionclf.api", "fashionclf.tracking", "fashionclf.mlflow_model"),

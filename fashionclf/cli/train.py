@@ -39,6 +39,12 @@ def add_parser(sub) -> None:
         metavar="SHARE",
         help='"none of these": the share of validation images counted known when its threshold is fitted (default 0.95)',
     )
+    s.add_argument(
+        "--unlabelled",
+        metavar="FOLDER",
+        help="self-training: a teacher trained on the labelled data (into OUT-teacher) labels these photos where its "
+        "99%%-precision rule needs no person; the student (OUT) trains on both, with stronger augmentation",
+    )
     options.add_train_options(s)
     options.add_track_options(s)
     s.set_defaults(func=run)
@@ -152,7 +158,8 @@ def _train(args, quiet: bool) -> Path:
         procs = f" in {ws} processes" if ws > 1 else ""
         verb = "resuming" if resume else "training"
         print(f"{verb} {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
-    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=args.unknown_share)
+    more = {"unknown_share": args.unknown_share, "unlabelled": args.unlabelled}
+    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume, **more)
     if run is None:  # a helper rank of a torchrun job
         return out
     m = run.metrics
@@ -161,5 +168,11 @@ def _train(args, quiet: bool) -> Path:
         f"val accuracy {m['val_accuracy']:.4f}  {m['epochs_run']} epochs in {m['train_seconds']:.1f}s  "
         f"({m['params']:,d} params, {m['precision']} on {m['device']})"
     )
+    st = run.meta.get("self_training")
+    if st:
+        left = f"{st['review']} left for review, {st['unknown']} unknown, {st['unreadable']} unreadable"
+        print(
+            f"teacher: test accuracy {st['teacher_test_accuracy']:.4f} ({st['teacher']}); {st['kept']} of {st['considered']} kept ({left})"
+        )
     print(f"run folder: {out}")
     return out
