@@ -109,20 +109,24 @@ class _Decoder:
 
         self.size, self.disk = size, store.DiskStore() if mode == "disk" else None
         self.code = [Path(__file__), Path(images.__file__)]
+        self.keys: dict[int, str] = {}  # id(items) -> file_key: one stat of every file per list, not per split taken
+
+    def _key(self, items: list) -> str:
+        from fashionclf.data.store import file_key
+
+        if id(items) not in self.keys:
+            self.keys[id(items)] = file_key(items, self.size, self.code)
+        return self.keys[id(items)]
 
     def decode(self, items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         if self.disk is None:
             return load_images(items, self.size)
-        from fashionclf.data.store import file_key
-
-        return self.disk.decode(items, self.size, lambda p: letterbox(load_rgb(p), self.size), file_key(items, self.size, self.code))
+        return self.disk.decode(items, self.size, lambda p: letterbox(load_rgb(p), self.size), self._key(items))
 
     def take(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, of: list) -> tuple[torch.Tensor, torch.Tensor]:
         if self.disk is None:
             return x[idx], y[idx]
-        from fashionclf.data.store import file_key
-
-        return self.disk.take(x, y, idx, file_key(of, self.size, self.code))
+        return self.disk.take(x, y, idx, self._key(of))
 
 
 def load_image_folder(
