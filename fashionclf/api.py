@@ -11,7 +11,6 @@ Functions return values and never print; progress goes to the callbacks given.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -268,6 +267,7 @@ def train(
     resume: bool = False,
     unknown_share: float = 0.95,
     unlabelled: str | Path | None = None,
+    teachers: Sequence[str | Path] = (),
     **data_options,
 ) -> Run | None:
     """Train one run into `out` and return it loaded (None on the helper ranks of a torchrun job). config: a
@@ -275,11 +275,12 @@ def train(
     an image folder, or None for Fashion-MNIST; data_options go to load_data. resume: continue the training a kill
     left in `out` (its checkpoint), with its config (config None) and, where data is None, its data as it loaded
     them. unknown_share: the share of validation images the "none of these" score counts known. unlabelled: photos
-    for self-training (a teacher into <out>-teacher, its confident labels, the student into out: selftrain.py)."""
+    for self-training (a teacher into <out>-teacher, its confident labels, the student into out: selftrain.py), or
+    with `teachers` (finished runs) for distillation: their soft labels on those photos teach the student (distill.py)."""
+    from fashionclf.distill import trainer
     from fashionclf.engine import distributed
     from fashionclf.runs import check_writable
-    from fashionclf.selftrain import train_with_unlabelled
-    from fashionclf.study import resume_plan, train_and_save
+    from fashionclf.study import resume_plan
 
     if not 0 < unknown_share <= 1:
         raise ValueError(f"unknown_share {unknown_share}: expected a share in (0, 1], e.g. 0.95")
@@ -296,7 +297,7 @@ def train(
     check_writable(out, overwrite, resume)
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
-    fit = train_and_save if unlabelled is None else functools.partial(train_with_unlabelled, unlabelled=unlabelled)
+    fit = trainer(unlabelled, teachers)
     fit(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share)
     return load_run(out) if distributed.is_main() else None
 
@@ -312,16 +313,20 @@ def compare(
     on_batch_factory: Callable | None = None,
     photos: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
+    choose_by: str = "accuracy",
 ) -> tuple[dict, list[Path]]:
     """Train every config over its seed into out/runs/, then write the study report; returns results and report files.
-
     An interrupted study resumes: finished runs with the same config and data are reused. robustness: validation images
-    for the corruption suite (None: 1,000 on 28x28 data; 0: off); photos: labelled photos (class_map as in Run.evaluate).
+    for the corruption suite (None: 1,000 on 28x28 data; 0: off); photos: labelled photos (class_map as in Run.evaluate);
+    choose_by: the recommendation's rule, "accuracy" or "auto-share" (reports/choose.py), checked before anything trains.
     """
+    from fashionclf.reports.choose import check_rule
     from fashionclf.reports.study import write_report
     from fashionclf.study import compare as run_all
 
-    results = run_all(list(configs), data, out, overwrite, on_run_start, on_epoch, on_batch_factory, robustness, photos, class_map)
+    check_rule(choose_by, len(data.val_y))
+    hooks = (on_run_start, on_epoch, on_batch_factory)
+    results = run_all(list(configs), data, out, overwrite, *hooks, robustness, photos, class_map, choose_by)
     return results, write_report(out, results, data)
 
 
@@ -355,10 +360,8 @@ def resolution_study(
 
 def find_label_issues(cfg: TrainConfig, data: FashionMNIST, out: str | Path, folds: int = 5, on_fold: Callable | None = None) -> dict:
     """Likely label errors in the training data (train + validation split), from k-fold out-of-fold predictions.
-
     Writes out/oof_probs.safetensors, out/label_issues.json and a report; returns the issues (most likely
-    first), the out-of-fold accuracy, the number of images and the report files.
-    """
+    first), the out-of-fold accuracy, the number of images and the report files."""
     import safetensors.torch
 
     from fashionclf.io import atomic_write_bytes, atomic_write_text, to_json
@@ -377,16 +380,14 @@ def find_label_issues(cfg: TrainConfig, data: FashionMNIST, out: str | Path, fol
 
 
 def check_data(path: str | Path, near_rms: float = 5.0, tiny: int = 10, on_file: Callable | None = None) -> dict:
-    """The data check of a collection in any layout `train --data` reads; ['ok'] is False on a leak or an unreadable
-    file (fashionclf.data.check)."""
+    """The data check of any layout `train --data` reads (fashionclf.data.check); ['ok'] False on a leak or unreadable file."""
     from fashionclf.data.check import check_data as check
 
     return check(path, near_rms, tiny, on_file)
 
 
 def label_folder(run: Run | str | Path, folder, catalogue, batch_size: int = 64, method: str = "grabcut", on_batch=None) -> dict:
-    """Predict the photos under `folder` into a review catalogue, batch by batch; a rerun skips those already in it
-    (fashionclf.review.label). Returns counts: total, added, already, failed, errors."""
+    """The photos under `folder` predicted into a review catalogue (review.label; a rerun skips those in it); returns counts."""
     from fashionclf.review.label import label_folder as label
 
     return label(run if isinstance(run, Run) else load_run(run), folder, catalogue, batch_size, method, on_batch)

@@ -26,7 +26,7 @@ from fashionclf.engine.checkpoint import CHECKPOINT, CheckpointError, read_state
 from fashionclf.engine.device import inference_precision, resolve_precision
 from fashionclf.engine.inference import infer, measure_inference
 from fashionclf.engine.loop import fit
-from fashionclf.evaluation.calibrate import calibrate, calibration_report
+from fashionclf.evaluation.calibrate import calibrate, calibration_report, crossfit_review
 from fashionclf.evaluation.metrics import classification_report
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, fit_unknown
 from fashionclf.evaluation.unknown import known_share as unknown_known_share
@@ -149,6 +149,7 @@ def _score_and_save(
         "test_confusion_matrix": test_rep["confusion_matrix"],
         "calibration": calibration,
         "unknown": usable_unknown(unknown),
+        **crossfit_review(val_logits, data.val_y),  # the review rule on validation items it was not fitted on
     }
     if calibration is not None:
         metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
@@ -249,21 +250,9 @@ def run_robustness(run_dir: Path, data: FashionMNIST, n: int) -> dict:
     return rep
 
 
-RESULT_KEYS = (
-    "model",
-    "seed",
-    "test_accuracy",
-    "test_loss",
-    "val_accuracy",
-    "val_loss",
-    "train_seconds",
-    "seconds_per_epoch",
-    "params",
-    "epochs_run",
-    "best_epoch",
-    "precision",
-    "device",
-    "infer_images_per_s",
+RESULT_KEYS = tuple(  # what results.json keeps of each run's metrics.json
+    "model seed test_accuracy test_loss val_accuracy val_loss train_seconds seconds_per_epoch params epochs_run best_epoch "
+    "precision device infer_images_per_s val_auto_share val_auto_precision".split()
 )
 
 
@@ -283,8 +272,10 @@ def compare(
     robustness_images: int | None = 0,
     photos: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
+    choose_by: str = "accuracy",
 ) -> dict:
-    """Train every config into out/runs/<label>-s<seed>; write out/results.json after each run.
+    """Train every config into out/runs/<label>-s<seed>; write out/results.json after each run (with `choose_by`, the
+    report's recommendation rule: reports/choose.py).
 
     A finished run with the same config and data is reused (an interrupted study resumes); overwrite=True retrains
     every run, each old run replaced only once its new one is complete. robustness_images: the corruption suite's
@@ -325,6 +316,7 @@ def compare(
             row["photo_accuracy"] = score_photos(run_dir)
         runs.append({**row, "run_dir": str(run_dir.relative_to(out))})
         head = {"photos": score_photos.record()} if score_photos is not None else {}
+        head["choose_by"] = choose_by
         atomic_write_text(out / "results.json", to_json({**head, "runs": runs}))
     return {**head, "runs": runs}
 

@@ -24,6 +24,7 @@ LAYERS = [
     ("fashionclf.evaluation",),
     # ready: the shipped model, read as predict reads runs; selftrain: study's training with predict's pseudo-labels
     ("fashionclf.predict", "fashionclf.study", "fashionclf.ready", "fashionclf.selftrain"),
+    ("fashionclf.distill",),  # distillation: self-training's student noise, the soft labels of several runs
     # serving.export: what Run.export calls; review: the catalogue, its export and Label Studio files, what the API calls
     ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize", "fashionclf.review"),
     ("fashionclf.api", "fashionclf.tracking", "fashionclf.mlflow_model"),

@@ -44,6 +44,14 @@ def add_parser(sub) -> None:
         help="also score every run on these labelled photos (one subfolder per class, converted as predict converts "
         "photos), into the report's table and recommendation; checked before anything trains",
     )
+    s.add_argument(
+        "--choose-by",
+        choices=("accuracy", "auto-share"),
+        default="accuracy",
+        help="the report's recommendation rule: accuracy (equally accurate within 1 point, then the most robust, then the "
+        "fastest; the default) or auto-share (the largest share of validation photos labelled with no person at 99%% "
+        "precision, cross-fitted, then accuracy)",
+    )
     options.add_train_options(s)
     s.add_argument(
         "--class-map",
@@ -105,15 +113,24 @@ def compare(args) -> int:
         print(f"== {cfg.model} seed {cfg.seed} -> {run_dir}", file=sys.stderr)
 
     results, paths = api.compare(
-        configs, data, out, args.overwrite, args.robustness, on_run_start, on_epoch, on_batch_factory, args.photos, photo_map
+        configs,
+        data,
+        out,
+        args.overwrite,
+        args.robustness,
+        on_run_start,
+        on_epoch,
+        on_batch_factory,
+        args.photos,
+        photo_map,
+        args.choose_by,
     )
     options.track(args, [out / "runs" / f"{run_label(c).replace('@', '-')}-s{c.seed}" for c in configs], [out / "results.json", *paths])
     for msg in results.get("photos", {}).get("left_out", []):
         print(f"fashionclf: left out {msg}", file=sys.stderr)
+    shown = (("corrupted", "corrupted"), ("photo", "photos"), ("val_auto", "automatic (val, cross-fitted)"))
     for row in summarize(results["runs"]):
-        robust = "".join(
-            f"  {label} {row[k] * 100:.2f}" for k, label in (("corrupted", "corrupted"), ("photo", "photos")) if row[k] is not None
-        )
+        robust = "".join(f"  {label} {row[k] * 100:.2f}" for k, label in shown if row[k] is not None)
         print(
             f"{row['model']:14s} test acc {row['acc_mean'] * 100:6.2f} ± {row['acc_std'] * 100:.2f}{robust}  "
             f"({row['n']} seed{'s' if row['n'] > 1 else ''}, {row['train_seconds']:.0f}s train, {row['params']:,d} params)"

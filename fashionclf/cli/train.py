@@ -45,6 +45,14 @@ def add_parser(sub) -> None:
         help="self-training: a teacher trained on the labelled data (into OUT-teacher) labels these photos where its "
         "99%%-precision rule needs no person; the student (OUT) trains on both, with stronger augmentation",
     )
+    s.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="distillation (with --unlabelled; repeat for several): these finished runs' averaged soft labels on the "
+        "unlabelled photos teach the model trained (OUT) instead of a teacher trained first",
+    )
     options.add_train_options(s)
     options.add_track_options(s)
     s.set_defaults(func=run)
@@ -142,6 +150,8 @@ def _train(args, quiet: bool) -> Path:
 
     if not 0 < args.unknown_share <= 1:  # before the data are loaded
         raise ValueError(f"--unknown-share {args.unknown_share}: expected a share in (0, 1], e.g. 0.95")
+    if args.teacher and not args.unlabelled:  # before the data are loaded
+        raise ValueError("--teacher needs --unlabelled FOLDER: the photos whose soft labels the teachers give the student")
     resume = bool(args.resume)
     if resume:
         cfg, data = _resumed(args)
@@ -158,7 +168,7 @@ def _train(args, quiet: bool) -> Path:
         procs = f" in {ws} processes" if ws > 1 else ""
         verb = "resuming" if resume else "training"
         print(f"{verb} {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
-    more = {"unknown_share": args.unknown_share, "unlabelled": args.unlabelled}
+    more = {"unknown_share": args.unknown_share, "unlabelled": args.unlabelled, "teachers": args.teacher}
     run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume, **more)
     if run is None:  # a helper rank of a torchrun job
         return out
@@ -174,5 +184,10 @@ def _train(args, quiet: bool) -> Path:
         print(
             f"teacher: test accuracy {st['teacher_test_accuracy']:.4f} ({st['teacher']}); {st['kept']} of {st['considered']} kept ({left})"
         )
+    ds = run.meta.get("distillation")
+    if ds:
+        accs = ", ".join(f"{t['model']} {t['test_accuracy']:.4f}" for t in ds["teachers"])
+        left = f"{ds['unknown']} unknown, {ds['unreadable']} unreadable"
+        print(f"teachers (test accuracy): {accs}; soft labels on {ds['kept']} of {ds['considered']} photos ({left})")
     print(f"run folder: {out}")
     return out

@@ -47,7 +47,8 @@ def train_one_epoch(
     frozen: list[nn.Module] = (),
     order: torch.Tensor | None = None,
 ) -> dict:
-    """One pass over x_u8 in a random order (or in `order`: a distributed rank's shard)."""
+    """One pass over x_u8 in a random order (or in `order`: a distributed rank's shard). y: class indices (N,), or
+    class probabilities (N, C) float: a teacher's soft labels (fashionclf/distill.py), which cross_entropy takes as is."""
     model.train()
     for m in frozen:  # frozen layers keep their pretrained BatchNorm statistics instead of drifting to this batch's
         m.eval()
@@ -80,7 +81,7 @@ def train_one_epoch(
             ema.update_parameters(model)
         # Accumulate on-device; a .item() per batch would synchronise a GPU every step.
         total_loss += loss.detach() * len(idx)
-        total_correct += (logits.argmax(1) == yb).sum()
+        total_correct += (logits.argmax(1) == (yb.argmax(1) if yb.is_floating_point() else yb)).sum()
         seen += len(idx)
         if on_batch is not None:
             on_batch(b, total_loss.item() / seen, total_correct.item() / seen)

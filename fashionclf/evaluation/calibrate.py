@@ -104,6 +104,32 @@ def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, target: float 
     return {"temperature": t, "target_precision": target, "threshold": review_threshold(probs, val_labels, target)}
 
 
+def crossfit_review(
+    logits: torch.Tensor, labels: torch.Tensor, target: float = DEFAULT_TARGET_PRECISION, folds: int = 5, seed: int = 0
+) -> dict:
+    """What the review rule does on items it was not fitted on, estimated from the validation split alone.
+
+    The split is cut into `folds` random parts; each part's items are decided by the temperature and threshold
+    fitted (calibrate) on the other parts. Pooled over the parts: the share labelled automatically and their
+    realised precision. The rule fitted on all of validation promises `target` on new items; this says how much it
+    labels there and whether the promise holds, so recipes can be chosen by it on validation (issue 20) without
+    touching the test split. None for both where there are fewer than 2 items per part or the logits are not finite.
+    """
+    n = len(labels)
+    if n < 2 * folds or not torch.isfinite(logits).all():
+        return {"val_auto_share": None, "val_auto_precision": None}
+    part = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % folds
+    auto, right = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    for k in range(folds):
+        fit, held = part != k, part == k
+        cal = calibrate(logits[fit], labels[fit], target)
+        conf, pred = (logits[held].float() / cal["temperature"]).softmax(1).max(1)
+        auto[held] = conf >= cal["threshold"] if cal["threshold"] is not None else False
+        right[held] = pred == labels[held]
+    n_auto = int(auto.sum())
+    return {"val_auto_share": n_auto / n, "val_auto_precision": right[auto].float().mean().item() if n_auto else None}
+
+
 def calibration_report(logits: torch.Tensor, labels: torch.Tensor, calibration: dict) -> dict:
     """ECE before and after temperature scaling and the coverage at the target precision, on a labelled set."""
     raw = logits.float().softmax(1)

@@ -18,6 +18,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _show(ax, img: np.ndarray) -> None:
+    """A uint8 image: (H, W) grayscale, or (3, H, W) RGB as image-folder runs take it."""
+    if img.ndim == 3:
+        ax.imshow(img.transpose(1, 2, 0))
+    else:
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+
+
 def fig_examples(x, y, classes, per_class=8, seed=0) -> bytes:
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.8, len(classes) * 0.85))
@@ -26,7 +34,7 @@ def fig_examples(x, y, classes, per_class=8, seed=0) -> bytes:
         idx = rng.choice(members, min(per_class, len(members)), replace=False)
         for j, i in enumerate(idx):
             ax = axes[c, j]
-            ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
+            _show(ax, x[i])
             ax.set_xticks([])
             ax.set_yticks([])
         axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
@@ -67,7 +75,7 @@ def fig_gallery(x, items: list[tuple[int, str]], cols=10) -> bytes:
     for ax in axes.flat:
         ax.axis("off")
     for ax, (i, caption) in zip(axes.flat, items):
-        ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
+        _show(ax, x[i])
         ax.set_title(caption, fontsize=6)
     return _png(fig)
 

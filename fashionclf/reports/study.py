@@ -17,13 +17,10 @@ from fashionclf.evaluation.analysis import duplicates, top_losses
 from fashionclf.evaluation.metrics import confusion_matrix, mean_std, most_confused
 from fashionclf.evaluation.paired import SIGNIFICANCE, STEP_WORDS, compare_seeds
 from fashionclf.reports.blocks import Block, Figure, Heading, Paragraph, Table, write_blocks
+from fashionclf.reports.choose import recommend
 from fashionclf.reports.figures import fig_confusion, fig_curves, fig_examples, fig_gallery, fig_reliability
-from fashionclf.reports.robust import FIGURES, cell, claim_blocks, figure_note, measured, robustness_blocks, score, score_words
+from fashionclf.reports.robust import FIGURES, cell, claim_blocks, figure_note, robustness_blocks
 from fashionclf.runs import load_predictions
-
-# Recommendation rule, stated in the report: models within this many points of the best mean validation accuracy
-# count as equally accurate; among them the most robust wins where robustness was measured, else the fastest.
-ACCURACY_TOLERANCE = 0.01
 
 
 def name(run: dict) -> str:
@@ -55,6 +52,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "images_per_s": mean_std([r["infer_images_per_s"] for r in rs])[0],
                 **_figure(rs, "robustness", "corrupted"),
                 **_figure(rs, "photo_accuracy", "photo"),
+                **_figure(rs, "val_auto_share", "val_auto"),  # the review rule, cross-fitted on validation (calibrate.py)
+                **_figure(rs, "val_auto_precision", "val_auto_precision"),
             }
         )
     return rows
@@ -66,33 +65,6 @@ def _figure(rs: list[dict], key: str, as_: str) -> dict:
         return {as_: None, f"{as_}_std": None}
     mean, std = mean_std([r[key] for r in rs])
     return {as_: mean, f"{as_}_std": std}
-
-
-def recommend(rows: list[dict], tolerance: float = ACCURACY_TOLERANCE) -> tuple[dict, str]:
-    """Pick a production model by a stated rule, on validation figures only (robustness: validation images, photos).
-
-    Among the models within `tolerance` of the best mean validation accuracy: the highest robustness score (the mean
-    of the robustness figures measured for all of them), then the fastest inference, then the fewest parameters.
-    """
-    best_val = max(r["val_mean"] for r in rows)
-    tier = [r for r in rows if r["val_mean"] >= best_val - tolerance - 1e-12]  # "within": the edge counts
-    figures = measured(tier)
-    if figures:
-        pick = max(tier, key=lambda r: (score(r, figures), r["images_per_s"], -r["params"]))
-        why = f"the highest robustness score ({score_words(figures)}), then the fastest inference, then the fewest parameters"
-        names = ", ".join(f"{r['model']} (robustness score {score(r, figures) * 100:.2f}%)" for r in tier)
-        robust = f"robustness score {score(pick, figures) * 100:.2f}%, "
-    else:
-        pick = max(tier, key=lambda r: (r["images_per_s"], -r["params"]))
-        why = "the fastest inference, then the fewest parameters (robustness not measured in this study)"
-        names, robust = ", ".join(r["model"] for r in tier), ""
-    text = (
-        f"Rule: among the models whose mean validation accuracy is within {tolerance * 100:.1f} points of the best "
-        f"({best_val * 100:.2f}%), take the one with {why}. Candidates: {names}. "
-        f"Recommended: **{pick['model']}** (test accuracy {pick['acc_mean'] * 100:.2f} ± {pick['acc_std'] * 100:.2f}%, "
-        f"{robust}{pick['params']:,d} parameters, {pick['images_per_s']:,.0f} images/s)."
-    )
-    return pick, text
 
 
 # --------------------------------------------------------------------------- stored outputs
@@ -181,8 +153,8 @@ def recall_blocks(out: Path, runs: list[dict], rows: list[dict], classes: list[s
     ]
 
 
-def recommendation_blocks(rows: list[dict]) -> list[Block]:
-    _, text = recommend(rows)
+def recommendation_blocks(rows: list[dict], by: str = "accuracy") -> list[Block]:
+    _, text = recommend(rows, by=by)
     return [Heading("Recommendation"), Paragraph(text), *claim_blocks(rows)]
 
 
@@ -293,7 +265,7 @@ def build_blocks(out: Path, results: dict, data) -> list[Block]:
         *recall_blocks(out, runs, rows, classes),
         *robustness_blocks(suites),
         *calibration_blocks(out, runs, rows),
-        *recommendation_blocks(rows),
+        *recommendation_blocks(rows, results.get("choose_by", "accuracy")),
         *step_blocks(out, runs, rows),
         *curve_blocks(out, runs, rows),
         *error_blocks(out, best, classes, data.test_x.numpy()),
@@ -302,9 +274,20 @@ def build_blocks(out: Path, results: dict, data) -> list[Block]:
     ]
 
 
+CROSSFIT_NOTE = (
+    " The last two columns estimate the same from validation alone (each fifth of it decided by the rule fitted on the "
+    "other four: what `compare --choose-by auto-share` ranks by)."
+)
+
+
+def _pct(v: float | None, digits: int) -> str:
+    return f"{v * 100:.{digits}f}" if v is not None else "-"
+
+
 def calibration_blocks(out: Path, runs: list[dict], rows: list[dict]) -> list[Block]:
     """ECE before/after temperature scaling and the share labelled automatically at the target precision (test set)."""
     table, best = [], None
+    crossfit = any(r.get("val_auto") is not None for r in rows)  # columns only where measured: older studies rebuild as they were
     for r in rows:
         mets = [_run_json(out, x, "metrics.json") for x in _runs_of(runs, r["model"])]
         cals = [m["test_calibration"] for m in mets if m and m.get("test_calibration")]
@@ -324,6 +307,8 @@ def calibration_blocks(out: Path, runs: list[dict], rows: list[dict]) -> list[Bl
                 f"{np.mean(precisions) * 100:.2f}" if precisions else "-",
             ]
         )
+        if crossfit:
+            table[-1] += [_pct(r.get("val_auto"), 1), _pct(r.get("val_auto_precision"), 2)]
         if best is None or r["val_mean"] > best[0]["val_mean"]:
             best = (r, cals[0], target)
     if not table:
@@ -335,9 +320,21 @@ def calibration_blocks(out: Path, runs: list[dict], rows: list[dict]) -> list[Bl
             "A temperature fitted on the validation split rescales the logits (predictions unchanged); the review threshold is the "
             f"lowest calibrated confidence at which validation items reach {float(target) * 100:.0f}% precision. Below, both applied "
             "to the test set: the expected calibration error (15 bins) before and after, the share of test items labelled "
-            "automatically, and their precision. Means over seeds."
+            "automatically, and their precision." + (CROSSFIT_NOTE if crossfit else "") + " Means over seeds."
         ),
-        Table(["model", "seeds", "ECE % before", "ECE % after", "T", f"automatic % at {target}", "their precision %"], table),
+        Table(
+            [
+                "model",
+                "seeds",
+                "ECE % before",
+                "ECE % after",
+                "T",
+                f"automatic % at {target}",
+                "their precision %",
+                *(["val automatic % (cross-fitted)", "its precision % (val)"] if crossfit else []),
+            ],
+            table,
+        ),
         Figure(
             "reliability.png",
             fig_reliability(cal["reliability_uncalibrated"], cal["reliability"], f"{r['model']}, test set"),

@@ -1,0 +1,130 @@
+"""Distillation (issue 20 item 3): `train --data LABELLED --unlabelled FOLDER --teacher RUN ...` trains a student on the
+labelled split and the finished teachers' averaged soft labels on the unlabelled photos."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_folders import _make_folder
+from test_selftrain import _unlabelled
+
+from fashionclf import distill
+from fashionclf.cli import main
+from fashionclf.config import TrainConfig, replace
+from fashionclf.data.folders import load_image_folder
+from fashionclf.data.images import find_images, load_rgb
+from fashionclf.engine.loop import train_one_epoch
+from fashionclf.models import build_model
+from fashionclf.predict import convert_rgb, predict_converted, predict_scored
+from fashionclf.runs import load_run
+from fashionclf.selftrain import STUDENT_NOISE
+
+BASE = ["--model", "mlp", "--epochs", "6", "--batch-size", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Two finished runs on one labelled folder: an mlp at 32 px and one at 48 px (they read photos at different sizes)."""
+    root = tmp_path_factory.mktemp("distill")
+    labelled = _make_folder(root / "labelled", per_class=30)
+    runs = []
+    for side, seed in (("32", "0"), ("48", "1")):
+        out = root / f"t{side}"
+        assert main(["train", "--data", str(labelled), "--image-size", side, "--seed", seed, "--out", str(out), *BASE]) == 0
+        runs.append(out)
+    return labelled, runs, _unlabelled(root / "new")
+
+
+def test_student_learns_from_two_teachers_soft_labels(tmp_path, teachers, capsys):
+    labelled, (t32, t48), unlabelled = teachers
+    out = tmp_path / "student"
+    args = ["train", "--data", str(labelled), "--image-size", "32", "--unlabelled", str(unlabelled)]
+    assert main(args + ["--teacher", str(t32), "--teacher", str(t48), "--out", str(out), *BASE]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "meta.json").read_text())
+    ds = meta["distillation"]
+    assert ds["considered"] == 17 and ds["unreadable"] == 1 and ds["kept"] + ds["unknown"] + 1 == 17
+    assert ds["kept"] >= 8 and sum(ds["per_class"].values()) == ds["kept"]
+    assert [t["path"] for t in ds["teachers"]] == [str(t32.absolute()), str(t48.absolute())]
+    assert all(t["same_data"] and t["model"] == "mlp" for t in ds["teachers"]) and ds["noise"] == STUDENT_NOISE
+    assert f"soft labels on {ds['kept']} of 17 photos" in printed
+    t_meta = json.loads((t32 / "meta.json").read_text())
+    assert meta["data"]["train"] == t_meta["data"]["train"] + ds["kept"]  # its own labelled split plus the kept photos
+    assert (meta["data"]["val"], meta["data"]["test"]) == (t_meta["data"]["val"], t_meta["data"]["test"])
+    assert meta["config"]["augment"] and meta["config"]["aug"]["cutmix"] >= STUDENT_NOISE["cutmix"]
+    assert "self_training" not in meta and not (tmp_path / "student-teacher").exists()  # no teacher trained here
+
+
+def test_soft_labels_are_the_teachers_probabilities_averaged(teachers):
+    labelled, (t32, t48), unlabelled = teachers
+    runs = [load_run(t32), load_run(t48)]
+    paths = find_images([unlabelled])
+    data, _ = load_image_folder(labelled, image_size=32)
+    x, probs, counts = distill.soft_labels(runs, paths, distill.student_converter(data), batch_size=5)
+    good = [p for p in paths if not p.name.startswith("broken")]
+    images = [[convert_rgb(load_rgb(p), "grabcut", r) for r in runs] for p in good]
+    each = [predict_scored(r, np.stack([im[i] for im in images]))[0] for i, r in enumerate(runs)]
+    # what `predict RUN --with RUN` calls "none of these" is left out
+    kept = [i for i, row in enumerate(predict_converted(runs, images)) if not row.get("unknown")]
+    assert counts["unreadable"] == 1 and counts["kept"] == len(kept) and counts["unknown"] == len(good) - len(kept)
+    assert x.shape == (len(kept), 3, 32, 32) and x.dtype == torch.uint8
+    torch.testing.assert_close(probs, ((each[0] + each[1]) / 2)[kept])
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(probs)))
+    # each teacher read the photo at its own size, the student copy is at the student's
+    assert x[0].numpy().tobytes() == distill.student_converter(data)(load_rgb(good[kept[0]])).tobytes()
+
+
+def test_teacher_classes_are_put_in_the_students_order(teachers, tmp_path, monkeypatch):
+    """A student whose classes are listed the other way round gets each teacher probability in its own column."""
+    labelled, (t32, _), unlabelled = teachers
+    data, _ = load_image_folder(labelled, image_size=32)
+    flipped = type(data)(**{k: getattr(data, k) for k in type(data).__dataclass_fields__})
+    flipped.classes = tuple(reversed(data.classes))
+    flipped.train_y = 1 - data.train_y
+    seen = {}
+    monkeypatch.setattr(distill, "train_and_save", lambda cfg, d, *a, **k: seen.update(cfg=cfg, data=d) or {})
+    cfg = TrainConfig(model="mlp")
+    distill.train_distilled(cfg, flipped, tmp_path / "s", unlabelled=unlabelled, teachers=[t32])
+    y = seen["data"].train_y
+    n = len(data.train_y)
+    run = load_run(t32)
+    images = [[convert_rgb(load_rgb(q), "grabcut", run)] for q in find_images([unlabelled]) if not q.name.startswith("broken")]
+    kept = [i for i, row in enumerate(predict_converted([run], images)) if not row.get("unknown")]
+    assert y.dtype == torch.float32 and y.shape == (n + len(kept), 2) and kept
+    assert torch.equal(y[:n], torch.nn.functional.one_hot(flipped.train_y, 2).float())  # the labelled split: its own labels
+    p = predict_scored(run, np.stack([im[0] for im in images]))[0][kept]
+    torch.testing.assert_close(y[n:], p.flip(1))
+
+
+def test_soft_targets_train_as_hard_labels_when_one_hot():
+    """The loop takes (N, C) probabilities as cross_entropy does: one-hot rows give the hard labels' weights."""
+    x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (64,))
+    cfg = replace(TrainConfig(model="mlp"), batch_size=16, augment=True, aug_cutmix=0.5, label_smoothing=0.1)
+    weights, stats = [], []
+    for target in (y, torch.nn.functional.one_hot(y, 10).float()):
+        torch.manual_seed(0)
+        model = build_model(cfg, 10)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        stats.append(train_one_epoch(model, opt, x, target, cfg, torch.Generator().manual_seed(1), torch.device("cpu"), None))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1])
+    assert stats[0]["train_accuracy"] == stats[1]["train_accuracy"]
+    assert stats[0]["train_loss"] == pytest.approx(stats[1]["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["no-unlabelled", "missing-teacher", "other-classes"])
+def test_clear_errors(tmp_path, teachers, capsys, case):
+    labelled, (t32, _), unlabelled = teachers
+    other = _make_folder(tmp_path / "other", per_class=4, classes=("hat", "shoe"))
+    data = other if case == "other-classes" else labelled
+    args = ["train", "--data", str(data), "--image-size", "32", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "s")]
+    teacher = str(tmp_path / "nope") if case == "missing-teacher" else str(t32)
+    more = [] if case == "no-unlabelled" else ["--unlabelled", str(unlabelled)]
+    assert main(args + more + ["--teacher", teacher, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    expected = {"no-unlabelled": "--teacher needs --unlabelled", "missing-teacher": "nope", "other-classes": "same classes"}[case]
+    assert expected in err
+    assert not (tmp_path / "s" / "meta.json").exists()
