@@ -297,7 +297,7 @@ def train(
     check_writable(out, overwrite, resume)
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
-    fit = trainer(unlabelled, teachers)
+    fit = trainer(unlabelled, [teachers] if isinstance(teachers, str | Path) else teachers)
     fit(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share)
     return load_run(out) if distributed.is_main() else None
 

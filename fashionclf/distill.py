@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from fashionclf.config import TrainConfig
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
 from fashionclf.data.images import ImageError, find_images, load_rgb
+from fashionclf.io import to_json
 from fashionclf.predict import class_order, convert_rgb, joint_results, predict_scored, results_from_probs
 from fashionclf.runs import Run, load_run
 from fashionclf.selftrain import STUDENT_NOISE, student_config
@@ -100,8 +102,10 @@ def soft_labels(teachers: list[Run], paths: list[Path], to_student: Callable, me
 
 
 def _teacher_record(t: Run, data: FashionMNIST) -> dict:
-    d = t.meta.get("data", {})
-    same = d.get("checksums") == data.checksums and d.get("split_seed") == data.split_seed
+    from fashionclf.study import data_info
+
+    # as compare() decides a finished run saw the same data: files, sizes and split, wherever they now lie
+    same = {**t.meta.get("data", {}), "source": None} == json.loads(to_json({**data_info(data), "source": None}))
     return {
         "path": str(t.path.absolute()),
         "model": t.meta["config"]["model"],
@@ -135,7 +139,15 @@ def train_distilled(
     if not paths:
         raise DataError(f"--unlabelled {folder}: no images found there (.jpg, .png, .webp, ...); give a folder of photos")
     runs = [load_run(t) for t in teachers]
-    order = class_order(runs[0], SimpleNamespace(classes=data.classes, path=Path(f"the data ({data.source})")))
+    try:
+        order = class_order(runs[0], SimpleNamespace(classes=data.classes, path=Path(f"the data ({data.source})")))
+        for t in runs[1:]:
+            class_order(runs[0], t)
+    except ValueError:
+        names = "; ".join(f"{t.path}: {', '.join(t.classes)}" for t in runs)
+        raise DataError(
+            f"--teacher: every teacher must know the data's classes ({', '.join(data.classes)}), named alike in any order; {names}"
+        ) from None
     x, probs, counts = soft_labels(runs, paths, student_converter(data, method), method)
     student = copy.copy(data)
     hard = F.one_hot(data.train_y, len(data.classes)).float()
@@ -159,8 +171,11 @@ def train_distilled(
 def trainer(unlabelled: str | Path | None, teachers: list[str | Path] = ()) -> Callable:
     """What trains a run, called as study.train_and_save is: that, self-training (unlabelled photos alone,
     selftrain.py) or distillation (unlabelled photos and teachers)."""
+    from fashionclf.engine import distributed
     from fashionclf.selftrain import train_with_unlabelled
 
+    if unlabelled is not None and distributed.world_size() > 1:  # each rank would label the photos on its own
+        raise ValueError("--unlabelled labels the photos, then trains, in one process: run it without torchrun")
     if teachers and unlabelled is None:
         raise ValueError("--teacher needs --unlabelled FOLDER: the photos whose soft labels the teachers give the student")
     if unlabelled is None:

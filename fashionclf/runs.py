@@ -278,7 +278,7 @@ SHARE, NAMES = Field("number", True, above=0, lo=0, hi=1), Field("names")
 UNKNOWN_FIELDS = {"score": Field("str", True, choices=tuple(THRESHOLDS)), "known_share": SHARE, "negative_classes": NAMES}
 UNKNOWN_FIELDS |= {"temperature": Field("number", above=0), "thresholds": Field("table", True, fields=THRESHOLDS)}
 CAL, UNK = Field("table", nullable=True, fields=CALIBRATION_FIELDS), Field("table", nullable=True, fields=UNKNOWN_FIELDS)
-METRICS_FIELDS = {"calibration": CAL, "unknown": UNK}
+METRICS_FIELDS = {"calibration": CAL, "unknown": UNK, "val_auto_share": FRACTION, "val_auto_precision": FRACTION}
 
 
 def check_metadata(path: Path, doc, fields: dict, prefix: str = "") -> dict:

@@ -303,6 +303,10 @@ def compare(
                     "use another --out, or --overwrite to train everything again"
                 )
             metrics = done.metrics
+            if "val_auto_share" not in metrics and len(data.val_y):  # saved before the review rule was cross-fitted
+                from fashionclf.predict import run_logits
+
+                metrics = {**metrics, **crossfit_review(run_logits(done, data.val_x)[0], data.val_y)}
         else:
             if on_run_start:
                 on_run_start(cfg, run_dir)

@@ -16,6 +16,7 @@ from fashionclf.data.folders import load_image_folder
 from fashionclf.evaluation.calibrate import calibrate, crossfit_review
 from fashionclf.predict import run_logits
 from fashionclf.reports.study import recommend, summarize
+from fashionclf.runs import RunError
 
 
 def _logits(n=500, right=0.9, seed=0):
@@ -113,6 +114,18 @@ def test_compare_chooses_by_auto_share_on_image_folders(tmp_path, capsys):
         # the stored figure is the cross-fit of the run's own validation logits
         logits, _ = run_logits(run, data.val_x)
         assert crossfit_review(logits, data.val_y)["val_auto_share"] == pytest.approx(r["val_auto_share"])
+    # a run saved before the figure existed is reused and scored, not refused after the others trained
+    path = out / results["runs"][0]["run_dir"] / "metrics.json"
+    metrics = json.loads(path.read_text())
+    before = metrics.pop("val_auto_share"), metrics.pop("val_auto_precision")
+    path.write_text(json.dumps(metrics))
+    assert main(args + ["--choose-by", "auto-share", "--out", str(out), "--quiet"]) == 0
+    again = json.loads((out / "results.json").read_text())["runs"][0]
+    assert (again["val_auto_share"], again["val_auto_precision"]) == pytest.approx(before)
+    # a damaged figure is one clear error when the run is loaded
+    path.write_text(json.dumps({**metrics, "val_auto_share": 7}))
+    with pytest.raises(RunError, match="val_auto_share = 7: expected a value in"):
+        fashionclf.load_run(path.parent)
 
 
 def test_an_unknown_rule_is_refused_before_anything_trains(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Distillation (issue 20 item 3): `train --data LABELLED --unlabelled FOLDER --teacher RUN ...` trains a student on the
 labelled split and the finished teachers' averaged soft labels on the unlabelled photos."""
 
+import copy
 import json
 
 import numpy as np
@@ -75,26 +76,41 @@ def test_soft_labels_are_the_teachers_probabilities_averaged(teachers):
     assert x[0].numpy().tobytes() == distill.student_converter(data)(load_rgb(good[kept[0]])).tobytes()
 
 
-def test_teacher_classes_are_put_in_the_students_order(teachers, tmp_path, monkeypatch):
-    """A student whose classes are listed the other way round gets each teacher probability in its own column."""
-    labelled, (t32, _), unlabelled = teachers
+def test_teacher_classes_are_put_in_the_students_order(tmp_path, monkeypatch):
+    """A student whose three classes are listed in a rotated order gets each teacher probability in its own column
+    (a rotation, not a swap: a swap is its own inverse and would pass with the mapping reversed)."""
+    labelled = _make_folder(tmp_path / "three", per_class=20, classes=("a", "b", "c"))
+    teacher = tmp_path / "t"
+    assert main(["train", "--data", str(labelled), "--image-size", "32", "--out", str(teacher), *BASE]) == 0
+    unlabelled = _unlabelled(tmp_path / "new", broken=0)
     data, _ = load_image_folder(labelled, image_size=32)
-    flipped = type(data)(**{k: getattr(data, k) for k in type(data).__dataclass_fields__})
-    flipped.classes = tuple(reversed(data.classes))
-    flipped.train_y = 1 - data.train_y
+    rotated = copy.copy(data)
+    rotated.classes = ("b", "c", "a")  # data class j is the teacher's class order[j] = (1, 2, 0)[j]
+    rotated.train_y = (data.train_y + 2) % 3
     seen = {}
-    monkeypatch.setattr(distill, "train_and_save", lambda cfg, d, *a, **k: seen.update(cfg=cfg, data=d) or {})
-    cfg = TrainConfig(model="mlp")
-    distill.train_distilled(cfg, flipped, tmp_path / "s", unlabelled=unlabelled, teachers=[t32])
-    y = seen["data"].train_y
-    n = len(data.train_y)
-    run = load_run(t32)
-    images = [[convert_rgb(load_rgb(q), "grabcut", run)] for q in find_images([unlabelled]) if not q.name.startswith("broken")]
+    monkeypatch.setattr(distill, "train_and_save", lambda cfg, d, *a, **k: seen.update(data=d, meta=a[4]) or {})
+    distill.train_distilled(TrainConfig(model="mlp"), rotated, tmp_path / "s", unlabelled=unlabelled, teachers=[teacher])
+    y, n = seen["data"].train_y, len(data.train_y)
+    run = load_run(teacher)
+    images = [[convert_rgb(load_rgb(q), "grabcut", run)] for q in find_images([unlabelled])]
     kept = [i for i, row in enumerate(predict_converted([run], images)) if not row.get("unknown")]
-    assert y.dtype == torch.float32 and y.shape == (n + len(kept), 2) and kept
-    assert torch.equal(y[:n], torch.nn.functional.one_hot(flipped.train_y, 2).float())  # the labelled split: its own labels
+    assert y.dtype == torch.float32 and y.shape == (n + len(kept), 3) and kept
+    assert torch.equal(y[:n], torch.nn.functional.one_hot(rotated.train_y, 3).float())  # the labelled split: its own labels
     p = predict_scored(run, np.stack([im[0] for im in images]))[0][kept]
-    torch.testing.assert_close(y[n:], p.flip(1))
+    torch.testing.assert_close(y[n:], p[:, [1, 2, 0]])
+    # the same files with the same split: same_data; another split of them: not
+    assert seen["meta"]["distillation"]["teachers"][0]["same_data"] is True
+    resplit, _ = load_image_folder(labelled, image_size=32, split_seed=1)
+    distill.train_distilled(TrainConfig(model="mlp"), resplit, tmp_path / "s2", unlabelled=unlabelled, teachers=[teacher])
+    assert seen["meta"]["distillation"]["teachers"][0]["same_data"] is False
+
+
+def test_one_process_only(monkeypatch):
+    from fashionclf.engine import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="without torchrun"):
+        distill.trainer("photos/", ["runs/big"])
 
 
 def test_soft_targets_train_as_hard_labels_when_one_hot():
@@ -125,6 +141,10 @@ def test_clear_errors(tmp_path, teachers, capsys, case):
     assert main(args + more + ["--teacher", teacher, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    expected = {"no-unlabelled": "--teacher needs --unlabelled", "missing-teacher": "nope", "other-classes": "same classes"}[case]
+    expected = {
+        "no-unlabelled": "--teacher needs --unlabelled",
+        "missing-teacher": "nope",
+        "other-classes": "every teacher must know the data's classes",
+    }[case]
     assert expected in err
     assert not (tmp_path / "s" / "meta.json").exists()
