@@ -54,7 +54,9 @@ def correct(run: Path) -> torch.Tensor:
 
 def ensemble(runs: list[Path]) -> dict:
     """The runs asked together on the held-out split: calibrated probabilities averaged; flagged where they disagree
-    or the average is below the strictest run's threshold (predict.joint_results)."""
+    or the average is below the strictest run's threshold, as predict.joint_results flags them. Its "none of these"
+    flag is left out: the stored test predictions are normalised log-probabilities (their energy is 0 for every
+    item), not the raw logits the score needs, so joint_results on them calls all 341 photos unknown."""
     probs, tops, strictest = [], [], 0.0
     for r in runs:
         logits, labels = load_predictions(r)
