@@ -7,6 +7,7 @@ what timing must not change (weights, BatchNorm statistics, the random stream).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -189,6 +190,24 @@ def test_timings_from_a_crowded_machine_are_used_but_not_cached():
     assert clock.calls and again.cpu_share == 1.0 and autotune.cache_file().exists()
 
 
+def test_timings_while_other_processes_keep_the_cores_busy_are_not_cached(tmp_path):
+    """Spinning OpenMP threads keep this process's CPU share high on a crowded machine: /proc/stat tells."""
+    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, {2: 1.0, 1: 1.0})
+    # both cores busy every (fake) second of timing, this process on one of them: the other is someone else's
+    p = autotune.tune(
+        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name="crowded", prefer_cl=True, cpu=EMULATED, timer=clock,
+        cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1], busy=lambda: 100.0 + 2.0 * clock.now,
+    )  # fmt: skip
+    assert p.how == "measured" and p.cpu_share == 1.0 and p.others == pytest.approx(1.0, abs=0.2)
+    assert not autotune.cache_file().exists() and p.record()["others_busy"] == p.others
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 1000 10 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    assert autotune.busy_seconds(str(stat)) == pytest.approx(150 / __import__("os").sysconf("SC_CLK_TCK"))
+    assert autotune.busy_seconds(str(tmp_path / "absent")) is None
+    if __import__("os").path.exists("/proc/stat"):
+        assert autotune.busy_seconds() > 0
+
+
 def test_unwritable_cache_still_gives_a_choice(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -213,6 +232,70 @@ def test_explicit_precision_is_honoured(monkeypatch):
         choose_precision("bf16", CPU, tiny_cnn(), x, train=True, channels_last=True, name="t")
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("fp16", CPU)
+
+
+class ThreadClock(FakeClock):
+    """Each fake step costs its variant's cost times a factor for the thread count it runs at."""
+
+    def __init__(self, costs: dict[str, float], per_thread: dict[int, float]):
+        super().__init__(costs)
+        self.per_thread, self.threads_seen = per_thread, []
+
+    def steps(self) -> dict:
+        def make(v):
+            def step():
+                n = torch.get_num_threads()
+                self.calls.append(v)
+                self.threads_seen.append(n)
+                self.now += self.costs[v] * self.per_thread.get(n, 1.0)
+
+            return step
+
+        return {v: make(v) for v in self.costs}
+
+
+@pytest.mark.parametrize(("factors", "chosen"), [({2: 1.0, 1: 0.6}, 1), ({2: 1.0, 1: 0.95}, 2), ({2: 1.0, 1: 1.8}, 2)])
+def test_threads_are_chosen_by_timing_all_cores_unless_fewer_are_clearly_faster(factors, chosen):
+    before = torch.get_num_threads()
+    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, factors)
+    p = autotune.tune(
+        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name=f"t{chosen}{factors[1]}", prefer_cl=True, cpu=EMULATED,
+        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
+    )  # fmt: skip
+    assert p.threads == chosen and p.channels_last
+    assert p.thread_timings == pytest.approx({2: 0.5 * factors[2], 1: 0.5 * factors[1]})  # the chosen variant, at each count
+    assert {1, 2} <= set(clock.threads_seen) and torch.get_num_threads() == before  # each timed at its count, then restored
+    rec = p.record()
+    assert rec["threads"] == chosen and set(rec["seconds_per_step_by_threads"]) == {"1", "2"}
+    autotune._MEMO.clear()
+    again = autotune.tune(
+        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name=f"t{chosen}{factors[1]}", prefer_cl=True, cpu=EMULATED,
+        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
+    )  # fmt: skip
+    assert (again.how, again.threads) == ("cached", chosen)  # from the file: nothing timed again
+
+
+def test_threads_are_left_alone_unless_asked_and_one_core_has_no_choice():
+    p, plain = tune({"fp32": 1.0, "fp32+cl": 0.5})
+    assert p.threads is None and "threads" not in p.record()
+    assert autotune.thread_candidates(1) == [1] and autotune.thread_candidates(2) == [2, 1]
+    assert autotune.thread_candidates(16) == [16, 8]
+    p, clock = tune({"fp32": 1.0, "fp32+cl": 0.5}, name="one", threads=[1])
+    assert p.threads is None and clock.calls == plain.calls  # nothing extra timed
+
+
+def test_a_cache_from_before_thread_timing_is_completed_not_discarded():
+    costs = {"fp32": 1.0, "fp32+cl": 0.5}
+    tune(costs)  # an entry without thread timings, as older versions wrote
+    autotune._MEMO.clear()
+    clock = ThreadClock(costs, {2: 1.0, 1: 0.5})
+    p = autotune.tune(
+        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name="tiny", prefer_cl=True, cpu=NATIVE,
+        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
+    )  # fmt: skip
+    assert set(clock.calls) == {"fp32+cl"} and p.threads == 1 and p.how == "measured"  # only the threads were timed
+    entry = next(iter(json.loads(autotune.cache_file().read_text())["entries"].values()))
+    assert set(entry["threads"]) == {"1", "2"} and entry["timings"]["fp32"] == 1.0
 
 
 def test_measure_interleaves_variants_and_keeps_to_its_budget():
@@ -244,16 +327,16 @@ def test_inference_uses_the_measured_choice_never_slower_bf16(monkeypatch):
     """A run trained with auto (or bf16) infers in fp32 where bf16 measured slower, whatever the CPU claims."""
     monkeypatch.setattr(autotune, "cpu_info", lambda path="/proc/cpuinfo": NATIVE)
     monkeypatch.setattr(autotune, "bf16_autocast_runs", lambda device_type="cpu": True)
-    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 2.0 if v.startswith("bf16") else 1.0 for v in steps})
+    monkeypatch.setattr(autotune, "measure", lambda steps, *_a, **_k: {v: 2.0 if v.startswith("bf16") else 1.0 for v in steps})
     model = tiny_cnn().eval()
     x_u8 = torch.randint(0, 256, (5, 8, 8), dtype=torch.uint8)
     for trained in ("auto", "bf16"):
         p = inference_precision(trained, CPU, model, x_u8, channels_last=True, name="tiny")
         assert p.dtype is None and p.channels_last
-    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 1.0 if v == "fp32" else 2.0 for v in steps})
+    monkeypatch.setattr(autotune, "measure", lambda steps, *_a, **_k: {v: 1.0 if v == "fp32" else 2.0 for v in steps})
     p = inference_precision("auto", CPU, model, x_u8, channels_last=True, name="tiny2")
     assert not p.channels_last and contiguous(model[3].weight)  # the weights follow the chosen format
-    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 1.0 if v == "fp32+cl" else 2.0 for v in steps})
+    monkeypatch.setattr(autotune, "measure", lambda steps, *_a, **_k: {v: 1.0 if v == "fp32+cl" else 2.0 for v in steps})
     inference_precision("auto", CPU, model, x_u8, channels_last=False, name="tiny3")
     assert not contiguous(model[3].weight)
 
@@ -262,7 +345,7 @@ def test_fit_records_the_choice(monkeypatch):
     from fashionclf.engine.loop import fit
     from fashionclf.recipes import resolve_config
 
-    monkeypatch.setattr(autotune, "measure", lambda steps, timer, budget: {v: 1.0 if v == "fp32" else 2.0 for v in steps})
+    monkeypatch.setattr(autotune, "measure", lambda steps, *_a, **_k: {v: 1.0 if v == "fp32" else 2.0 for v in steps})
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (64,), generator=g)
@@ -271,6 +354,27 @@ def test_fit_records_the_choice(monkeypatch):
     assert res.precision == "fp32" and res.precision_choice["channels_last"] is False
     assert res.precision_choice["how"] == "measured" and res.precision_choice["seconds_per_step"]["fp32"] == 1.0
     assert cfg.channels_last  # the config keeps what was asked for; the choice is recorded beside it
+    assert res.precision_choice["threads"] == torch.get_num_threads()  # a tie: all cores stay, and the timings are kept
+    assert set(res.precision_choice["seconds_per_step_by_threads"]) == {str(n) for n in autotune.thread_candidates(torch.get_num_threads())}
+
+
+def test_fit_runs_at_the_thread_count_that_timed_fastest_and_honours_a_fixed_one(monkeypatch):
+    from fashionclf.engine.loop import fit
+    from fashionclf.recipes import resolve_config
+
+    cores = torch.get_num_threads()
+    if cores < 2:
+        pytest.skip("one core: no thread count to choose")
+    seen = []
+    monkeypatch.setattr(autotune, "measure", lambda steps, *_a, **_k: {v: 1.0 if v in ("fp32", "1") else 2.0 for v in steps})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    cfg = resolve_config("simple_cnn", None, epochs=1, batch_size=32, precision="auto", augment=False)
+    res = fit(cfg, x, y, x[:16], y[:16], on_epoch=lambda row: seen.append(torch.get_num_threads()))
+    assert res.precision_choice["threads"] == 1 and seen == [1]
+    res = fit(dataclasses.replace(cfg, threads=cores), x, y, x[:16], y[:16], on_epoch=lambda row: seen.append(torch.get_num_threads()))
+    assert "threads" not in res.precision_choice and seen[-1] == cores  # --threads N: taken as given, not timed
 
 
 def test_run_logits_infer_with_the_measured_choice(tmp_path, monkeypatch):
@@ -287,9 +391,7 @@ def test_run_logits_infer_with_the_measured_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(autotune, "cpu_info", lambda path="/proc/cpuinfo": NATIVE)
     monkeypatch.setattr(autotune, "bf16_autocast_runs", lambda device_type="cpu": True)
     timed = []
-    monkeypatch.setattr(
-        autotune, "measure", lambda steps, timer, budget: timed.append(1) or {v: 1.0 if v == "fp32" else 2.0 for v in steps}
-    )
+    monkeypatch.setattr(autotune, "measure", lambda steps, *_a, **_k: timed.append(1) or {v: 1.0 if v == "fp32" else 2.0 for v in steps})
     x = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
     assert not contiguous(conv)  # loaded channels_last, as configured
     got = run.logits(x)

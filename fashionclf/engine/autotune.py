@@ -16,8 +16,14 @@ on the CPU times a few steps of the model in each variant and keeps the fastest:
 - the timings are cached in autotune.json under $FASHIONCLF_CACHE (default ~/.cache/fashionclf), keyed by
   the CPU's model name and flags, torch's version, the thread count, the model, its input shape, the batch
   and train/infer: a new torch, CPU or model measures again. Delete the file to measure everything again.
-  Timings taken while the process got less than half a core (CPU seconds per wall second: other jobs
-  crowding the machine) serve the run that took them but are not cached.
+  Timings taken while the process got less than half a core (CPU seconds per wall second), or while other
+  processes kept more than half a core busy (/proc/stat's busy time less this process's: OpenMP threads
+  spinning for a core keep the first figure high on a crowded machine), serve the run that took them but are
+  not cached: two threads measured 6.5x slower than one while another job held both cores.
+- threads, where the caller leaves them to us (training with `threads = 0`, one process): the chosen variant
+  is timed again at each candidate count (all usable cores, and half of them), interleaved within half the
+  budget; all cores stay unless fewer are MARGIN faster (small models at small batches can lose more to
+  synchronising two threads than they gain). Cached in the same entry.
 """
 
 from __future__ import annotations
@@ -41,9 +47,11 @@ from fashionclf.io import atomic_write_text, to_json
 
 MARGIN = 0.10  # a variant other than the configured one must be this much faster to be chosen
 WARMUP, ROUNDS, BUDGET_S = 2, 3, 3.0
+THREAD_ROUNDS = 25  # thread counts differ by less than variants do: more rounds (within half the budget) for fast steps
 MEASURE_BATCH = 64
 MAX_ENTRIES = 256  # the cache keeps the newest entries
 MIN_CPU_SHARE = 0.5  # a process that got less than half a core while timing shared it with others: not cached
+MAX_OTHERS = 0.5  # other processes busy on more than half a core while timing (/proc/stat): not cached either
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "bf16")  # the ones that decide bf16's speed
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "bf16")  # bf16: aarch64's Features name for its BFDOT/BFMMLA
 VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl")
@@ -61,6 +69,9 @@ class Precision:
     cpu: dict = field(default_factory=dict)
     tune_seconds: float = 0.0  # what measuring cost (0 when forced or cached)
     cpu_share: float | None = None  # CPU seconds the process got per second while timing (below MIN_CPU_SHARE: not cached)
+    others: float | None = None  # CPU seconds other processes used per second while timing (above MAX_OTHERS: not cached)
+    threads: int | None = None  # the intra-op thread count chosen by timing (None: not measured, the caller's stands)
+    thread_timings: dict = field(default_factory=dict)  # thread count -> median seconds per step of the chosen variant
 
     @property
     def name(self) -> str:
@@ -73,6 +84,10 @@ class Precision:
             rec["seconds_per_step"] = {k: round(v, 6) for k, v in self.timings.items()}
             rec["tune_seconds"] = round(self.tune_seconds, 3)
             rec["cpu_share"] = self.cpu_share
+            rec["others_busy"] = self.others
+        if self.threads is not None:
+            rec["threads"] = self.threads
+            rec["seconds_per_step_by_threads"] = {str(k): round(v, 6) for k, v in sorted(self.thread_timings.items())}
         if self.cpu:
             rec["cpu"] = {k: self.cpu[k] for k in ("model", "flags", "native_bf16")}
         return rec
@@ -109,6 +124,16 @@ def bf16_autocast_runs(device_type: str = "cpu") -> bool:
         return False
 
 
+def busy_seconds(path: str = "/proc/stat") -> float | None:
+    """CPU seconds every process together has used since boot, all cores summed (Linux); None where unknown."""
+    try:
+        ticks = [int(v) for v in Path(path).read_text().split("\n", 1)[0].split()[1:9]]
+        idle = ticks[3] + ticks[4]  # idle, iowait
+    except (OSError, ValueError, IndexError):
+        return None
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def cache_file() -> Path:
     root = os.environ.get("FASHIONCLF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashionclf"
     return Path(root) / "autotune.json"
@@ -129,8 +154,34 @@ def decide(timings: dict[str, float], native_bf16: bool | None, prefer_cl: bool,
     return pick
 
 
+def thread_candidates(cores: int) -> list[int]:
+    """The thread counts worth timing: all usable cores and half of them (most first); one core: nothing to choose."""
+    return sorted({cores, max(1, cores // 2)}, reverse=True)
+
+
+def decide_threads(timings: dict[int, float], margin: float = MARGIN) -> int:
+    """The most threads unless fewer were clearly (margin) faster."""
+    most = max(timings)
+    fastest = min(timings, key=timings.__getitem__)
+    return fastest if timings[fastest] <= (1 - margin) * timings[most] else most
+
+
+def at_threads(step: Callable[[], None], n: int) -> Callable[[], None]:
+    """step run with n intra-op threads, the caller's count restored after it."""
+
+    def run() -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            step()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
 def measure(
-    steps: dict[str, Callable[[], None]], timer: Callable[[], float] = time.perf_counter, budget: float = BUDGET_S
+    steps: dict[str, Callable[[], None]], timer: Callable[[], float] = time.perf_counter, budget: float = BUDGET_S, rounds: int = ROUNDS
 ) -> dict[str, float]:
     """Median seconds per step of each variant: WARMUP untimed steps each, then interleaved timed rounds within budget."""
     start = timer()
@@ -140,7 +191,7 @@ def measure(
                 break
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(ROUNDS):
+    for r in range(rounds):
         if r and timer() - start > budget:
             break
         for name, step in steps.items():
@@ -194,7 +245,12 @@ def tune_key(cpu: dict, name: str, model: nn.Module, example: torch.Tensor, trai
 
 def _valid(entry) -> bool:
     t = entry.get("timings") if isinstance(entry, dict) else None
-    return isinstance(t, dict) and "fp32" in t and all(k in VARIANTS and isinstance(v, int | float) and v > 0 for k, v in t.items())
+    th = entry.get("threads", {}) if isinstance(entry, dict) else None
+
+    def positive(timings: dict, keys_ok) -> bool:
+        return all(keys_ok(k) and isinstance(v, int | float) and v > 0 for k, v in timings.items())
+
+    return isinstance(t, dict) and "fp32" in t and positive(t, VARIANTS.__contains__) and isinstance(th, dict) and positive(th, str.isdigit)
 
 
 def read_cache(path: Path) -> dict:
@@ -240,29 +296,45 @@ def tune(
     cache: Path | None = None,
     bf16_runs: bool | None = None,
     budget: float = BUDGET_S,
+    threads: list[int] | None = None,
+    busy: Callable[[], float | None] = busy_seconds,
 ) -> Precision:
-    """The fastest variant for this model on this machine: from the cache, else timed (steps/timer injectable for tests)."""
+    """The fastest variant for this model on this machine: from the cache, else timed (steps/timer injectable for tests).
+
+    threads: candidate intra-op thread counts to time the chosen variant at (thread_candidates); None: not chosen here."""
     cpu = cpu if cpu is not None else cpu_info()
     cache = cache or cache_file()
     example = _batch(example)
     key = tune_key(cpu, name, model, example, train)
     entry = _MEMO.get((str(cache), key)) or read_cache(cache).get(key)
-    how, spent = "cached", 0.0
-    if entry is None:
-        runs = bf16_autocast_runs(example.device.type) if bf16_runs is None else bf16_runs
-        variants = [v for v in VARIANTS if v.startswith("fp32") or (runs and cpu["native_bf16"] is not False)]
-        t0, w0, c0 = time.perf_counter(), timer(), cpu_clock()
-        with torch.random.fork_rng(devices=[]):  # dropout in the timed steps must not shift the run's random numbers
+    how, spent, t0 = "cached", 0.0, time.perf_counter()
+    w0, c0, b0 = timer(), cpu_clock(), busy()
+    with torch.random.fork_rng(devices=[]):  # dropout in the timed steps must not shift the run's random numbers
+        if entry is None:
+            runs = bf16_autocast_runs(example.device.type) if bf16_runs is None else bf16_runs
+            variants = [v for v in VARIANTS if v.startswith("fp32") or (runs and cpu["native_bf16"] is not False)]
             steps = {v: s for v, s in steps.items() if v in variants} if steps else model_steps(model, example, train, variants)
-            timings = measure(steps, timer, budget)
-        how, spent, wall = "measured", time.perf_counter() - t0, timer() - w0
+            entry, how = {"timings": measure(steps, timer, budget), "measured": datetime.now(UTC).isoformat(timespec="seconds")}, "measured"
+        pick = decide(entry["timings"], cpu["native_bf16"], prefer_cl)
+        wanted = [str(n) for n in threads or []]
+        if len(wanted) > 1 and set(wanted) - set(entry.get("threads", {})):  # threads not timed yet for these candidates
+            one = steps[pick] if steps else model_steps(model, example, train, [pick])[pick]
+            th = measure({n: at_threads(one, int(n)) for n in wanted}, timer, budget / 2, THREAD_ROUNDS)
+            entry, how = {**entry, "threads": {**entry.get("threads", {}), **th}}, "measured"
+    if how == "measured":
+        spent, wall, b1 = time.perf_counter() - t0, timer() - w0, busy()
         share = (cpu_clock() - c0) / wall if wall > 0.05 else 1.0
-        entry = {"timings": timings, "measured": datetime.now(UTC).isoformat(timespec="seconds"), "cpu_share": round(share, 2)}
-        if share >= MIN_CPU_SHARE:  # timed on a crowded machine: good for this run, not for every later one
+        others = max(0.0, (b1 - b0) / wall - share) if wall > 0.05 and b0 is not None and b1 is not None else None
+        entry = {**entry, "cpu_share": round(share, 2), "others_busy": None if others is None else round(others, 2)}
+        if share >= MIN_CPU_SHARE and (others or 0.0) <= MAX_OTHERS:  # a crowded machine: good for this run, not later ones
             entries = read_cache(cache)
             entries[key] = entry
             write_cache(cache, entries)
     _MEMO[(str(cache), key)] = entry
-    pick = decide(entry["timings"], cpu["native_bf16"], prefer_cl)
     dtype = torch.bfloat16 if pick.startswith("bf16") else None
-    return Precision(dtype, pick.endswith("+cl"), how, dict(entry["timings"]), cpu, spent, entry.get("cpu_share"))
+    chosen, by_threads = None, {}
+    if len(wanted) > 1:
+        by_threads = {int(n): entry["threads"][n] for n in wanted}
+        chosen = decide_threads(by_threads)
+    share, others = entry.get("cpu_share"), entry.get("others_busy")
+    return Precision(dtype, pick.endswith("+cl"), how, dict(entry["timings"]), cpu, spent, share, others, chosen, by_threads)

@@ -184,8 +184,15 @@ def _precision(cfg: TrainConfig, model: nn.Module, train_x: torch.Tensor, device
     choice its checkpoint recorded (`recorded`), so it computes exactly as before it was stopped."""
     example = to_input(train_x[: autotune.MEASURE_BATCH], device, channels_last=False)
     asked, cl = (recorded["precision"], recorded["channels_last"]) if recorded else (cfg.precision, cfg.channels_last)
-    prec = choose_precision(asked, device, model, example, train=True, channels_last=cl, name=cfg.model)
-    prec = agreed(prec, device) if distributed.world_size() > 1 else prec
+    ws = distributed.world_size()
+    # --threads 0 in one process: the thread count is timed too (all cores or half); a resumed run keeps its count.
+    timed_threads = not recorded and not cfg.threads and ws == 1 and device.type == "cpu"
+    candidates = autotune.thread_candidates(torch.get_num_threads()) if timed_threads else None
+    prec = choose_precision(asked, device, model, example, train=True, channels_last=cl, name=cfg.model, threads=candidates)
+    prec = agreed(prec, device) if ws > 1 else prec
+    threads = prec.threads or (recorded or {}).get("threads")
+    if threads and not cfg.threads:
+        torch.set_num_threads(int(threads))
     return prec, dataclasses.replace(cfg, channels_last=prec.channels_last)
 
 
