@@ -81,7 +81,7 @@ bench-gpu: $(DEV) data
 	.venv-keras/bin/pip install -q -r benchmarks/requirements-keras.txt
 	touch $@
 
-bench-keras: $(DEV) data .venv-keras/.installed-stamp
+bench-keras: $(DEV) data .venv-keras/.installed-stamp  # the seed study side by side with Keras (hours: --epochs N caps)
 	$(BIN)/python benchmarks/vs_keras.py
 
 clean:

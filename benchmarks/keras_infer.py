@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 
-from keras_tuned_cnn import build_model, keras, np, prep
+from keras_models import build_model, keras, np, prep
 
 x = prep(np.load(sys.argv[1])["test_x"])
 calls = int(sys.argv[2]) if len(sys.argv) > 2 else 200

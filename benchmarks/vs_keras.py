@@ -1,16 +1,21 @@
-"""tuned_cnn: fashionclf (PyTorch) against the same architecture in Keras, side by side on this machine.
+"""The seed study side by side: each of its four models trained by fashionclf (its defaults) and by Keras (the
+seed's settings: batch 32, Adam 1e-3, Model 4 with its augmentation and callbacks), on this machine, in one run.
 
-Both train on the same 54k/6k split and score on the same 10k test set. Keras runs
-at the seed study's batch size (32) and at fashionclf's (128), so the speed-up is
-shown with and without the batch-size difference. Needs the Keras venv:
+Both sides train the same architecture (trainable parameter counts checked) on the same 54k/6k split and score the
+same 10k test set, for the same number of epochs: each recipe's own (10, 10, 10, 20) unless --epochs caps it.
+Early stopping is off on both sides so every epoch runs and per-epoch times compare like for like. Per model: the
+median seconds per epoch (validation pass included) and the ratio; for the whole study: the sum of each side's
+training seconds, measured where every recipe epoch ran and otherwise projected (median s/epoch x recipe epochs,
+marked so). Keras can also run at fashionclf's batch size (--keras-batches 32,128) to separate the batch-size
+difference from the framework. Needs the Keras venv:
 
     make bench-keras     # creates .venv-keras (benchmarks/requirements-keras.txt), then runs this script
-    .venv/bin/python benchmarks/vs_keras.py [--epochs 10] [--out benchmarks/results/vs_keras.json]
+    .venv/bin/python benchmarks/vs_keras.py [--models mlp,tuned_cnn] [--epochs 2] [--keras-batches 32,128] [--out FILE]
 """
 
 import argparse
 import json
-import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,74 +26,114 @@ from pathlib import Path
 import numpy as np
 
 from fashionclf.data.fashion_mnist import load_fashion_mnist
+from fashionclf.engine import autotune
 from fashionclf.engine.inference import evaluate
 from fashionclf.engine.loop import fit
 from fashionclf.io import atomic_write_text
 from fashionclf.recipes import resolve_config
+from fashionclf.study import DEFAULT_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--keras-python", default=str(ROOT / ".venv-keras/bin/python"))
-    ap.add_argument("--keras-batches", default="32,128")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_keras.json"))
-    args = ap.parse_args()
-
-    d = load_fashion_mnist()
-    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine()}
-    try:
-        result["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-
-    # fashionclf at its defaults for tuned_cnn, early stopping off so both sides run every epoch.
-    cfg = resolve_config("tuned_cnn", None, epochs=args.epochs, early_stopping=0)
+def ours(name: str, epochs: int | None, d) -> dict:
+    cfg = resolve_config(name, None, early_stopping=0, **({"epochs": epochs} if epochs else {}))
     res = fit(cfg, d.train_x, d.train_y, d.val_x, d.val_y)
-    acc = evaluate(res.model, d.test_x, d.test_y)["accuracy"]
     secs = [h["seconds"] for h in res.history]
-    result["fashionclf"] = {
+    return {
         "batch_size": cfg.batch_size,
         "precision": res.precision,
-        "epochs": args.epochs,
+        "precision_choice": res.precision_choice,
+        "epochs": len(secs),
         "epoch_seconds": secs,
         "train_seconds": res.train_seconds,
-        "test_accuracy": acc,
+        "test_accuracy": evaluate(res.model, d.test_x, d.test_y)["accuracy"],
         "params": res.params,
     }
-    print(f"fashionclf: {np.median(secs):.2f} s/epoch (median), test accuracy {acc:.4f}", file=sys.stderr)
 
-    result["keras"] = []
+
+def keras_side(python: str, arrays: Path, name: str, epochs: int, batch: int) -> dict:
+    t0 = time.perf_counter()
+    cmd = [python, str(ROOT / "benchmarks/keras_models.py"), str(arrays), str(epochs), str(batch), name]
+    k = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    k["wall_seconds"] = time.perf_counter() - t0
+    return k
+
+
+def whole_study(rows: list[dict], side) -> tuple[float, bool]:
+    """Seconds for the whole study on one side, and whether that is measured (every recipe epoch ran) or projected."""
+    total, measured = 0.0, True
+    for r in rows:
+        s = side(r)
+        if s["epochs"] >= r["recipe_epochs"]:
+            total += s["train_seconds"]
+        else:
+            total += statistics.median(s["epoch_seconds"]) * r["recipe_epochs"]
+            measured = False
+    return total, measured
+
+
+def table(result: dict) -> str:
+    head = "| model | side | batch | precision | epochs run | s/epoch (median) | test acc | fashionclf faster by |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for r in result["models"]:
+        f = r["fashionclf"]
+        med = statistics.median(f["epoch_seconds"])
+        acc = f"{f['test_accuracy'] * 100:.2f}%"
+        lines.append(f"| {r['model']} | fashionclf | {f['batch_size']} | {f['precision']} | {f['epochs']} | {med:.2f} | {acc} | |")
+        for k in r["keras"]:
+            km = statistics.median(k["epoch_seconds"])
+            lines.append(
+                f"| {r['model']} | {k['framework']} | {k['batch_size']} | fp32 | {k['epochs']} | {km:.2f} | "
+                f"{k['test_accuracy'] * 100:.2f}% | {k['speedup_per_epoch']:.2f}x |"
+            )
+    for s in result["whole_study"]:
+        how = "measured" if s["measured"] else "projected: median s/epoch x recipe epochs"
+        lines.append(
+            f"\nWhole study, Keras batch {s['keras_batch']}: fashionclf {s['fashionclf_seconds']:.0f} s, "
+            f"Keras {s['keras_seconds']:.0f} s: {s['speedup']:.2f}x ({how})"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--epochs", type=int, default=None, help="cap on epochs per model (default: each recipe's own)")
+    ap.add_argument("--keras-python", default=str(ROOT / ".venv-keras/bin/python"))
+    ap.add_argument("--keras-batches", default="32")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_keras_study.json"))
+    args = ap.parse_args()
+    cpu = autotune.cpu_info()
+    d = load_fashion_mnist()
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": cpu, "epochs_cap": args.epochs, "models": []}
+    batches = [int(b) for b in args.keras_batches.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         arrays = Path(tmp) / "fmnist.npz"
         np.savez(arrays, **{k: getattr(d, k).numpy() for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")})
-        for bs in [int(b) for b in args.keras_batches.split(",")]:
-            t0 = time.perf_counter()
-            cmd = [args.keras_python, str(ROOT / "benchmarks/keras_tuned_cnn.py"), str(arrays), str(args.epochs), str(bs)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            k = json.loads(out)
-            k["wall_seconds"] = time.perf_counter() - t0
-            result["keras"].append(k)
-            print(
-                f"keras batch {bs}: {np.median(k['epoch_seconds']):.2f} s/epoch (median), test accuracy {k['test_accuracy']:.4f}",
-                file=sys.stderr,
-            )
-
-    ours = float(np.median(secs))
-    if any(k["params"] != res.params for k in result["keras"]):
-        sys.exit(f"parameter counts differ ({res.params} vs {[k['params'] for k in result['keras']]}): not the same model")
-    for k in result["keras"]:
-        k["speedup_per_epoch"] = float(np.median(k["epoch_seconds"])) / ours
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print("\n| side | batch | precision | s/epoch (median) | test acc | speed-up |\n|---|---|---|---|---|---|")
-    print(f"| fashionclf | {cfg.batch_size} | {res.precision} | {ours:.2f} | {acc * 100:.2f}% | 1.0x |")
-    for k in result["keras"]:
-        print(
-            f"| {k['framework']} | {k['batch_size']} | fp32 | {np.median(k['epoch_seconds']):.2f} | "
-            f"{k['test_accuracy'] * 100:.2f}% | {k['speedup_per_epoch']:.1f}x slower |"
+        for name in args.models.split(","):
+            recipe_epochs = resolve_config(name, None).epochs
+            epochs = min(args.epochs or recipe_epochs, recipe_epochs)
+            row = {"model": name, "recipe_epochs": recipe_epochs, "fashionclf": ours(name, epochs, d), "keras": []}
+            print(f"{name}: fashionclf {statistics.median(row['fashionclf']['epoch_seconds']):.2f} s/epoch", file=sys.stderr)
+            for bs in batches:
+                k = keras_side(args.keras_python, arrays, name, epochs, bs)
+                if k["params"] != row["fashionclf"]["params"]:
+                    sys.exit(f"{name}: parameter counts differ ({row['fashionclf']['params']} vs {k['params']}): not the same model")
+                k["speedup_per_epoch"] = statistics.median(k["epoch_seconds"]) / statistics.median(row["fashionclf"]["epoch_seconds"])
+                row["keras"].append(k)
+                print(f"{name}: keras batch {bs} {statistics.median(k['epoch_seconds']):.2f} s/epoch", file=sys.stderr)
+            result["models"].append(row)
+            atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")  # after every model: a long run keeps what it measured
+    result["whole_study"] = []
+    for i, bs in enumerate(batches):
+        ours_s, m1 = whole_study(result["models"], lambda r: r["fashionclf"])
+        theirs, m2 = whole_study(result["models"], lambda r, i=i: r["keras"][i])
+        result["whole_study"].append(
+            {"keras_batch": bs, "fashionclf_seconds": ours_s, "keras_seconds": theirs, "speedup": theirs / ours_s, "measured": m1 and m2}
         )
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(table(result))
 
 
 if __name__ == "__main__":
