@@ -208,6 +208,24 @@ def test_timings_while_other_processes_keep_the_cores_busy_are_not_cached(tmp_pa
         assert autotune.busy_seconds() > 0
 
 
+def test_thread_timings_cached_without_the_crowding_check_are_timed_again():
+    costs = {"fp32": 1.0, "fp32+cl": 0.5}
+    tune(costs)
+    path = autotune.cache_file()
+    data = json.loads(path.read_text())
+    (entry,) = data["entries"].values()
+    entry.pop("others_busy", None)
+    entry["threads"] = {"2": 0.4, "1": 0.05}  # written by a version without the check, while another job held the cores
+    path.write_text(json.dumps(data))
+    autotune._MEMO.clear()
+    clock = ThreadClock(costs, {2: 0.6, 1: 1.0})
+    p = autotune.tune(
+        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name="tiny", prefer_cl=True, cpu=NATIVE,
+        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
+    )  # fmt: skip
+    assert p.threads == 2 and p.thread_timings == pytest.approx({2: 0.3, 1: 0.5}) and set(clock.calls) == {"fp32+cl"}
+
+
 def test_unwritable_cache_still_gives_a_choice(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")

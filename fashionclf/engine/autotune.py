@@ -260,7 +260,13 @@ def read_cache(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     entries = data.get("entries") if isinstance(data, dict) and data.get("format") == FORMAT else None
-    return {k: v for k, v in entries.items() if _valid(v)} if isinstance(entries, dict) else {}
+    return {k: _unguarded_threads_dropped(v) for k, v in entries.items() if _valid(v)} if isinstance(entries, dict) else {}
+
+
+def _unguarded_threads_dropped(entry: dict) -> dict:
+    """Thread timings cached before others' CPU use was checked (no others_busy) are timed again: one such entry
+    kept tuned_cnn at 1 thread on an idle machine (40 s an epoch instead of 25), timed while another job ran."""
+    return entry if "others_busy" in entry or "threads" not in entry else {k: v for k, v in entry.items() if k != "threads"}
 
 
 def write_cache(path: Path, entries: dict) -> bool:
