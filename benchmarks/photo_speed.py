@@ -9,7 +9,10 @@ With a run, its predictions on the converted photos: accuracy, and agreement wit
 - `--val` (default ../shared/clothing-photos/validation, its six Fashion-MNIST folders via --class-map, 264
   photos): where the chosen setting is reported, never tuned on.
 
-A method "grabcut@SIDExITERS" is GrabCut on a SIDE-pixel copy in ITERS iterations (the dev sweep).
+A method "grabcut@SIDExITERS" is GrabCut on a SIDE-pixel copy in ITERS iterations (the dev sweep). With
+--with-decode the time includes decoding the file, and a method ending in "+draft" (e.g. grabcut+draft) decodes a
+JPEG at the smallest 1/2, 1/4 or 1/8 scale that keeps twice the cut-out's working copy (photos.DECODE_SIDE: what
+predict and serve do for 28x28 runs).
 
     .venv/bin/python benchmarks/photo_speed.py --run RUN [--methods grabcut-full,grabcut] [--sets dev,val] \
         [--out benchmarks/results/photo_speed.json]
@@ -37,20 +40,25 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 def register(method: str) -> str:
     """Make "grabcut@SIDExITERS" a method of fashionclf.data.photos for this process."""
     if method.startswith("grabcut@"):
-        side, iters = method.removeprefix("grabcut@").split("x")
-        photos.GRABCUT[method] = (int(side), int(iters))
-        photos.METHODS = (*photos.METHODS, method)
+        side, iters = method.removeprefix("grabcut@").removesuffix("+draft").split("x")
+        photos.GRABCUT[method.removesuffix("+draft")] = (int(side), int(iters))
+        photos.METHODS = (*photos.METHODS, method.removesuffix("+draft"))
     return method
 
 
-def convert_all(rgbs: list[np.ndarray], methods: list[str]) -> tuple[dict, dict, dict]:
+def convert_all(blobs: list[bytes], methods: list[str], with_decode: bool) -> tuple[dict, dict, dict]:
+    """Each photo converted by each method in turn; with_decode: the timing includes decoding the file's bytes
+    (a method ending in "+draft" decodes a JPEG at the smallest scale the cut-out's working copy allows)."""
     images = {m: [] for m in methods}
     cpu = {m: [] for m in methods}
     wall = {m: [] for m in methods}
-    for rgb in rgbs:
+    for blob in blobs:
+        full = None if with_decode else load_rgb(blob)
         for m in methods:
             c0, w0 = time.process_time(), time.perf_counter()
-            images[m].append(photos.to_fashion_mnist(rgb, m).image)
+            draft = m.endswith("+draft")
+            rgb = full if full is not None and not draft else load_rgb(blob, at_least=photos.DECODE_SIDE if draft else None)
+            images[m].append(photos.to_fashion_mnist(rgb, m.removesuffix("+draft")).image)
             cpu[m].append(time.process_time() - c0)
             wall[m].append(time.perf_counter() - w0)
     return images, cpu, wall
@@ -70,10 +78,10 @@ def score(run, images: dict, labels: np.ndarray, methods: list[str]) -> dict:
     }, preds
 
 
-def one_set(name: str, items: list, methods: list[str], run) -> dict:
-    rgbs = [load_rgb(p) for p, _ in items]
+def one_set(name: str, items: list, methods: list[str], run, with_decode: bool = False) -> dict:
+    blobs = [p.read_bytes() for p, _ in items]
     labels = np.array([y for _, y in items])
-    images, cpu, wall = convert_all(rgbs, methods)
+    images, cpu, wall = convert_all(blobs, methods, with_decode)
     out = {"photos": len(items), "methods": {}}
     for m in methods:
         out["methods"][m] = {
@@ -102,6 +110,7 @@ def main():
     ap.add_argument("--dev", default="../shared/realphotos-dev")
     ap.add_argument("--val", default="../shared/clothing-photos/validation")
     ap.add_argument("--class-map", default=MAP, help="folder=class for --val (the map of docs/results/shop-photos.md)")
+    ap.add_argument("--with-decode", action="store_true", help="time decoding the file too (needed for +draft methods)")
     ap.add_argument("--out", default="benchmarks/results/photo_speed.json")
     args = ap.parse_args()
     methods = [register(m) for m in args.methods.split(",")]
@@ -117,12 +126,13 @@ def main():
         "opencv": cv2.__version__,
         "opencv_threads": cv2.getNumThreads(),
         "run": args.run,
-        "methods": {m: photos.GRABCUT.get(m) for m in methods},
+        "methods": {m: photos.GRABCUT.get(m.removesuffix("+draft")) for m in methods},
+        "with_decode": args.with_decode,
         "sets": {},
     }
     for name in args.sets.split(","):
         folder, cmap = sets[name]
-        r = one_set(name, mapped_items(folder, classes, cmap), methods, run)
+        r = one_set(name, mapped_items(folder, classes, cmap), methods, run, args.with_decode)
         result["sets"][name] = {"folder": folder, **r}
         for m, v in r["methods"].items():
             agree = f", same label {v['same_label_as_' + methods[0]]}/{r['photos']}, accuracy {v['accuracy']:.3f}" if run else ""

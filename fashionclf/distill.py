@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -38,11 +37,10 @@ import torch.nn.functional as F
 
 from fashionclf.config import TrainConfig
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
-from fashionclf.data.images import ImageError, find_images, load_rgb
 from fashionclf.io import to_json
 from fashionclf.predict import class_order, convert_rgb, joint_results, predict_scored, results_from_probs
 from fashionclf.runs import Run, load_run
-from fashionclf.selftrain import STUDENT_NOISE, student_config
+from fashionclf.selftrain import STUDENT_NOISE, converted_batches, student_config, unlabelled_photos, with_photos
 from fashionclf.study import train_and_save
 
 
@@ -76,19 +74,15 @@ def soft_labels(teachers: list[Run], paths: list[Path], to_student: Callable, me
     """(x_u8, probs, counts): the photos as the student takes them, the teachers' averaged probabilities (N, C) in
     teachers[0]'s class order, and counts (considered, kept, unknown, unreadable, per_class by the teachers' top class)."""
     xs, ps, counts, per_class = [], [], Counter(), Counter()
-    for start in range(0, len(paths), batch_size):
-        images, student = [], []
-        for p in paths[start : start + batch_size]:
-            try:
-                rgb = load_rgb(p)
-                images.append([convert_rgb(rgb, method, t) for t in teachers])
-                student.append(to_student(rgb))
-            except ImageError:
-                counts["unreadable"] += 1
-        if not images:
+
+    def convert(rgb):
+        return [convert_rgb(rgb, method, t) for t in teachers], to_student(rgb)
+
+    for _, batch in converted_batches(paths, convert, counts, batch_size):
+        if not batch:
             continue
-        probs, unknown = teacher_probs(teachers, images)
-        for img, prob, unk in zip(student, probs, unknown):
+        probs, unknown = teacher_probs(teachers, [images for images, _ in batch])
+        for (_, img), prob, unk in zip(batch, probs, unknown):
             if unk:
                 counts["unknown"] += 1
                 continue
@@ -130,14 +124,8 @@ def train_distilled(
 ) -> dict:
     """The student into out, trained on data's labelled split and the teachers' soft labels on `unlabelled`;
     returns its metrics. Called as study.train_and_save is (fashionclf.api.train)."""
-    if resume:
-        raise ValueError(
-            "--teacher first labels the unlabelled photos, then trains; --resume continues one training: leave out one of them"
-        )
-    folder = Path(unlabelled)
-    paths = find_images([folder]) if folder.is_dir() else []
-    if not paths:
-        raise DataError(f"--unlabelled {folder}: no images found there (.jpg, .png, .webp, ...); give a folder of photos")
+    why = "--teacher first labels the unlabelled photos, then trains; --resume continues one training: leave out one of them"
+    folder, paths = unlabelled_photos(unlabelled, resume, why)
     runs = [load_run(t) for t in teachers]
     try:
         order = class_order(runs[0], SimpleNamespace(classes=data.classes, path=Path(f"the data ({data.source})")))
@@ -150,18 +138,9 @@ def train_distilled(
         ) from None
     x, probs, counts = soft_labels(runs, paths, student_converter(data, method), method)
     student = copy.copy(data)
-    hard = F.one_hot(data.train_y, len(data.classes)).float()
-    if x is not None:
-        if tuple(x.shape[1:]) != tuple(data.train_x.shape[1:]):
-            raise DataError(
-                f"the student's copies of the photos are {tuple(x.shape[1:])}, its training images {tuple(data.train_x.shape[1:])}"
-            )
-        soft = probs[:, order]  # teachers[0]'s class order into the data's: data class j is teacher column order[j]
-        student.train_x, student.train_y = torch.cat([data.train_x, x]), torch.cat([hard, soft])
-    else:
-        student.train_y = hard
-    h = hashlib.sha256("".join(f"{p}\n" for p in paths).encode()).hexdigest()
-    student.checksums = {**data.checksums, "unlabelled": h}
+    student.train_y = F.one_hot(data.train_y, len(data.classes)).float()
+    # teachers[0]'s class order into the data's: data class j is teacher column order[j]
+    student = with_photos(student, x, probs[:, order] if x is not None else None, paths, "the student's copies of the photos")
     info = {"teachers": [_teacher_record(t, data) for t in runs], "unlabelled": str(folder.absolute()), "method": method, **counts}
     info["noise"] = dict(STUDENT_NOISE)
     kw = {} if unknown_share is None else {"unknown_share": unknown_share}

@@ -200,7 +200,7 @@ def preprocess_file(
 ) -> np.ndarray:
     """What the run's model takes, from a file or its bytes: a Fashion-MNIST-style (28, 28) image, or (3, S, S)
     RGB for image-folder runs."""
-    return convert_rgb(load_rgb(source, max_pixels), method, run)
+    return convert_rgb(load_rgb(source, max_pixels, decode_side([run] if run is not None else [])), method, run)
 
 
 def convert_rgb(rgb: np.ndarray, method: str = "grabcut", run: Run | None = None) -> np.ndarray:
@@ -241,13 +241,14 @@ def predict_files(
     its partners, with their review rule (Run.partners, Run.review). save_preprocessed keeps the run's own input.
     """
     runs = [run, *(also or run.partners)]
+    side = decode_side(runs)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         images: list[list[np.ndarray]] = []
         rows = []
         for p in chunk:
             try:
-                images.append(convert_for_runs(runs, load_rgb(p), method))
+                images.append(convert_for_runs(runs, load_rgb(p, at_least=side), method))
             except ImageError as e:
                 rows.append({"file": str(p), "error": str(e)})
                 continue
@@ -262,6 +263,16 @@ def predict_files(
             if save_preprocessed is not None:
                 _save_png(Path(save_preprocessed), Path(row["file"]), per_run[0])
             yield {**row, **next(preds)}
+
+
+def decode_side(runs: list[Run]) -> int | None:
+    """How large a photo must be decoded for these runs: twice the cut-out's working copy where every run takes 28x28
+    scans (a larger JPEG may be decoded at 1/2-1/8 of its size, load_rgb's at_least; the working copy is then still
+    area-averaged from at least twice its size, so labels stay as with a full decode), else None: full size, as
+    photo runs' training images were decoded (their letterbox must see the same pixels in training and in use)."""
+    from fashionclf.data.photos import DECODE_SIDE
+
+    return None if any(r.meta.get("input", {}).get("kind") == "rgb-letterbox" for r in runs) else DECODE_SIDE
 
 
 def convert_for_runs(runs: list[Run], rgb: np.ndarray, method: str = "grabcut") -> list[np.ndarray]:

@@ -47,17 +47,23 @@ def teacher_folder(out: str | Path) -> Path:
     return out.parent / f"{out.name}-teacher"
 
 
+def converted_batches(paths: list[Path], convert: Callable, counts: Counter, batch_size: int = 64):
+    """(start, [convert(rgb), ...]) per batch of paths; unreadable photos are counted in counts["unreadable"], skipped."""
+    for start in range(0, len(paths), batch_size):
+        out = []
+        for p in paths[start : start + batch_size]:
+            try:
+                out.append(convert(load_rgb(p)))
+            except ImageError:
+                counts["unreadable"] += 1
+        yield start, out
+
+
 def pseudo_label(teacher: Run, paths: list[Path], method: str = "grabcut", batch_size: int = 64, on_batch: Callable | None = None):
     """(x_u8, y, counts): the photos the teacher would label with no person, as the teacher's model takes them
     ((N, 28, 28) or (N, 3, S, S) uint8) with its labels; counts: kept, per_class, review, unknown, unreadable."""
     xs, ys, counts, per_class = [], [], Counter(), Counter()
-    for start in range(0, len(paths), batch_size):
-        images = []
-        for p in paths[start : start + batch_size]:
-            try:
-                images.append([convert_rgb(load_rgb(p), method, teacher)])
-            except ImageError:
-                counts["unreadable"] += 1
+    for start, images in converted_batches(paths, lambda rgb: [convert_rgb(rgb, method, teacher)], counts, batch_size):
         rows = predict_converted([teacher], images, top_k=1) if images else []
         for img, row in zip(images, rows):
             if row["label"] is None or row.get("unknown"):
@@ -74,6 +80,30 @@ def pseudo_label(teacher: Run, paths: list[Path], method: str = "grabcut", batch
     counts["per_class"] = dict(sorted(per_class.items()))
     x = torch.from_numpy(np.stack(xs)) if xs else None
     return x, torch.tensor(ys, dtype=torch.long), counts
+
+
+def unlabelled_photos(unlabelled: str | Path, resume: bool, why_not_resume: str) -> tuple[Path, list[Path]]:
+    """The folder and its photos; refuses --resume (why_not_resume says why) and a folder without photos."""
+    if resume:
+        raise ValueError(why_not_resume)
+    folder = Path(unlabelled)
+    paths = find_images([folder]) if folder.is_dir() else []
+    if not paths:
+        raise DataError(f"--unlabelled {folder}: no images found there (.jpg, .png, .webp, ...); give a folder of photos")
+    return folder, paths
+
+
+def with_photos(data: FashionMNIST, x: torch.Tensor | None, y: torch.Tensor, paths: list[Path], what: str) -> FashionMNIST:
+    """A copy of data whose training split ends with the photos x (labels or (N, C) targets y, data's targets as y's
+    kind), checksummed with the photos' paths so a run on it never passes for one on data alone."""
+    student = copy.copy(data)
+    if x is not None:
+        if tuple(x.shape[1:]) != tuple(data.train_x.shape[1:]):
+            raise DataError(f"{what} are {tuple(x.shape[1:])}, the training images {tuple(data.train_x.shape[1:])}")
+        student.train_x, student.train_y = torch.cat([data.train_x, x]), torch.cat([data.train_y, y])
+    h = hashlib.sha256("".join(f"{p}\n" for p in paths).encode()).hexdigest()
+    student.checksums = {**data.checksums, "unlabelled": h}
+    return student
 
 
 def student_config(cfg: TrainConfig) -> TrainConfig:
@@ -97,25 +127,16 @@ def train_with_unlabelled(
 ) -> dict:
     """Teacher into <out>-teacher, pseudo-labels on `unlabelled`, student into out; returns the student's metrics.
     Called as study.train_and_save is (fashionclf.api.train)."""
-    if resume:
-        raise ValueError("--unlabelled trains a teacher, then a student; --resume continues one training: leave out one of them")
-    folder = Path(unlabelled)
-    paths = find_images([folder]) if folder.is_dir() else []
-    if not paths:
-        raise DataError(f"--unlabelled {folder}: no images found there (.jpg, .png, .webp, ...); give a folder of photos")
+    folder, paths = unlabelled_photos(
+        unlabelled, resume, "--unlabelled trains a teacher, then a student; --resume continues one training: leave out one of them"
+    )
     kw = {} if unknown_share is None else {"unknown_share": unknown_share}
     tdir = teacher_folder(out)
     if overwrite or not (tdir / META).exists():
         train_and_save(cfg, data, tdir, overwrite, on_epoch, on_batch_factory, **kw)
     teacher = load_run(tdir)
     x, y, counts = pseudo_label(teacher, paths, method)
-    student = copy.copy(data)
-    if x is not None:
-        if tuple(x.shape[1:]) != tuple(data.train_x.shape[1:]):
-            raise DataError(f"pseudo-labelled images are {tuple(x.shape[1:])}, the training images {tuple(data.train_x.shape[1:])}")
-        student.train_x, student.train_y = torch.cat([data.train_x, x]), torch.cat([data.train_y, y])
-    h = hashlib.sha256("".join(f"{p}\n" for p in paths).encode()).hexdigest()
-    student.checksums = {**data.checksums, "unlabelled": h}
+    student = with_photos(data, x, y, paths, "pseudo-labelled images")
     info = {"teacher": str(tdir.absolute()), "unlabelled": str(folder.absolute()), "method": method, **counts}
     info["teacher_test_accuracy"] = teacher.metrics.get("test_accuracy")
     info["noise"] = dict(STUDENT_NOISE)

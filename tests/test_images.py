@@ -140,3 +140,37 @@ def test_unknown_method_names_the_valid_ones():
 def test_blank_photo_gives_an_empty_item_not_an_error():
     out = to_fashion_mnist(np.full((100, 80, 3), 240, np.uint8))
     assert out.image.shape == (28, 28) and out.image.max() < 40
+
+
+def test_a_large_jpeg_decodes_at_a_fraction_when_the_caller_needs_fewer_pixels():
+    """at_least: libjpeg's 1/2-1/8 scaling, both sides kept >= the request; the same picture, upright; PNG untouched."""
+    big = Image.fromarray(_photo(size=(1200, 1600), box=(400, 320, 1040, 880)))
+    data = _encode(big, "JPEG", quality=92)
+    full, small = load_rgb(data), load_rgb(data, at_least=200)
+    assert full.shape == (1200, 1600, 3) and small.shape == (300, 400, 3)  # 1/4: 1/8 would give 150 < 200
+    from PIL import Image as PILImage
+
+    shrunk = np.asarray(PILImage.fromarray(full).resize((400, 300), PILImage.Resampling.BOX)).astype(int)
+    assert np.abs(shrunk - small).mean() < 3  # the same picture as an area-downscaled full decode
+    a, b = to_fashion_mnist(full, "grabcut").image.astype(int), to_fashion_mnist(small, "grabcut").image.astype(int)
+    assert np.abs(a - b).mean() < 6  # what a 28x28 model sees barely moves
+    assert load_rgb(data, at_least=2000).shape == full.shape  # never smaller than asked: full size here
+    assert load_rgb(_encode(big, "PNG"), at_least=200).shape == full.shape  # not a JPEG: decoded whole
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed portrait
+    turned = load_rgb(_encode(big, "JPEG", exif=exif.tobytes(), quality=92), at_least=200)
+    assert turned.shape == (400, 300, 3)
+    with pytest.raises(ImageError, match="above the limit"):
+        load_rgb(data, max_pixels=1_000_000, at_least=200)  # the limit is on the stored size, not the decoded one
+
+
+def test_only_28x28_runs_get_fractional_decoding():
+    from types import SimpleNamespace
+
+    from fashionclf.data.photos import DECODE_SIDE, WORK_SIDE
+    from fashionclf.predict import decode_side
+
+    scan = SimpleNamespace(meta={"input": {"kind": "gray", "height": 28}})
+    photo = SimpleNamespace(meta={"input": {"kind": "rgb-letterbox", "height": 192}})
+    assert decode_side([scan]) == DECODE_SIDE >= 2 * WORK_SIDE and decode_side([scan, SimpleNamespace(meta={})]) == DECODE_SIDE
+    assert decode_side([scan, photo]) is None and decode_side([photo]) is None  # letterboxed as in training: full size

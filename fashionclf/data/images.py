@@ -51,8 +51,12 @@ def image_size(source: str | Path | bytes) -> tuple[int, int]:
         return im.size
 
 
-def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array from a file path or bytes; ImageError says why it could not be read."""
+def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, at_least: int | None = None) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array from a file path or bytes; ImageError says why it could not be read.
+
+    at_least: the caller downscales to this many pixels a side anyway, so a JPEG may be decoded at 1/2, 1/4 or 1/8
+    scale (libjpeg's DCT scaling, PIL's draft) as long as both sides stay at least this long: a 12-megapixel
+    phone photo then decodes 64x fewer pixels. None: full size. The pixel limit applies to the stored size."""
     if isinstance(source, bytes | bytearray) and len(source) == 0:
         raise ImageError("the file is empty (0 bytes)", "empty")
     im = _open(source)
@@ -63,6 +67,8 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.nda
         raise ImageError("the image has no pixels")
     try:
         im.seek(0)  # first frame of an animation
+        if at_least and im.format == "JPEG":
+            im.draft(im.mode, (at_least, at_least))  # both sides stay >= at_least; the same scale whatever the orientation
         im = ImageOps.exif_transpose(im)  # phone photos: orientation lives in EXIF
         return _to_rgb(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 WORK_SIDE = 200  # longer side of the working copy; the result is 28 px, finer masks buy nothing
+DECODE_SIDE = 2 * WORK_SIDE  # a JPEG is decoded at a fraction of its size only down to this: the working copy stays area-averaged
 CUT_SIDE, CUT_ITERS = 100, 3  # GrabCut's copy and iterations for "grabcut" (chosen on realphotos-dev)
 BORDER = 0.04  # fraction of each side treated as background evidence
 GRABCUT = {"grabcut": (CUT_SIDE, CUT_ITERS), "grabcut-full": (WORK_SIDE, 4)}  # (longer side, iterations)

@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse
 
 from fashionclf.api import load_run
 from fashionclf.data.images import ImageError, load_rgb
-from fashionclf.predict import convert_for_runs, png_bytes, predict_converted
+from fashionclf.predict import convert_for_runs, decode_side, png_bytes, predict_converted
 from fashionclf.runs import Run
 from fashionclf.serving import guard, metrics, protocols, schemas
 from fashionclf.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
@@ -59,7 +59,7 @@ class Predictor:
     def prepare(self, blob: bytes, index: int) -> list[np.ndarray]:
         """The photo as each run takes it: the same path as `fashionclf predict`."""
         try:
-            return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels))
+            return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels, decode_side(self.runs)))
         except ImageError as e:
             raise RequestError(STATUS.get(e.kind, 422), f"image {index}: {e}") from None
 
