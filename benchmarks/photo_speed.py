@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/photo_speed.json")
     args = ap.parse_args()
     methods = [register(m) for m in args.methods.split(",")]
+    if any(m.endswith("+draft") for m in methods) and not args.with_decode:
+        ap.error("a +draft method differs from the others in how the file is decoded: time the decoding too (--with-decode)")
     run = None
     if args.run:
         from fashionclf.runs import load_run
@@ -128,6 +130,7 @@ def main():
         "run": args.run,
         "methods": {m: photos.GRABCUT.get(m.removesuffix("+draft")) for m in methods},
         "with_decode": args.with_decode,
+        "draft_decode_side": photos.DECODE_SIDE,
         "sets": {},
     }
     for name in args.sets.split(","):

@@ -28,6 +28,8 @@ def main():
     cpu = autotune.cpu_info()
     print(f"{cpu['model']}, flags {cpu['flags']}, native bf16: {cpu['native_bf16']}, torch {torch.__version__}, {cores} usable CPUs\n")
     counts = autotune.thread_candidates(cores)
+    if len(counts) < 2:
+        raise SystemExit(f"{cores} usable CPU: no thread count to choose")
     print("| model | variant | " + " | ".join(f"{n} threads, ms/step" for n in counts) + " | chosen | others busy | timing s |")
     print("|---|---|" + "---|" * len(counts) + "---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """The seed study side by side: each of its four models trained by fashionclf (its defaults) and by Keras (the
-seed's settings: batch 32, Adam 1e-3, Model 4 with its augmentation and callbacks), on this machine, in one run.
+seed's settings: batch 32, Adam 1e-3, Model 4 with its augmentation and ReduceLROnPlateau), on this machine, in one run.
 
 Both sides train the same architecture (trainable parameter counts checked) on the same 54k/6k split and score the
 same 10k test set, for the same number of epochs: each recipe's own (10, 10, 10, 20) unless --epochs caps it.

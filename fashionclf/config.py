@@ -64,7 +64,7 @@ class TrainConfig:
     )  # fmt: skip
     channels_last: bool = setting(True, "channels_last memory format (under auto a preference: the other one if timed faster)", "hardware")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", "hardware")
-    threads: int = setting(0, "torch CPU threads (0: timed, all usable CPUs or half)", "hardware", lo=0, hi=1024)
+    threads: int = setting(0, "CPU threads (0: all usable, or half where precision auto timed it faster)", "hardware", lo=0, hi=1024)
     compile: bool = setting(False, "torch.compile the training step (GPUs; on CPUs it measured slower)", "hardware")
     resolution: int = setting(28, "pixels per side the model sees (1-28; below 28 images are down- then upsampled)", "data", lo=1, hi=28)
     model_kwargs: dict = setting(None, "arguments of the model's constructor", "optimizer", factory=dict, flag=False)

@@ -268,8 +268,9 @@ def predict_files(
 def decode_side(runs: list[Run]) -> int | None:
     """How large a photo must be decoded for these runs: twice the cut-out's working copy where every run takes 28x28
     scans (a larger JPEG may be decoded at 1/2-1/8 of its size, load_rgb's at_least; the working copy is then still
-    area-averaged from at least twice its size, so labels stay as with a full decode), else None: full size, as
-    photo runs' training images were decoded (their letterbox must see the same pixels in training and in use)."""
+    area-averaged from at least twice its size: nearly the same pixels, though a weak model's label can still move,
+    5 of 80 upscaled dev photos in docs/results/photo-speed.md), else None: full size, as photo runs' training
+    images were decoded (their letterbox must see the same pixels in training and in use)."""
     from fashionclf.data.photos import DECODE_SIDE
 
     return None if any(r.meta.get("input", {}).get("kind") == "rgb-letterbox" for r in runs) else DECODE_SIDE

@@ -201,8 +201,10 @@ def test_timings_while_other_processes_keep_the_cores_busy_are_not_cached(tmp_pa
     assert p.how == "measured" and p.cpu_share == 1.0 and p.others == pytest.approx(1.0, abs=0.2)
     assert not autotune.cache_file().exists() and p.record()["others_busy"] == p.others
     stat = tmp_path / "stat"
-    stat.write_text("cpu  100 0 50 1000 10 0 0 0 0 0\ncpu0 1 2 3 4\n")
-    assert autotune.busy_seconds(str(stat)) == pytest.approx(150 / __import__("os").sysconf("SC_CLK_TCK"))
+    stat.write_text("cpu  300 0 150 3000 30 0 0 0 0 0\ncpu0 100 0 50 1000 10 0 0 0\ncpu1 100 0 50 1000 10 0 0 0\ncpu2 100 0 50 1000 10\n")
+    tick = __import__("os").sysconf("SC_CLK_TCK")
+    assert autotune.busy_seconds(str(stat), cpus={0, 1}) == pytest.approx(300 / tick)  # only the CPUs this process may use
+    assert autotune.busy_seconds(str(stat), cpus={7}) is None
     assert autotune.busy_seconds(str(tmp_path / "absent")) is None
     if __import__("os").path.exists("/proc/stat"):
         assert autotune.busy_seconds() > 0
@@ -224,6 +226,26 @@ def test_thread_timings_cached_without_the_crowding_check_are_timed_again():
         timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
     )  # fmt: skip
     assert p.threads == 2 and p.thread_timings == pytest.approx({2: 0.3, 1: 0.5}) and set(clock.calls) == {"fp32+cl"}
+
+
+def test_thread_timings_that_could_not_be_checked_for_crowding_serve_the_run_but_are_not_cached():
+    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, {2: 1.0, 1: 0.5})
+    kw = dict(train=True, name="nobusy", prefer_cl=True, cpu=EMULATED, timer=clock, cpu_clock=clock, bf16_runs=True, threads=[2, 1])
+    p = autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: None, **kw)
+    assert p.threads == 1 and p.others is None  # no /proc/stat: used for this run
+    (entry,) = json.loads(autotune.cache_file().read_text())["entries"].values()
+    assert "threads" not in entry and entry["timings"]["fp32+cl"] == 0.5  # the precision timings are kept, the threads not
+    again = autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: None, **kw)
+    assert again.how == "measured" and again.threads == 1  # the same process times the threads again, not from memory
+
+
+def test_a_crowded_measurement_is_not_reused_by_the_next_fit_in_the_same_process():
+    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, {2: 1.0, 1: 1.0})
+    kw = dict(train=True, name="crowd2", prefer_cl=True, cpu=EMULATED, timer=clock, cpu_clock=clock, bf16_runs=True, threads=[2, 1])
+    autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: 100.0 + 2.0 * clock.now, **kw)
+    calls = len(clock.calls)
+    later = autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: 100.0 + 1.0 * clock.now, **kw)
+    assert later.how == "measured" and len(clock.calls) > calls and autotune.cache_file().exists()  # idle now: cached
 
 
 def test_unwritable_cache_still_gives_a_choice(tmp_path, monkeypatch):

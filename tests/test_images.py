@@ -162,6 +162,8 @@ def test_a_large_jpeg_decodes_at_a_fraction_when_the_caller_needs_fewer_pixels()
     assert turned.shape == (400, 300, 3)
     with pytest.raises(ImageError, match="above the limit"):
         load_rgb(data, max_pixels=1_000_000, at_least=200)  # the limit is on the stored size, not the decoded one
+    mpo = _encode(big, "MPO", save_all=True, append_images=[big.resize((160, 120))])  # a phone's multi-picture JPEG
+    assert load_rgb(mpo, at_least=200).shape == (300, 400, 3)
 
 
 def test_only_28x28_runs_get_fractional_decoding():

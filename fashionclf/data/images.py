@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are refused before decoding (decompression bombs)
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # what a folder scan picks up
@@ -67,7 +67,7 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, at_least:
         raise ImageError("the image has no pixels")
     try:
         im.seek(0)  # first frame of an animation
-        if at_least and im.format == "JPEG":
+        if at_least and isinstance(im, JpegImagePlugin.JpegImageFile):  # JPEG, and a phone's MPO (a JPEG subclass)
             im.draft(im.mode, (at_least, at_least))  # both sides stay >= at_least; the same scale whatever the orientation
         im = ImageOps.exif_transpose(im)  # phone photos: orientation lives in EXIF
         return _to_rgb(im)

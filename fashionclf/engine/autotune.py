@@ -124,14 +124,21 @@ def bf16_autocast_runs(device_type: str = "cpu") -> bool:
         return False
 
 
-def busy_seconds(path: str = "/proc/stat") -> float | None:
-    """CPU seconds every process together has used since boot, all cores summed (Linux); None where unknown."""
+def busy_seconds(path: str = "/proc/stat", cpus: set[int] | None = None) -> float | None:
+    """CPU seconds every process together has used since boot on the CPUs this process may use (its affinity
+    mask: load on a container's other cores is not ours to count), summed (Linux); None where unknown."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    total = None
     try:
-        ticks = [int(v) for v in Path(path).read_text().split("\n", 1)[0].split()[1:9]]
-        idle = ticks[3] + ticks[4]  # idle, iowait
+        for line in Path(path).read_text().splitlines():
+            name, *fields = line.split()
+            if name[3:].isdigit() and name.startswith("cpu") and int(name[3:]) in cpus:
+                ticks = [int(v) for v in fields[:8]]
+                total = (total or 0) + sum(ticks) - ticks[3] - ticks[4]  # less idle and iowait
     except (OSError, ValueError, IndexError):
         return None
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+    return None if total is None else total / os.sysconf("SC_CLK_TCK")
 
 
 def cache_file() -> Path:
@@ -266,7 +273,7 @@ def read_cache(path: Path) -> dict:
 def _unguarded_threads_dropped(entry: dict) -> dict:
     """Thread timings cached before others' CPU use was checked (no others_busy) are timed again: one such entry
     kept tuned_cnn at 1 thread on an idle machine (40 s an epoch instead of 25), timed while another job ran."""
-    return entry if "others_busy" in entry or "threads" not in entry else {k: v for k, v in entry.items() if k != "threads"}
+    return entry if entry.get("others_busy") is not None or "threads" not in entry else {k: v for k, v in entry.items() if k != "threads"}
 
 
 def write_cache(path: Path, entries: dict) -> bool:
@@ -332,11 +339,15 @@ def tune(
         share = (cpu_clock() - c0) / wall if wall > 0.05 else 1.0
         others = max(0.0, (b1 - b0) / wall - share) if wall > 0.05 and b0 is not None and b1 is not None else None
         entry = {**entry, "cpu_share": round(share, 2), "others_busy": None if others is None else round(others, 2)}
+        # Thread counts are judged only where others' use could be checked (/proc/stat, a window of at least 0.05 s).
+        kept = _unguarded_threads_dropped(entry)
         if share >= MIN_CPU_SHARE and (others or 0.0) <= MAX_OTHERS:  # a crowded machine: good for this run, not later ones
             entries = read_cache(cache)
-            entries[key] = entry
+            entries[key] = kept
             write_cache(cache, entries)
-    _MEMO[(str(cache), key)] = entry
+            _MEMO[(str(cache), key)] = kept
+    else:
+        _MEMO[(str(cache), key)] = entry
     dtype = torch.bfloat16 if pick.startswith("bf16") else None
     chosen, by_threads = None, {}
     if len(wanted) > 1:

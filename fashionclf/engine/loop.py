@@ -191,8 +191,8 @@ def _precision(cfg: TrainConfig, model: nn.Module, train_x: torch.Tensor, device
     prec = choose_precision(asked, device, model, example, train=True, channels_last=cl, name=cfg.model, threads=candidates)
     prec = agreed(prec, device) if ws > 1 else prec
     threads = prec.threads or (recorded or {}).get("threads")
-    if threads and not cfg.threads:
-        torch.set_num_threads(int(threads))
+    if threads and not cfg.threads:  # never more than the CPUs usable now (a run resumed on a smaller machine)
+        torch.set_num_threads(min(int(threads), torch.get_num_threads()))
     return prec, dataclasses.replace(cfg, channels_last=prec.channels_last)
 
 
@@ -269,6 +269,7 @@ def fit(
     """
     asked = config_to_dict(cfg)
     setup_threads(cfg.threads)
+    cores = torch.get_num_threads()  # the timed count applies to this fit only; restored on return
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg, num_classes).to(device)
@@ -308,4 +309,5 @@ def fit(
         scored.load_state_dict(st.best_state)
     scored.eval()
     best_epoch = st.best_epoch or len(st.history)  # without validation, the last epoch is the one kept
+    torch.set_num_threads(cores)
     return FitResult(scored, st.history, train_seconds, best_epoch, count_params(model), str(device), prec.name, ws, st.precision)
