@@ -64,8 +64,9 @@ def contiguous(w: torch.Tensor) -> bool:
     return w.stride() == w.contiguous().stride()
 
 
-def tune(costs, cpu=NATIVE, prefer_cl=True, name="tiny", train=True, bf16_runs=True, **kw):
-    clock = FakeClock(costs)
+def tune(costs, cpu=NATIVE, prefer_cl=True, name="tiny", train=True, bf16_runs=True, clock=None, **kw):
+    """autotune.tune on tiny_cnn with fake steps: FakeClock(costs), or the given clock (a ThreadClock)."""
+    clock = clock or FakeClock(costs)
     model = kw.pop("model", None) or tiny_cnn()
     p = autotune.tune(
         model,
@@ -192,12 +193,10 @@ def test_timings_from_a_crowded_machine_are_used_but_not_cached():
 
 def test_timings_while_other_processes_keep_the_cores_busy_are_not_cached(tmp_path):
     """Spinning OpenMP threads keep this process's CPU share high on a crowded machine: /proc/stat tells."""
-    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, {2: 1.0, 1: 1.0})
+    costs = {"fp32": 1.0, "fp32+cl": 0.5}
+    clock = ThreadClock(costs, {2: 1.0, 1: 1.0})
     # both cores busy every (fake) second of timing, this process on one of them: the other is someone else's
-    p = autotune.tune(
-        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name="crowded", prefer_cl=True, cpu=EMULATED, timer=clock,
-        cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1], busy=lambda: 100.0 + 2.0 * clock.now,
-    )  # fmt: skip
+    p, _ = tune(costs, cpu=EMULATED, name="crowded", clock=clock, threads=[2, 1], busy=lambda: 100.0 + 2.0 * clock.now)
     assert p.how == "measured" and p.cpu_share == 1.0 and p.others == pytest.approx(1.0, abs=0.2)
     assert not autotune.cache_file().exists() and p.record()["others_busy"] == p.others
     stat = tmp_path / "stat"
@@ -221,30 +220,29 @@ def test_thread_timings_cached_without_the_crowding_check_are_timed_again():
     path.write_text(json.dumps(data))
     autotune._MEMO.clear()
     clock = ThreadClock(costs, {2: 0.6, 1: 1.0})
-    p = autotune.tune(
-        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name="tiny", prefer_cl=True, cpu=NATIVE,
-        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
-    )  # fmt: skip
+    p, _ = tune(costs, cpu=NATIVE, name="tiny", clock=clock, threads=[2, 1])
     assert p.threads == 2 and p.thread_timings == pytest.approx({2: 0.3, 1: 0.5}) and set(clock.calls) == {"fp32+cl"}
 
 
 def test_thread_timings_that_could_not_be_checked_for_crowding_serve_the_run_but_are_not_cached():
-    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, {2: 1.0, 1: 0.5})
-    kw = dict(train=True, name="nobusy", prefer_cl=True, cpu=EMULATED, timer=clock, cpu_clock=clock, bf16_runs=True, threads=[2, 1])
-    p = autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: None, **kw)
+    costs = {"fp32": 1.0, "fp32+cl": 0.5}
+    clock = ThreadClock(costs, {2: 1.0, 1: 0.5})
+    kw = dict(cpu=EMULATED, name="nobusy", clock=clock, threads=[2, 1], busy=lambda: None)
+    p, _ = tune(costs, **kw)
     assert p.threads == 1 and p.others is None  # no /proc/stat: used for this run
     (entry,) = json.loads(autotune.cache_file().read_text())["entries"].values()
     assert "threads" not in entry and entry["timings"]["fp32+cl"] == 0.5  # the precision timings are kept, the threads not
-    again = autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: None, **kw)
+    again, _ = tune(costs, **kw)
     assert again.how == "measured" and again.threads == 1  # the same process times the threads again, not from memory
 
 
 def test_a_crowded_measurement_is_not_reused_by_the_next_fit_in_the_same_process():
-    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, {2: 1.0, 1: 1.0})
-    kw = dict(train=True, name="crowd2", prefer_cl=True, cpu=EMULATED, timer=clock, cpu_clock=clock, bf16_runs=True, threads=[2, 1])
-    autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: 100.0 + 2.0 * clock.now, **kw)
+    costs = {"fp32": 1.0, "fp32+cl": 0.5}
+    clock = ThreadClock(costs, {2: 1.0, 1: 1.0})
+    kw = dict(cpu=EMULATED, name="crowd2", clock=clock, threads=[2, 1])
+    tune(costs, busy=lambda: 100.0 + 2.0 * clock.now, **kw)
     calls = len(clock.calls)
-    later = autotune.tune(tiny_cnn(), torch.rand(8, 1, 8, 8), steps=clock.steps(), busy=lambda: 100.0 + 1.0 * clock.now, **kw)
+    later, _ = tune(costs, busy=lambda: 100.0 + 1.0 * clock.now, **kw)
     assert later.how == "measured" and len(clock.calls) > calls and autotune.cache_file().exists()  # idle now: cached
 
 
@@ -297,21 +295,16 @@ class ThreadClock(FakeClock):
 @pytest.mark.parametrize(("factors", "chosen"), [({2: 1.0, 1: 0.6}, 1), ({2: 1.0, 1: 0.95}, 2), ({2: 1.0, 1: 1.8}, 2)])
 def test_threads_are_chosen_by_timing_all_cores_unless_fewer_are_clearly_faster(factors, chosen):
     before = torch.get_num_threads()
-    clock = ThreadClock({"fp32": 1.0, "fp32+cl": 0.5}, factors)
-    p = autotune.tune(
-        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name=f"t{chosen}{factors[1]}", prefer_cl=True, cpu=EMULATED,
-        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
-    )  # fmt: skip
+    costs, name = {"fp32": 1.0, "fp32+cl": 0.5}, f"t{chosen}{factors[1]}"
+    clock = ThreadClock(costs, factors)
+    p, _ = tune(costs, cpu=EMULATED, name=name, clock=clock, threads=[2, 1])
     assert p.threads == chosen and p.channels_last
     assert p.thread_timings == pytest.approx({2: 0.5 * factors[2], 1: 0.5 * factors[1]})  # the chosen variant, at each count
     assert {1, 2} <= set(clock.threads_seen) and torch.get_num_threads() == before  # each timed at its count, then restored
     rec = p.record()
     assert rec["threads"] == chosen and set(rec["seconds_per_step_by_threads"]) == {"1", "2"}
     autotune._MEMO.clear()
-    again = autotune.tune(
-        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name=f"t{chosen}{factors[1]}", prefer_cl=True, cpu=EMULATED,
-        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
-    )  # fmt: skip
+    again, _ = tune(costs, cpu=EMULATED, name=name, clock=clock, threads=[2, 1])
     assert (again.how, again.threads) == ("cached", chosen)  # from the file: nothing timed again
 
 
@@ -329,10 +322,7 @@ def test_a_cache_from_before_thread_timing_is_completed_not_discarded():
     tune(costs)  # an entry without thread timings, as older versions wrote
     autotune._MEMO.clear()
     clock = ThreadClock(costs, {2: 1.0, 1: 0.5})
-    p = autotune.tune(
-        tiny_cnn(), torch.rand(8, 1, 8, 8), train=True, name="tiny", prefer_cl=True, cpu=NATIVE,
-        timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, threads=[2, 1],
-    )  # fmt: skip
+    p, _ = tune(costs, cpu=NATIVE, name="tiny", clock=clock, threads=[2, 1])
     assert set(clock.calls) == {"fp32+cl"} and p.threads == 1 and p.how == "measured"  # only the threads were timed
     entry = next(iter(json.loads(autotune.cache_file().read_text())["entries"].values()))
     assert set(entry["threads"]) == {"1", "2"} and entry["timings"]["fp32"] == 1.0

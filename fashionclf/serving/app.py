@@ -44,6 +44,7 @@ class Predictor:
         self.lock = threading.Lock()
         self.backend = None  # PyTorch
         self.runs = [run, *run.partners]  # a ready model asks its partners too, each with its own conversion
+        self.decode_side = decode_side(self.runs)  # how small a JPEG may be decoded for them all
         if backend == "onnx" and run.partners:
             raise ValueError("--backend onnx takes one run; the ready model asks several: serve it with --backend torch")
         if backend == "onnx":
@@ -59,7 +60,7 @@ class Predictor:
     def prepare(self, blob: bytes, index: int) -> list[np.ndarray]:
         """The photo as each run takes it: the same path as `fashionclf predict`."""
         try:
-            return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels, decode_side(self.runs)))
+            return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels, self.decode_side))
         except ImageError as e:
             raise RequestError(STATUS.get(e.kind, 422), f"image {index}: {e}") from None
 
