@@ -1,11 +1,10 @@
-"""The Python API: what the CLI, the service, the benchmarks and users call.
+"""The Python API: what the CLI, the service, the benchmarks and users call. Functions return values and never
+print; progress goes to the callbacks given.
 
     import fashionclf
     run = fashionclf.load_run("runs/shop")
     rows = run.predict(["photo.jpg", "new-photos/"])
     run = fashionclf.train(fashionclf.recipe("best-cpu", seed=1), out="runs/best")
-
-Functions return values and never print; progress goes to the callbacks given.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import torch
 from fashionclf import ready, runs
 from fashionclf.config import DEFAULT_FOLDER_MODEL, DEFAULT_RECIPE, TrainConfig
 from fashionclf.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from fashionclf.evaluation.calibrate import Promise
 from fashionclf.io import check_new_file  # noqa: F401  (the CLI's, kept here)
 from fashionclf.models import model_info
 from fashionclf.recipes import load_config_file, load_recipe, resolve_config
@@ -37,11 +37,8 @@ class Run(runs.Run):
         with_runs: Sequence[runs.Run] = (),
         save_preprocessed: str | Path | None = None,
     ) -> list[dict]:
-        """Predictions for image files and folders (searched recursively), or for model-ready uint8 arrays.
-
-        Each row: file, label, confidence (calibrated), top_k, needs_review; a file that cannot be read
-        gives {'file', 'error'} and the rest still run.
-        """
+        """Predictions for image files and folders (searched recursively), or for model-ready uint8 arrays. Each row:
+        file, label, confidence (calibrated), top_k, needs_review; an unreadable file gives {'file', 'error'}."""
         from fashionclf.predict import class_order, predict_arrays, predict_files
 
         if top_k < 1:
@@ -268,15 +265,16 @@ def train(
     unknown_share: float = 0.95,
     unlabelled: str | Path | None = None,
     teachers: Sequence[str | Path] = (),
+    promise: Promise = Promise(),
     **data_options,
 ) -> Run | None:
     """Train one run into `out` and return it loaded (None on the helper ranks of a torchrun job). config: a
     TrainConfig, a recipe name ("best-cpu"), or a file (recipe .toml, a run's meta.json). data: a loaded dataset,
     an image folder, or None for Fashion-MNIST; data_options go to load_data. resume: continue the training a kill
     left in `out` (its checkpoint), with its config (config None) and, where data is None, its data as it loaded
-    them. unknown_share: the share of validation images the "none of these" score counts known. unlabelled: photos
-    for self-training (a teacher into <out>-teacher, its confident labels, the student into out: selftrain.py), or
-    with `teachers` (finished runs) for distillation: their soft labels on those photos teach the student (distill.py)."""
+    them. unknown_share: the share of validation images the "none of these" score counts known. promise: the precision
+    and confidence the review rule guarantees. unlabelled: photos for self-training (selftrain.py), or with `teachers`
+    (finished runs) for distillation: their soft labels on those photos teach the student (distill.py)."""
     from fashionclf.distill import trainer
     from fashionclf.engine import distributed
     from fashionclf.runs import check_writable
@@ -298,7 +296,7 @@ def train(
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
     fit = trainer(unlabelled, [teachers] if isinstance(teachers, str | Path) else teachers)
-    fit(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share)
+    fit(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share, promise=promise)
     return load_run(out) if distributed.is_main() else None
 
 

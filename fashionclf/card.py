@@ -54,7 +54,9 @@ def model_card(meta: dict, metrics: dict, name: str = "") -> str:
     cfg = meta.get("config") or {}
     data = meta.get("data") or {}
     cal = metrics.get("test_calibration") or {}
-    cov = ((cal.get("coverage_at_precision") or {}).get("0.99")) or {}
+    cov = next(iter((cal.get("coverage_at_precision") or {}).values()), {})
+    # the rule's words as fitted (evaluation/calibrate.promise); runs from before the guarantee have none
+    rule = (metrics.get("calibration") or {}).get("promise") or "fitted by the old point estimate, with no guarantee"
     photos = (meta.get("input") or {}).get("kind") == "rgb-letterbox"
     weakest = sorted(metrics.get("test_per_class") or [], key=lambda c: c.get("recall", 1))[:2]
     weak = ", ".join(f"{c['class']} (recall {_pct(c.get('recall'))})" for c in weakest) or "not measured"
@@ -87,8 +89,8 @@ def model_card(meta: dict, metrics: dict, name: str = "") -> str:
         "## Calibration and review",
         f"Temperature {((metrics.get('calibration') or {}).get('temperature'))}, fitted on validation; ECE on test "
         f"{_pct(cal.get('ece'))} (before calibration {_pct(cal.get('ece_uncalibrated'))}).",
-        f"At the review threshold fitted for 99% precision on validation, {_pct(cov.get('coverage'))} of the test images are "
-        f"labelled automatically, at a realised precision of {_pct(cov.get('precision'))}; the rest go to a person.",
+        f"Review rule: {rule}. Under it, {_pct(cov.get('coverage'))} of the test images are labelled automatically, at a "
+        f"realised precision of {_pct(cov.get('precision'))}; the rest go to a person.",
         "",
         "## Known limits",
         f"- Weakest classes on test: {weak}.",

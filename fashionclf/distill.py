@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from fashionclf.config import TrainConfig
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
+from fashionclf.evaluation.calibrate import Promise
 from fashionclf.io import to_json
 from fashionclf.predict import class_order, convert_rgb, joint_results, predict_scored, results_from_probs
 from fashionclf.runs import Run, load_run
@@ -121,6 +122,7 @@ def train_distilled(
     resume: bool = False,
     unknown_share: float | None = None,
     method: str = "grabcut",
+    promise: Promise | None = None,
 ) -> dict:
     """The student into out, trained on data's labelled split and the teachers' soft labels on `unlabelled`;
     returns its metrics. Called as study.train_and_save is (fashionclf.api.train)."""
@@ -143,7 +145,7 @@ def train_distilled(
     student = with_photos(student, x, probs[:, order] if x is not None else None, paths, "the student's copies of the photos")
     info = {"teachers": [_teacher_record(t, data) for t in runs], "unlabelled": str(folder.absolute()), "method": method, **counts}
     info["noise"] = dict(STUDENT_NOISE)
-    kw = {} if unknown_share is None else {"unknown_share": unknown_share}
+    kw = ({} if unknown_share is None else {"unknown_share": unknown_share}) | ({} if promise is None else {"promise": promise})
     return train_and_save(student_config(cfg), student, out, overwrite, on_epoch, on_batch_factory, {"distillation": info}, **kw)
 
 

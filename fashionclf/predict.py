@@ -6,6 +6,7 @@ cannot be read yields an error result and the rest still run.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ import torch
 
 from fashionclf.data.images import MAX_PIXELS, ImageError, load_rgb
 from fashionclf.data.photos import to_fashion_mnist
+from fashionclf.evaluation.calibrate import RULE, Promise, guaranteed_rule
 from fashionclf.io import atomic_write_bytes
-from fashionclf.runs import Run
+from fashionclf.runs import Run, RunError, load_predictions
 
 
 def calibrated_probs(run: Run, logits: torch.Tensor) -> torch.Tensor:
@@ -31,9 +33,26 @@ def review_threshold(run: Run) -> float | None:
     return cal.get("threshold")
 
 
-def results_from_logits(run: Run, logits: torch.Tensor, top_k: int = 3) -> list[dict]:
-    probs = calibrated_probs(run, logits)
-    return results_from_probs(run, probs, top_k, unknown_scores(run, logits, probs))
+def rule_of(run: Run) -> dict | None:
+    """The review rule that decides for this run: a ready model's own (fitted on photos), else the run's calibration."""
+    return getattr(run, "review", None) or run.metrics.get("calibration")
+
+
+def with_promise(run: Run, promise: Promise) -> Run:
+    """The run with its review rule fitted again for another promise, on its own calibration items (the validation
+    logits stored with it) and its own temperature: the same guarantee at another precision or confidence."""
+    cal = run.metrics.get("calibration")
+    if cal and cal.get("rule") == RULE and (cal.get("target_precision"), cal.get("delta")) == (promise.target, promise.delta):
+        return run
+    if getattr(run, "partners", None) or cal is None:
+        why = "the ready model's rule was fitted on photos kept outside the package" if cal else "it has no calibration"
+        raise RunError(f"{run.path}: its review rule cannot be fitted again for another promise ({why}); leave out the promise options")
+    logits, labels = load_predictions(run.path, "val")
+    conf, pred = calibrated_probs(run, logits).max(1)
+    refit = {**cal, **guaranteed_rule(conf, pred == labels, promise.target, promise.delta)}  # its words too
+    out = copy.copy(run)
+    out.metrics = {**run.metrics, "calibration": refit}
+    return out
 
 
 def unknown_scores(run: Run, logits: torch.Tensor | None, probs: torch.Tensor) -> tuple[str, torch.Tensor] | None:

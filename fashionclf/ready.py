@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from fashionclf.evaluation.calibrate import ece, fit_temperature, review_threshold
+from fashionclf.evaluation.calibrate import DEFAULT_DELTA, DEFAULT_TARGET_PRECISION, ece, fit_temperature, guaranteed_rule
+from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.io import to_json
 from fashionclf.predict import class_order, joint_calibrated
 from fashionclf.runs import META, METRICS, WEIGHTS, Run, RunError, load_run, read_json
@@ -179,10 +180,11 @@ def unknown_mask(scores: list[torch.Tensor | None] | None, thresholds: list[floa
 def fit_review(
     probs: list[torch.Tensor],
     labels: torch.Tensor,
-    target: float = 0.99,
+    target: float = DEFAULT_TARGET_PRECISION,
     scores: list | None = None,
-    known_share: float = 0.95,
+    known_share: float = DEFAULT_KNOWN_SHARE,
     groups: torch.Tensor | None = None,
+    delta: float = DEFAULT_DELTA,
 ) -> dict:
     """A review rule for members asked together, fitted on labelled photos of their classes:
     - each member's "none of these" threshold, so that `known_share` of these photos count known (scores: each
@@ -190,8 +192,8 @@ def fit_review(
       photos (groups: a kind per photo, e.g. phone and catalogue; None: one group). A run fits it on its own
       validation split, which for a scan run holds no photo: it would call many real photos unknown;
     - the temperature of the averaged probabilities (NLL);
-    - the lowest confidence at which the items all members agree on, and no score calls unknown, reach `target`
-      precision (None: never reached, everything goes to a person).
+    - the guaranteed rule (evaluation/calibrate.guaranteed_rule) on the items all members agree on and no score
+      calls unknown: at least `target` precise with confidence 1 - delta (threshold None: everything to a person).
     probs: each member's calibrated probabilities in the first member's class order."""
     mean = torch.stack(probs).mean(0)
     temperature = fit_temperature(mean.clamp_min(1e-12).log(), labels)
@@ -201,8 +203,12 @@ def fit_review(
         groups = torch.zeros(len(labels), dtype=torch.long) if groups is None else groups
         cuts = [None if sc is None else _known_cut(sc, groups, known_share) for sc in scores]
     keep = agreement(probs, cal) & ~unknown_mask(scores, cuts, len(labels))
-    threshold = review_threshold(cal[keep], labels[keep], target) if keep.any() else None
-    rule = {"temperature": temperature, "threshold": threshold, "target_precision": target, "fitted_on_photos": len(labels)}
+    conf, pred = cal.max(1)  # items the rule leaves to a person anyway (disagreement, unknown) no threshold accepts
+    rule = {
+        "temperature": temperature,
+        **guaranteed_rule(conf[keep], (pred == labels)[keep], target, delta),
+        "fitted_on_photos": len(labels),
+    }
     return {**rule, "unknown_thresholds": cuts, "known_share": known_share} if cuts is not None else rule
 
 

@@ -1,13 +1,11 @@
 """Run folders: weights in safetensors, everything else in JSON/CSV. Nothing here unpickles.
 
-A run folder is written complete into a hidden temporary sibling and renamed
-into place, so a crash never leaves half a run, and an existing run is only
-replaced when asked to. While a training runs, its folder holds a lock (`.lock`) and
-the last epoch's checkpoint (`checkpoint/`); the finished run replaces both.
+A run folder is written complete into a hidden temporary sibling and renamed into place, so a crash never leaves
+half a run, and an existing run is only replaced when asked to. While a training runs, its folder holds a lock
+(`.lock`) and the last epoch's checkpoint (`checkpoint/`); the finished run replaces both.
 
-Loading checks meta.json and metrics.json against one schema (META_FIELDS,
-METRICS_FIELDS, and TrainConfig's own field checks for the config): a damaged
-or out-of-range field is one RunError naming the file, the field and what is valid.
+Loading checks meta.json and metrics.json against one schema (META_FIELDS, METRICS_FIELDS, and TrainConfig's own
+field checks for the config): a damaged or out-of-range field is one RunError naming the file, the field and what is valid.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from fashionclf.io import UMASK, to_json, try_lock
 from fashionclf.models import build_model, model_info, resolved_kwargs
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
-PREDICTIONS = "test_predictions.safetensors"  # stored outputs: reports derive everything from these
+PREDICTIONS = "test_predictions.safetensors"  # stored logits and labels of the test and calibration splits
 LOCK = ".lock"  # held (flock) by the training writing the folder
 
 
@@ -270,8 +268,9 @@ META_FIELDS = {
     "data": Field("table"),
 }
 # The calibration is what predict applies; a run without one (null) flags every item for review, and so does a
-# null threshold (no confidence reached the target precision on the validation split).
+# null threshold (no promise possible from the calibration items). No "rule": the old point estimate (marked so).
 CALIBRATION_FIELDS = {"temperature": Field("number", True, above=0), "threshold": FRACTION, "target_precision": FRACTION}
+CALIBRATION_FIELDS |= {"delta": FRACTION, "rule": Field("str"), "calibration_items": Field("int", lo=0, hi=2**62)}
 # "None of these" (evaluation/unknown.py); runs saved before it have none and never say unknown.
 THRESHOLDS = {s: Field("number", nullable=True) for s in ("energy", "msp", "maxlogit")}
 SHARE, NAMES = Field("number", True, above=0, lo=0, hi=1), Field("names")
@@ -391,10 +390,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     return Run(path, model, meta, metrics, config)
 
 
-def load_predictions(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stored test logits and labels of a run."""
-    path = Path(run_dir) / PREDICTIONS
-    if not path.exists():
-        raise RunError(f"{path} is missing; the run was saved without test predictions, train it again")
-    t = safetensors.torch.load_file(str(path))
-    return t["logits"], t["labels"]
+def load_predictions(run_dir: str | Path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored logits and labels of a run's test split, or of its calibration split (split "val")."""
+    path, key = Path(run_dir) / PREDICTIONS, "" if split == "test" else "val_"
+    t = safetensors.torch.load_file(str(path)) if path.exists() else {}
+    if key + "logits" not in t:
+        raise RunError(f"{path} holds no {split} logits: the run was saved without them (before the guaranteed rule); train it again")
+    return t[key + "logits"], t[key + "labels"]

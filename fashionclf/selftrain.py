@@ -34,6 +34,7 @@ import torch
 from fashionclf.config import TrainConfig, replace
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
 from fashionclf.data.images import ImageError, find_images, load_rgb
+from fashionclf.evaluation.calibrate import Promise
 from fashionclf.predict import convert_rgb, predict_converted
 from fashionclf.runs import META, Run, load_run
 from fashionclf.study import train_and_save
@@ -124,13 +125,14 @@ def train_with_unlabelled(
     resume: bool = False,
     unknown_share: float | None = None,
     method: str = "grabcut",
+    promise: Promise | None = None,
 ) -> dict:
     """Teacher into <out>-teacher, pseudo-labels on `unlabelled`, student into out; returns the student's metrics.
     Called as study.train_and_save is (fashionclf.api.train)."""
     folder, paths = unlabelled_photos(
         unlabelled, resume, "--unlabelled trains a teacher, then a student; --resume continues one training: leave out one of them"
     )
-    kw = {} if unknown_share is None else {"unknown_share": unknown_share}
+    kw = ({} if unknown_share is None else {"unknown_share": unknown_share}) | ({} if promise is None else {"promise": promise})
     tdir = teacher_folder(out)
     if overwrite or not (tdir / META).exists():
         train_and_save(cfg, data, tdir, overwrite, on_epoch, on_batch_factory, **kw)

@@ -26,7 +26,7 @@ from fashionclf.engine.checkpoint import CHECKPOINT, CheckpointError, read_state
 from fashionclf.engine.device import inference_precision, resolve_precision
 from fashionclf.engine.inference import infer, measure_inference
 from fashionclf.engine.loop import fit
-from fashionclf.evaluation.calibrate import calibrate, calibration_report, crossfit_review
+from fashionclf.evaluation.calibrate import Promise, calibrate, calibration_report, crossfit_review, promise
 from fashionclf.evaluation.metrics import classification_report
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, fit_unknown
 from fashionclf.evaluation.unknown import known_share as unknown_known_share
@@ -44,6 +44,7 @@ def train_and_save(
     extra_meta: dict | None = None,
     resume: bool = False,
     unknown_share: float = DEFAULT_KNOWN_SHARE,
+    promise: Promise = Promise(),
 ) -> dict:
     """Fit cfg on data, score it on the test set, write the run folder; return its metrics.
 
@@ -51,7 +52,7 @@ def train_and_save(
     run replaces it; resume=True continues from that checkpoint (the same config and data, else a RunError).
     How the data were loaded (`data.load_options`, set by fashionclf.api.load_data) is recorded with it, so
     `train --resume` can load them again. unknown_share: the share of validation images the "none of these"
-    score counts known (evaluation/unknown.py).
+    score counts known (evaluation/unknown.py); promise: the precision and confidence the review rule guarantees.
     """
     # Rank 0 holds the folder; the other ranks of a torchrun job only read the checkpoint to resume.
     held = claim(out, overwrite, resume) if distributed.is_main() else contextlib.nullcontext(Path(out) / CHECKPOINT)
@@ -64,7 +65,7 @@ def train_and_save(
         res = fit(cfg, *xy, len(data.classes), on_epoch, on_batch_factory, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
         if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
             return {}
-        return _score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share)
+        return _score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share, promise)
 
 
 def data_digest(data: FashionMNIST) -> str:
@@ -112,7 +113,7 @@ def usable_unknown(unknown: dict | None) -> dict | None:
 
 
 def _score_and_save(
-    cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: bool, extra_meta: dict | None, unknown_share: float = DEFAULT_KNOWN_SHARE
+    cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: bool, extra_meta: dict | None, unknown_share: float, promise: Promise
 ) -> dict:
     device = torch.device(res.device)
     inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
@@ -123,8 +124,8 @@ def _score_and_save(
     )
     val_rep = classification_report(val_logits, data.val_y, data.classes)
     test_rep = classification_report(test_logits, data.test_y, data.classes)
-    # Temperature and review threshold from the validation split; the test set only reports what they do.
-    calibration = usable_calibration(calibrate(val_logits, data.val_y)) if len(data.val_y) else None
+    # Temperature and the guaranteed review rule from the validation split; the test set only reports what they do.
+    calibration = usable_calibration(calibrate(val_logits, data.val_y, promise.target, promise.delta)) if len(data.val_y) else None
     temperature = (calibration or {}).get("temperature", 1.0)
     unknown = fit_unknown(val_logits if len(data.val_y) else None, temperature, list(data.classes), unknown_share, raw=val_raw)
     metrics = {
@@ -149,13 +150,13 @@ def _score_and_save(
         "test_confusion_matrix": test_rep["confusion_matrix"],
         "calibration": calibration,
         "unknown": usable_unknown(unknown),
-        **crossfit_review(val_logits, data.val_y),  # the review rule on validation items it was not fitted on
+        **crossfit_review(val_logits, data.val_y, promise.target, delta=promise.delta),  # the rule on items it was not fitted on
     }
     if calibration is not None:
         metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
     if metrics["unknown"] is not None and len(data.test_y):  # about unknown_share on new photos of the classes
         metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, test_raw)}
-    predictions = {"logits": test_logits, "labels": data.test_y}
+    predictions = {"logits": test_logits, "labels": data.test_y, "val_logits": val_logits, "val_labels": data.val_y}
     shape = tuple(data.train_x.shape[1:])
     if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default
         extra_meta = {"input": {"channels": shape[0], "height": shape[1], "width": shape[2], "kind": "rgb-letterbox"}, **(extra_meta or {})}
@@ -204,6 +205,7 @@ def evaluate_run(run: Run, x_u8: torch.Tensor, y: torch.Tensor, device: str = "c
     calibration = run.metrics.get("calibration")
     if calibration:  # runs saved before calibration existed have none
         report.update(calibration_report(logits, y, calibration))
+    report["promise"] = promise(calibration)
     if run.metrics.get("unknown"):  # the share the "none of these" score counts known (about its known_share)
         report["unknown_known_share"] = unknown_known_share(
             run.metrics["unknown"], logits, (calibration or {}).get("temperature", 1.0), raw

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import assert_close_across_kernels
 
 from fashionclf.models import at_resolution, count_params, create_model, list_models
 
@@ -140,5 +141,11 @@ def test_a_saved_run_loads_back_exactly_without_a_throwaway_init(name, tmp_path)
     saved, loaded = model.state_dict(), run.model.state_dict()
     assert list(saved) == list(loaded) and all(torch.equal(saved[k], loaded[k]) for k in saved)
     x = torch.randn(3, 1, 28, 28)
-    with torch.no_grad():  # the loaded run may run channels_last (as trained): same function, other kernels
-        assert torch.allclose(run.model(x), model(x), atol=1e-5)
+    with torch.no_grad():
+        got, want = run.model(x), model(x)
+        # The loaded run computes channels_last (as trained): the same function through other kernels, whose fp32
+        # rounding differs by CPU kind (about 1e-4 on logits near 20 with AVX-512). Across kernels: relative to scale.
+        assert_close_across_kernels(got, want)
+        if cfg.channels_last:  # the same kernels: the original in the loaded run's memory format agrees tightly
+            same = model.to(memory_format=torch.channels_last)(x)
+            assert torch.allclose(got, same, rtol=1e-6, atol=1e-6 * same.abs().max().item())

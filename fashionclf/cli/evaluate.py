@@ -59,6 +59,10 @@ def evaluate(args) -> int:
         print(json.dumps(rep))
         return 0
     print(f"{rep['model']} on {rep['data']}: accuracy {rep['accuracy']:.4f}  loss {rep['loss']:.4f}  ({rep['n']} images)")
+    print(f"review rule: {rep['promise']}")
+    for target, cov in (rep.get("coverage_at_precision") or {}).items():
+        realised = "no automatic labels" if cov["precision"] is None else f"realised precision {cov['precision']:.4f}"
+        print(f"on these images: {cov['coverage']:.1%} labelled automatically, {realised} (promised {float(target):.0%})")
     print(f"\n{'class':14s} {'precision':>9s} {'recall':>7s} {'f1':>7s} {'support':>8s}")
     for c in rep["per_class"]:
         print(f"{c['class']:14s} {c['precision']:9.4f} {c['recall']:7.4f} {c['f1']:7.4f} {c['support']:8d}")

@@ -169,3 +169,33 @@ def track(args, run_dirs: list[Path], report_files: list[Path] = ()) -> None:
 
     for d, res in log_runs(args.track, args.experiment, args.register, run_dirs, report_files, Path(args.out).name):
         print(f"mlflow: {d} -> run {res['run_id']}, model {res['name']} v{res['model_version']}", file=sys.stderr)
+
+
+def add_promise_options(p: argparse.ArgumentParser, fitted_here: bool) -> None:
+    """--target-precision and --delta: what the review rule guarantees (evaluation/calibrate.py). fitted_here: the
+    command fits the rule (train); otherwise it fits the run's rule again on the run's own calibration items."""
+    from fashionclf.evaluation.calibrate import DEFAULT_DELTA, DEFAULT_TARGET_PRECISION
+
+    again = "" if fitted_here else "; given, the run's rule is fitted again on its own calibration items (default: the run's own)"
+    p.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="P",
+        help=f"automatic labels are at least this precise (default {DEFAULT_TARGET_PRECISION}){again}",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        metavar="D",
+        help=f"... with probability 1 - D over the calibration items (default {DEFAULT_DELTA}: 95%% confidence){again}",
+    )
+
+
+def promise(args):
+    """The Promise the options ask for (defaults filled in), or None where neither was given."""
+    from fashionclf.evaluation.calibrate import DEFAULT_DELTA, DEFAULT_TARGET_PRECISION, Promise
+
+    if args.target_precision is None and args.delta is None:
+        return None
+    target = DEFAULT_TARGET_PRECISION if args.target_precision is None else args.target_precision
+    return Promise(target, DEFAULT_DELTA if args.delta is None else args.delta)

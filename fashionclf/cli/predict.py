@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from fashionclf.cli import options
+
 ORDER = 40  # place in `fashionclf --help`
 
 
@@ -34,6 +36,7 @@ def add_parser(sub) -> None:
         help="also ask this run (repeatable; e.g. an RGB photo run beside a 28x28 one) and average the calibrated "
         "probabilities; the classes must match by name; an item is flagged when the runs disagree",
     )
+    options.add_promise_options(s, fitted_here=False)
     s.set_defaults(func=run, more_inputs=True)
 
 
@@ -51,13 +54,16 @@ def line(r: dict) -> str:
 def run(args) -> int:
     from fashionclf.api import load_run
     from fashionclf.data.images import find_images
-    from fashionclf.predict import class_order, predict_files
+    from fashionclf.predict import class_order, predict_files, with_promise
 
     if args.top_k < 1:
         raise ValueError("--top-k must be at least 1")
     args.run, args.inputs = split_run(args.inputs)
+    wanted = options.promise(args)  # before anything loads: a bad value is one clear line
     run = load_run(args.run)
     also = [load_run(r) for r in args.with_runs or []]
+    if wanted is not None:
+        run, also = with_promise(run, wanted), [with_promise(r, wanted) for r in also]
     for r in also:
         class_order(run, r)  # the same classes, or a clear message before any photo is decoded
     paths = find_images(args.inputs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from fashionclf.cli import options
+
 ORDER = 50  # place in `fashionclf --help`
 KEY_ENV = "FASHIONCLF_API_KEY"
 MALLOC_ENV = "FASHIONCLF_SERVE_MALLOC"  # trim (default), keep or release: see _serve_memory and docs/serve-export.md
@@ -35,6 +37,7 @@ def add_parser(sub) -> None:
     a.add_argument("--api-key-file", metavar="PATH", help="read the key from this file (its first line)")
     a.add_argument("--docs", action="store_true", help="serve Swagger UI at /docs from the swagger-ui-bundle package (off by default)")
     _limit_flags(s.add_argument_group("limits (413 past a size limit, 503 + Retry-After when busy, 408/504 past the timeout)"))
+    options.add_promise_options(s.add_argument_group("review rule"), fitted_here=False)
     s.set_defaults(func=serve)
 
 
@@ -132,6 +135,8 @@ def serve(args) -> int:
 
     import uvicorn
 
+    from fashionclf.api import load_run
+    from fashionclf.predict import with_promise
     from fashionclf.serving.app import create_app
     from fashionclf.serving.guard import startup_warnings
     from fashionclf.serving.limits import Limits
@@ -139,8 +144,10 @@ def serve(args) -> int:
     key = api_key(args)
     limits = {f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}
     trim = _serve_memory() == "trim"
-    # the run is loaded here, before the port opens
-    app = create_app(args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, **limits)
+    wanted = options.promise(args)
+    # the run is loaded here, before the port opens; with --target-precision/--delta its rule is fitted again
+    run = with_promise(load_run(args.run), wanted) if wanted is not None else None
+    app = create_app(args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, run=run, **limits)
     for line in startup_warnings(args.host, key):
         print(f"fashionclf: {line}", file=sys.stderr)
     routes = "/ (page), /v1/predict, /v1/models[/NAME[:predict]], /v2/... (Open Inference Protocol), /metrics, /health, /openapi.json"

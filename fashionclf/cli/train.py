@@ -54,6 +54,7 @@ def add_parser(sub) -> None:
         "unlabelled photos teach the model trained (OUT) instead of a teacher trained first",
     )
     options.add_train_options(s)
+    options.add_promise_options(s.add_argument_group("review rule"), fitted_here=True)
     options.add_track_options(s)
     s.set_defaults(func=run)
 
@@ -146,8 +147,10 @@ def _resumed(args):
 def _train(args, quiet: bool) -> Path:
     from fashionclf import api
     from fashionclf.engine import distributed
+    from fashionclf.evaluation.calibrate import Promise
     from fashionclf.runs import check_writable
 
+    options.promise(args)  # a bad --target-precision or --delta: one clear line before the data are loaded
     if not 0 < args.unknown_share <= 1:  # before the data are loaded
         raise ValueError(f"--unknown-share {args.unknown_share}: expected a share in (0, 1], e.g. 0.95")
     if args.teacher and not args.unlabelled:  # before the data are loaded
@@ -169,6 +172,7 @@ def _train(args, quiet: bool) -> Path:
         verb = "resuming" if resume else "training"
         print(f"{verb} {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
     more = {"unknown_share": args.unknown_share, "unlabelled": args.unlabelled, "teachers": args.teacher}
+    more["promise"] = options.promise(args) or Promise()
     run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume, **more)
     if run is None:  # a helper rank of a torchrun job
         return out
@@ -189,5 +193,6 @@ def _train(args, quiet: bool) -> Path:
         accs = ", ".join(f"{t['model']} {t['test_accuracy']:.4f}" for t in ds["teachers"])
         left = f"{ds['unknown']} unknown, {ds['unreadable']} unreadable"
         print(f"teachers (test accuracy): {accs}; soft labels on {ds['kept']} of {ds['considered']} photos ({left})")
+    print(f"review rule: {(m.get('calibration') or {}).get('promise', 'none: no validation split to fit it on')}")
     print(f"run folder: {out}")
     return out

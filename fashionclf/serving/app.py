@@ -26,7 +26,8 @@ from fastapi.responses import HTMLResponse
 
 from fashionclf.api import load_run
 from fashionclf.data.images import ImageError, load_rgb
-from fashionclf.predict import convert_for_runs, decode_side, png_bytes, predict_converted
+from fashionclf.evaluation.calibrate import promise
+from fashionclf.predict import convert_for_runs, decode_side, png_bytes, predict_converted, rule_of
 from fashionclf.runs import Run
 from fashionclf.serving import guard, metrics, protocols, schemas
 from fashionclf.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
@@ -139,7 +140,7 @@ def create_app(
 
     protocols.add_routes(app, protocols.Served(run.meta["model"], list(run.classes), backend, lim, keyed, answer, predict_v1))
 
-    page, csp = _page(run.meta["model"])
+    page, csp = _page(run.meta["model"], promise(rule_of(run)))
 
     @app.get("/", response_class=HTMLResponse, responses=schemas.error_responses(*keyed))
     def index():
@@ -159,6 +160,7 @@ def _model_info(run: Run, backend: str) -> dict:
         "input": run.meta.get("input"),
         "metrics": {k: m.get(k) for k in ("test_accuracy", "val_accuracy", "params", "infer_images_per_s") if k in m},
         "calibration": m.get("calibration"),
+        "promise": promise(rule_of(run)),
         "ready": run.meta.get("ready"),
     }
 
@@ -187,9 +189,10 @@ def _work(predictor: Predictor, gate: Gate, blobs: list[bytes], top_k: int, prep
     return results
 
 
-def _page(model: str) -> tuple[str, str]:
-    """The page with the model's name (escaped), and a CSP that allows its own inline script and style only."""
-    page = PAGE.replace("{{MODEL}}", html.escape(model))
+def _page(model: str, rule: str) -> tuple[str, str]:
+    """The page with the model's name and its review rule in words (escaped), and a CSP that allows its own inline
+    script and style only."""
+    page = PAGE.replace("{{MODEL}}", html.escape(model)).replace("{{PROMISE}}", html.escape(rule))
     return page, guard.inline_csp(page)
 
 

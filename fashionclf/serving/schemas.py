@@ -32,7 +32,8 @@ class ModelInfo(BaseModel):
     classes: list[str]
     input: dict[str, Any] | None = Field(description="what the model takes: kind and size")
     metrics: dict[str, Any] = Field(description="test and validation accuracy, parameters, speed, where recorded")
-    calibration: dict[str, Any] | None = Field(description="temperature and review threshold")
+    calibration: dict[str, Any] | None = Field(description="temperature and review rule (threshold, promise, calibration items)")
+    promise: str = Field(description="the review rule in words: what automatic labels are guaranteed to be")
     ready: dict[str, Any] | None = Field(
         None,
         description="the ready model only (no run folder given): its members, asked together on every photo, and the "

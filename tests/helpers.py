@@ -1,0 +1,17 @@
+"""Helpers shared by test files (import as `from helpers import ...`; pyproject puts tests/ on the path)."""
+
+from __future__ import annotations
+
+import torch
+
+# fp32 results of one function through different kernels (channels_last against NCHW, AVX2 against AVX-512, oneDNN
+# against ATen) differ by rounding that grows with depth: about 5e-6 of the outputs' scale was seen for
+# EfficientNet-Lite0's logits. A loading or wiring defect changes them by the order of the scale itself.
+ACROSS_KERNELS_RTOL = 5e-5
+
+
+def assert_close_across_kernels(got: torch.Tensor, want: torch.Tensor, rtol: float = ACROSS_KERNELS_RTOL) -> None:
+    """Equal up to fp32 rounding of other kernels: every element within rtol of the largest magnitude compared."""
+    scale = max(want.abs().max().item(), got.abs().max().item(), 1.0)
+    diff = (got - want).abs().max().item()
+    assert diff <= rtol * scale, f"max |difference| {diff:.3g} above {rtol:g} x scale {scale:.3g}"
