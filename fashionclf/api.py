@@ -384,11 +384,12 @@ def check_data(path: str | Path, near_rms: float = 5.0, tiny: int = 10, on_file:
     return check(path, near_rms, tiny, on_file)
 
 
-def label_folder(run: Run | str | Path, folder, catalogue, batch_size: int = 64, method: str = "grabcut", on_batch=None) -> dict:
-    """The photos under `folder` predicted into a review catalogue (review.label; a rerun skips those in it); returns counts."""
+def label_folder(run: Run | str | Path, folder, catalogue, batch_size=64, method="grabcut", on_batch=None, audit_share=0.02) -> dict:
+    """The photos under `folder` predicted into a review catalogue (review.label; a rerun skips those in it; audit_share
+    of the automatic ones queued for a person anyway, unmarked: review/audit.py); returns counts."""
     from fashionclf.review.label import label_folder as label
 
-    return label(run if isinstance(run, Run) else load_run(run), folder, catalogue, batch_size, method, on_batch)
+    return label(run if isinstance(run, Run) else load_run(run), folder, catalogue, batch_size, method, on_batch, audit_share)
 
 
 def export_labels(catalogue: str | Path, out: str | Path) -> dict:

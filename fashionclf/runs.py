@@ -168,7 +168,7 @@ def save_run(
         (tmp / METRICS).write_text(to_json(metrics))
         (tmp / HISTORY).write_text(history_csv(history))
         if predictions is not None:
-            safetensors.torch.save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp / PREDICTIONS))
+            safetensors.torch.save_file({k: v.contiguous().clone() for k, v in predictions.items()}, str(tmp / PREDICTIONS))
         write_hub_files(tmp, name=out.name)  # config.json (id2label, input, normalisation) and the model card README.md
         for f in tmp.iterdir():  # durable before the rename makes the run visible
             os.chmod(f, 0o666 & ~UMASK)  # safetensors creates its files 0600; every file as open() would make it

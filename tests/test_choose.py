@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import study_row
-from test_folders import _make_folder
+from helpers import make_class_folder
 
 import fashionclf
 from fashionclf.cli import main
@@ -96,7 +96,7 @@ def test_auto_share_rule_refuses_runs_without_the_figure():
 
 
 def test_compare_chooses_by_auto_share_on_image_folders(tmp_path, capsys):
-    photos = _make_folder(tmp_path / "photos", per_class=70)
+    photos = make_class_folder(tmp_path / "photos", per_class=70)
     out = tmp_path / "study"
     args = ["compare", "--data", str(photos), "--image-size", "32", "--models", "mlp,advanced_cnn", "--epochs", "3"]
     assert main(args + ["--choose-by", "auto-share", "--out", str(out), "--quiet"]) == 0
@@ -128,7 +128,7 @@ def test_compare_chooses_by_auto_share_on_image_folders(tmp_path, capsys):
 
 
 def test_an_unknown_rule_is_refused_before_anything_trains(tmp_path, capsys):
-    photos = _make_folder(tmp_path / "photos", per_class=4)
+    photos = make_class_folder(tmp_path / "photos", per_class=4)
     with pytest.raises(ValueError, match="choose by 'speed'"):
         cfg = fashionclf.recipe("mlp")
         fashionclf.compare([cfg], fashionclf.load_data(cfg, photos, image_size=32)[0], tmp_path / "s", choose_by="speed")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_folders import _make_folder
+from helpers import make_class_folder
 from test_selftrain import _unlabelled
 
 from fashionclf import distill
@@ -28,7 +28,7 @@ BASE = ["--model", "mlp", "--epochs", "6", "--batch-size", "16", "--quiet"]
 def teachers(tmp_path_factory):
     """Two finished runs on one labelled folder: an mlp at 32 px and one at 48 px (they read photos at different sizes)."""
     root = tmp_path_factory.mktemp("distill")
-    labelled = _make_folder(root / "labelled", per_class=30)
+    labelled = make_class_folder(root / "labelled", per_class=30)
     runs = []
     for side, seed in (("32", "0"), ("48", "1")):
         out = root / f"t{side}"
@@ -79,7 +79,7 @@ def test_soft_labels_are_the_teachers_probabilities_averaged(teachers):
 def test_teacher_classes_are_put_in_the_students_order(tmp_path, monkeypatch):
     """A student whose three classes are listed in a rotated order gets each teacher probability in its own column
     (a rotation, not a swap: a swap is its own inverse and would pass with the mapping reversed)."""
-    labelled = _make_folder(tmp_path / "three", per_class=20, classes=("a", "b", "c"))
+    labelled = make_class_folder(tmp_path / "three", per_class=20, classes=("a", "b", "c"))
     teacher = tmp_path / "t"
     assert main(["train", "--data", str(labelled), "--image-size", "32", "--out", str(teacher), *BASE]) == 0
     unlabelled = _unlabelled(tmp_path / "new", broken=0)
@@ -133,7 +133,7 @@ def test_soft_targets_train_as_hard_labels_when_one_hot():
 @pytest.mark.parametrize("case", ["no-unlabelled", "missing-teacher", "other-classes"])
 def test_clear_errors(tmp_path, teachers, capsys, case):
     labelled, (t32, _), unlabelled = teachers
-    other = _make_folder(tmp_path / "other", per_class=4, classes=("hat", "shoe"))
+    other = make_class_folder(tmp_path / "other", per_class=4, classes=("hat", "shoe"))
     data = other if case == "other-classes" else labelled
     args = ["train", "--data", str(data), "--image-size", "32", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "s")]
     teacher = str(tmp_path / "nope") if case == "missing-teacher" else str(t32)

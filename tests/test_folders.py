@@ -5,26 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import make_class_folder
 from PIL import Image
 
 from fashionclf.cli import main
 from fashionclf.data.fashion_mnist import DataError
 from fashionclf.data.folders import add_converted_photos, letterbox, load_image_folder, map_folders, parse_class_map, scan
-
-
-def _make_folder(root, per_class=12, classes=("pants", "shirt"), size=(40, 30), seed=0):
-    """Class 0: a vertical dark bar; class 1: a horizontal dark bar; on light noisy backgrounds."""
-    rng = np.random.default_rng(seed)
-    for k, c in enumerate(classes):
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = np.clip(220 + rng.normal(0, 8, (*size, 3)), 0, 255).astype(np.uint8)
-            if k == 0:
-                img[5:35, 10:20] = 40
-            else:
-                img[15:25, 3:27] = 40
-            Image.fromarray(img).save(root / c / f"{i}.{'jpg' if i % 2 else 'png'}")
-    return root
 
 
 def test_scan_and_clear_errors(tmp_path):
@@ -33,7 +19,7 @@ def test_scan_and_clear_errors(tmp_path):
     (tmp_path / "one" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="1 class subfolder"):
         scan(tmp_path / "one")
-    root = _make_folder(tmp_path / "ok")
+    root = make_class_folder(tmp_path / "ok")
     (root / "empty").mkdir()
     with pytest.raises(DataError, match="empty holds no images"):
         scan(root)
@@ -43,7 +29,7 @@ def test_scan_and_clear_errors(tmp_path):
 
 
 def test_unreadable_files_are_left_out_and_named(tmp_path):
-    root = _make_folder(tmp_path / "d")
+    root = make_class_folder(tmp_path / "d")
     (root / "pants" / "broken.jpg").write_bytes(b"not a jpeg")
     data, skipped = load_image_folder(root, image_size=32)
     assert len(skipped) == 1 and "broken.jpg" in skipped[0] and "not an image" in skipped[0]
@@ -53,8 +39,8 @@ def test_unreadable_files_are_left_out_and_named(tmp_path):
 
 
 def test_val_data_must_have_the_same_classes(tmp_path):
-    root = _make_folder(tmp_path / "train")
-    val = _make_folder(tmp_path / "val", classes=("pants", "skirt"), per_class=3)
+    root = make_class_folder(tmp_path / "train")
+    val = make_class_folder(tmp_path / "val", classes=("pants", "skirt"), per_class=3)
     with pytest.raises(DataError, match="missing \\['shirt'\\], extra \\['skirt'\\]"):
         load_image_folder(root, val, image_size=32)
 
@@ -69,7 +55,7 @@ def test_letterbox_keeps_aspect_and_pads_with_the_border_colour():
 
 
 def test_train_evaluate_predict_on_an_image_folder(tmp_path, capsys):
-    root = _make_folder(tmp_path / "photos", per_class=30)
+    root = make_class_folder(tmp_path / "photos", per_class=30)
     run = tmp_path / "run"
     args = ["train", "--data", str(root), "--image-size", "32", "--model", "mlp", "--epochs", "8", "--out", str(run), "--quiet"]
     assert main(args + ["--batch-size", "16"]) == 0
@@ -85,7 +71,7 @@ def test_train_evaluate_predict_on_an_image_folder(tmp_path, capsys):
 
 
 def test_fixed_size_models_are_refused_for_photos(tmp_path, capsys):
-    root = _make_folder(tmp_path / "photos", per_class=3)
+    root = make_class_folder(tmp_path / "photos", per_class=3)
     assert main(["train", "--data", str(root), "--image-size", "64", "--model", "tuned_cnn", "--out", str(tmp_path / "r")]) == 2
     assert "tuned_cnn cannot take 64x64 RGB images" in capsys.readouterr().err
     assert main(["train", "--image-size", "64", "--model", "mlp", "--out", str(tmp_path / "r")]) == 2
@@ -181,7 +167,7 @@ def test_train_with_extra_photos_records_them(tmp_path, monkeypatch, capsys, rea
 
 
 def test_cutmix_and_drop_path_train_on_photos_and_are_recorded(tmp_path, capsys):
-    root = _make_folder(tmp_path / "photos", per_class=6)
+    root = make_class_folder(tmp_path / "photos", per_class=6)
     run = tmp_path / "run"
     args = ["train", "--data", str(root), "--image-size", "32", "--model", "efficientnet_lite0", "--no-pretrained", "--epochs", "1"]
     args += ["--batch-size", "4", "--aug-cutmix", "0.5", "--drop-path", "0.1", "--out", str(run), "--quiet"]
@@ -196,7 +182,7 @@ def test_cutmix_and_drop_path_train_on_photos_and_are_recorded(tmp_path, capsys)
 
 
 def test_drop_path_is_refused_for_models_without_it(tmp_path, capsys):
-    root = _make_folder(tmp_path / "photos", per_class=3)
+    root = make_class_folder(tmp_path / "photos", per_class=3)
     assert main(["train", "--data", str(root), "--model", "resnet", "--drop-path", "0.1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "resnet has no stochastic depth" in err and "efficientnet_lite0" in err
@@ -207,7 +193,7 @@ def test_drop_path_is_refused_for_models_without_it(tmp_path, capsys):
 
 def test_label_issues_on_an_image_folder(tmp_path, capsys):
     # it used to build a grayscale model for RGB photos and fail deep inside the first convolution
-    root = _make_folder(tmp_path / "photos", per_class=10)
+    root = make_class_folder(tmp_path / "photos", per_class=10)
     base = ["label-issues", "--data", str(root), "--image-size", "32", "--folds", "2", "--epochs", "1", "--quiet"]
     assert main(base + ["--model", "tuned_cnn", "--out", str(tmp_path / "a")]) == 2
     assert "tuned_cnn cannot take 32x32 RGB images" in capsys.readouterr().err
@@ -217,15 +203,15 @@ def test_label_issues_on_an_image_folder(tmp_path, capsys):
 
 
 def test_resolution_refuses_image_folders(tmp_path, capsys):
-    root = _make_folder(tmp_path / "photos", per_class=3)
+    root = make_class_folder(tmp_path / "photos", per_class=3)
     assert main(["resolution", "--data", str(root), "--model", "mlp", "--out", str(tmp_path / "r")]) == 2
     assert "resolution studies Fashion-MNIST's 28x28 images" in capsys.readouterr().err
 
 
 def test_predict_with_a_second_run_averages_and_flags_disagreement(tmp_path, capsys):
-    root = _make_folder(tmp_path / "photos", per_class=30)
+    root = make_class_folder(tmp_path / "photos", per_class=30)
     # The second run's folders are named differently (case), so they sort in the other order: classes match by name.
-    other = _make_folder(tmp_path / "other", per_class=30, classes=("pants", "Shirt"), seed=1)
+    other = make_class_folder(tmp_path / "other", per_class=30, classes=("pants", "Shirt"), seed=1)
     run_a, run_b, run_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     base = ["train", "--model", "mlp", "--epochs", "8", "--batch-size", "16", "--quiet"]
     assert main(base + ["--data", str(root), "--image-size", "32", "--out", str(run_a)]) == 0
@@ -245,7 +231,7 @@ def test_predict_with_a_second_run_averages_and_flags_disagreement(tmp_path, cap
     for j, a, b in zip(pj, pa, pb):  # each photo: the mean of the two runs' calibrated probabilities, by class name
         assert j["shirt"] == pytest.approx((a["shirt"] + b["shirt"]) / 2, abs=1e-4)
     # a run with other classes is refused before any photo is read
-    _make_folder(tmp_path / "third", per_class=10, classes=("pants", "dress"))
+    make_class_folder(tmp_path / "third", per_class=10, classes=("pants", "dress"))
     assert main(base + ["--data", str(tmp_path / "third"), "--image-size", "32", "--out", str(run_c)]) == 0
     capsys.readouterr()
     assert main(["predict", str(run_a), str(root / "shirt"), "--with", str(run_c)]) == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_folders import _make_folder
+from helpers import make_class_folder
 
 import fashionclf
 from fashionclf import ready
@@ -79,8 +79,8 @@ def test_none_of_these_is_refitted_on_each_kind_of_photo():
 def bundle(tmp_path_factory):
     """Two small photo runs of different input sizes, bundled with a rule fitted on their photos."""
     tmp = tmp_path_factory.mktemp("ready")
-    root = _make_folder(tmp / "photos", per_class=30)
-    other = _make_folder(tmp / "other", per_class=30, classes=("pants", "Shirt"), seed=1)
+    root = make_class_folder(tmp / "photos", per_class=30)
+    other = make_class_folder(tmp / "other", per_class=30, classes=("pants", "Shirt"), seed=1)
     base = ["train", "--model", "mlp", "--epochs", "6", "--batch-size", "16", "--quiet"]
     assert main(base + ["--data", str(root), "--image-size", "32", "--out", str(tmp / "a")]) == 0
     assert main(base + ["--data", str(other), "--image-size", "24", "--out", str(tmp / "b")]) == 0

@@ -79,7 +79,7 @@ def test_multipart_and_kserve_json_agree_in_input_order(client):
     other[30:130, 40:80] = 250  # a blank item: another prediction, so the order is visible
     second = _bytes(Image.fromarray(other), "PNG")
     a = _ok(client, [JPEG, second])
-    assert len(a) == 2 and set(a[0]) == {"label", "index", "confidence", "top_k", "needs_review", "unknown", "unknown_score"}
+    assert len(a) == 2 and set(a[0]) == {"label", "index", "confidence", "top_k", "needs_review", "unknown", "unknown_score", "audit"}
     assert a[0]["unknown"] is False and a[0]["unknown_score"] is None  # a run saved without the score (issue 17 item 2)
     r = client.post("/v1/predict", json={"instances": [{"b64": base64.b64encode(b).decode()} for b in (JPEG, second)]})
     assert r.status_code == 200

@@ -37,7 +37,16 @@ def add_parser(sub) -> None:
     a.add_argument("--api-key-file", metavar="PATH", help="read the key from this file (its first line)")
     a.add_argument("--docs", action="store_true", help="serve Swagger UI at /docs from the swagger-ui-bundle package (off by default)")
     _limit_flags(s.add_argument_group("limits (413 past a size limit, 503 + Retry-After when busy, 408/504 past the timeout)"))
-    options.add_promise_options(s.add_argument_group("review rule"), fitted_here=False)
+    rule = s.add_argument_group("review rule")
+    options.add_promise_options(rule, fitted_here=False)
+    rule.add_argument(
+        "--audit-share",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help='flag this share of automatic labels for a person anyway, with "audit": true; their verdicts measure the '
+        "automatic labels' precision (default 0)",
+    )
     s.set_defaults(func=serve)
 
 
@@ -147,7 +156,9 @@ def serve(args) -> int:
     wanted = options.promise(args)
     # the run is loaded here, before the port opens; with --target-precision/--delta its rule is fitted again
     run = with_promise(load_run(args.run), wanted) if wanted is not None else None
-    app = create_app(args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, run=run, **limits)
+    app = create_app(
+        args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, run=run, audit_share=args.audit_share, **limits
+    )
     for line in startup_warnings(args.host, key):
         print(f"fashionclf: {line}", file=sys.stderr)
     routes = "/ (page), /v1/predict, /v1/models[/NAME[:predict]], /v2/... (Open Inference Protocol), /metrics, /health, /openapi.json"

@@ -4,7 +4,9 @@ GET / the page; GET /api/next?reviewer=NAME (claims and returns the least certai
 person); GET /api/items/{id}/photo (JPEG, at most 512 px); GET /api/items/{id}/heatmap (Grad-CAM over
 what the model saw, PNG; 404 with the reason when there is none); POST /api/items/{id}/decision
 {version, action: accept|correct|unknown, label, reviewer} (committed before the answer; 409 when the
-item changed since that version); POST /api/undo {reviewer}; GET /api/recent; GET /api/stats.
+item changed since that version); POST /api/undo {reviewer}; GET /api/recent; GET /api/stats (counts, and the audit of automatic labels:
+review/audit.py); GET /metrics (the audit in Prometheus' text format); POST /api/audit/tighten (the review rule
+fitted again on the audited photos; automatic photos below it go back to the queue).
 
 Each request opens its own SQLite connection (WAL: readers never wait for the writer), so any number
 of reviewers and server processes can share one catalogue file.
@@ -23,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from fashionclf.review import db
+from fashionclf.review import audit, db
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
 
@@ -138,7 +140,14 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> Fast
         ids = tuple(int(s) for s in skip.split(",") if s.strip().isdigit())
         c = conn()
         item = db.claim_next(c, reviewer, ids)
-        return {"item": item, "stats": db.stats(c), "classes": db.classes(c), "heatmap": maps.reason is None, "why_no_heatmap": maps.reason}
+        return {
+            "item": item,
+            "stats": db.stats(c),
+            "audit": audit.stats(c),
+            "classes": db.classes(c),
+            "heatmap": maps.reason is None,
+            "why_no_heatmap": maps.reason,
+        }
 
     @app.get("/api/items/{item_id}/photo")
     def photo(item_id: int):
@@ -170,6 +179,39 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> Fast
     @app.get("/api/stats")
     def stats():
         c = conn()
-        return db.stats(c)
+        return {**db.stats(c), "audit": audit.stats(c)}
 
+    _add_audit_routes(app, conn)
     return app
+
+
+def _add_audit_routes(app: FastAPI, conn) -> None:
+    """POST /api/audit/tighten and GET /metrics (review/audit.py); conn() gives this thread's connection."""
+
+    @app.post("/api/audit/tighten")
+    def tighten():
+        c = conn()
+        return {**audit.tighten(c), "stats": db.stats(c)}
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(_audit_metrics(audit.stats(conn())), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _audit_metrics(a: dict) -> bytes:
+    """The audit as Prometheus gauges (a fresh registry per scrape: the catalogue is the state, not this process)."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    reg = CollectorRegistry()
+    lo, hi = a["precision_interval"]
+    for name, doc, value in [
+        ("audited", "automatic photos sent to a person at random", a["audited"]),
+        ("decided", "audited photos decided", a["decided"]),
+        ("errors", "audited photos whose automatic label was wrong", a["errors"]),
+        ("precision_lower", f"lower end of the exact {1 - a['delta']:.0%} interval on the automatic labels' precision", lo),
+        ("precision_upper", "upper end of that interval", hi),
+        ("target_precision", "the promised precision", a["target_precision"]),
+        ("promise_broken", "1 when the audit shows precision below the promise", float(a["status"] == "broken")),
+    ]:
+        Gauge(f"fashionclf_audit_{name}", doc, registry=reg).set(value)
+    return generate_latest(reg)

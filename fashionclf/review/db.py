@@ -5,7 +5,9 @@ label (its most likely class, also for a photo it calls "none of these"), top-3 
 confidence, unknown_score (the run's out-of-distribution score, evaluation/unknown.py; null for runs
 without one), predicted_unknown (1: the run called it "none of these"; added to older catalogues on open),
 status (auto | needs_review | reviewed | unknown), reviewed_label, reviewer, decided_at, and a version
-that every change increments. decisions: one row per decision, with what it replaced (undo, audit).
+that every change increments; audit (1: labelled automatically but sent to a person at random, unmarked, so
+their verdicts measure the automatic labels: review/audit.py) and queue_key (where such an item waits in the
+queue; null: by its confidence). decisions: one row per decision, with what it replaced (undo, history).
 
 Concurrency: a decision names the version it was made on; a write on a stale version changes nothing
 and raises Conflict (optimistic concurrency). Reviewers also claim the item they are shown for a
@@ -43,7 +45,9 @@ CREATE TABLE IF NOT EXISTS items (
     decided_at TEXT,
     version INTEGER NOT NULL DEFAULT 0,
     claimed_by TEXT,
-    claimed_until REAL
+    claimed_until REAL,
+    audit INTEGER NOT NULL DEFAULT 0,
+    queue_key REAL
 );
 CREATE INDEX IF NOT EXISTS items_queue ON items (status, confidence);
 CREATE TABLE IF NOT EXISTS decisions (
@@ -92,8 +96,11 @@ def connect(path: str | Path, create: bool = False) -> sqlite3.Connection:
             conn.executescript(SCHEMA)
         elif conn.execute("SELECT name FROM sqlite_master WHERE name='items'").fetchone() is None:
             raise CatalogueError(f"{path} is an SQLite file but not a fashionclf catalogue (no items table)")
-        if "predicted_unknown" not in {r[1] for r in conn.execute("PRAGMA table_info(items)")}:  # a catalogue from before it
-            conn.execute("ALTER TABLE items ADD COLUMN predicted_unknown INTEGER NOT NULL DEFAULT 0")
+        have = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+        added = (("predicted_unknown", "INTEGER NOT NULL DEFAULT 0"), ("audit", "INTEGER NOT NULL DEFAULT 0"), ("queue_key", "REAL"))
+        for column, kind in added:
+            if column not in have:  # a catalogue from before it
+                conn.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
     except sqlite3.DatabaseError as e:
         conn.close()
         raise CatalogueError(f"{path}: {e}; is it a catalogue written by `fashionclf label`?") from None
@@ -126,6 +133,12 @@ def init(conn: sqlite3.Connection, classes: list[str], run: str, method: str = "
             raise CatalogueError(f"the catalogue's classes {json.loads(row[0])} are not the run's {classes}; use another --db")
 
 
+def set_meta(conn: sqlite3.Connection, values: dict) -> None:
+    """Record (or replace) meta values, each as JSON."""
+    with Transaction(conn):
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+
+
 def meta(conn: sqlite3.Connection) -> dict:
     """classes (a list), run (its folder when labelled), method, created."""
     out = {k: v for k, v in conn.execute("SELECT key, value FROM meta")}
@@ -143,10 +156,11 @@ def known_hashes(conn: sqlite3.Connection) -> set[str]:
 
 
 def add_predictions(conn: sqlite3.Connection, rows: list[dict]) -> int:
-    """Insert predicted photos (path, sha256, label, top_k, confidence, needs_review, unknown_score) in one transaction;
-    returns rows added. A photo the run calls unknown (label None) is stored with its most likely class as the label,
-    its score and predicted_unknown=1, waiting for review (it is always flagged): the page says the model's
-    verdict, and the reviewer decides, "none of these" included."""
+    """Insert predicted photos (path, sha256, label, top_k, confidence, needs_review, unknown_score, and audit: queued
+    for a person although labelled automatically, at queue_key) in one transaction; returns rows added. A photo the
+    run calls unknown (label None) is stored with its most likely class as the label, its score and
+    predicted_unknown=1, waiting for review (it is always flagged): the page says the model's verdict, and the
+    reviewer decides, "none of these" included."""
     values = [
         (
             str(r["file"]),
@@ -156,14 +170,16 @@ def add_predictions(conn: sqlite3.Connection, rows: list[dict]) -> int:
             float(r["confidence"]),
             r.get("unknown_score"),
             int(bool(r.get("unknown"))),
-            "needs_review" if r["needs_review"] or r.get("unknown") else "auto",
+            "needs_review" if r["needs_review"] or r.get("unknown") or r.get("audit") else "auto",
+            int(bool(r.get("audit"))),
+            r.get("queue_key"),
         )
         for r in rows
     ]
-    columns = "path, sha256, label, top3, confidence, unknown_score, predicted_unknown, status"
+    columns = "path, sha256, label, top3, confidence, unknown_score, predicted_unknown, status, audit, queue_key"
     with Transaction(conn):
         before = conn.total_changes
-        conn.executemany(f"INSERT OR IGNORE INTO items ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+        conn.executemany(f"INSERT OR IGNORE INTO items ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
         return conn.total_changes - before
 
 
@@ -181,7 +197,8 @@ def item(conn: sqlite3.Connection, item_id: int) -> dict | None:
 
 
 def claim_next(conn: sqlite3.Connection, reviewer: str, skip: tuple[int, ...] = (), lease_s: float = LEASE_S) -> dict | None:
-    """The least certain item still needing review that no other reviewer holds, claimed for `reviewer`."""
+    """The least certain item still needing review that no other reviewer holds, claimed for `reviewer` (audited items
+    wait at a random place in that order: their queue_key)."""
     t = time.time()
     marks = ",".join("?" * len(skip))
     not_skipped = f"AND id NOT IN ({marks})" if skip else ""
@@ -197,7 +214,8 @@ def _claim(conn, reviewer, not_skipped, skip, t, lease_s):
     with Transaction(conn):
         row = conn.execute(
             f"SELECT {ITEM_COLUMNS} FROM items WHERE status='needs_review' {not_skipped} "
-            "AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?) ORDER BY confidence, id LIMIT 1",
+            "AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?) "
+            "ORDER BY COALESCE(queue_key, confidence), id LIMIT 1",
             (*skip, t, reviewer),
         ).fetchone()
         if row is not None:

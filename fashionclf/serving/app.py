@@ -15,6 +15,7 @@ schemas.py, and add its test.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import threading
 from pathlib import Path
@@ -28,6 +29,7 @@ from fashionclf.api import load_run
 from fashionclf.data.images import ImageError, load_rgb
 from fashionclf.evaluation.calibrate import promise
 from fashionclf.predict import convert_for_runs, decode_side, png_bytes, predict_converted, rule_of
+from fashionclf.review import audit
 from fashionclf.runs import Run
 from fashionclf.serving import guard, metrics, protocols, schemas
 from fashionclf.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
@@ -40,8 +42,8 @@ MAX_FILES = Limits().max_files
 class Predictor:
     """The run, loaded once; one inference at a time (two cores: concurrent forwards would only thrash)."""
 
-    def __init__(self, run: Run, max_pixels: int = Limits().max_pixels_per_image, backend: str = "torch"):
-        self.run, self.max_pixels = run, max_pixels
+    def __init__(self, run: Run, max_pixels: int = Limits().max_pixels_per_image, backend: str = "torch", audit_share: float = 0.0):
+        self.run, self.max_pixels, self.audit_share = run, max_pixels, audit.check_share(audit_share)
         self.lock = threading.Lock()
         self.backend = None  # PyTorch
         self.runs = [run, *run.partners]  # a ready model asks its partners too, each with its own conversion
@@ -72,6 +74,10 @@ class Predictor:
         if preprocessed:
             for r, img in zip(results, images):
                 r["preprocessed_png_b64"] = base64.b64encode(png_bytes(img[0])).decode()
+        if self.audit_share:  # automatic labels drawn (by content) for a person's check: flagged, and said so
+            for r, blob in zip(results, blobs):
+                if not r["needs_review"] and audit.drawn(hashlib.sha256(blob).hexdigest(), self.audit_share):
+                    r.update(needs_review=True, audit=True)
         return results
 
 
@@ -83,6 +89,7 @@ def create_app(
     api_key: str | None = None,
     docs: bool = False,
     trim_memory: bool = True,
+    audit_share: float = 0.0,
     **limits,
 ) -> FastAPI:
     """The service for one run (a folder, or an already loaded Run), on PyTorch or onnxruntime.
@@ -90,6 +97,7 @@ def create_app(
     api_key: required on every route but /health (`Authorization: Bearer KEY` or `X-API-Key: KEY`).
     docs: serve Swagger UI at /docs from the swagger-ui-bundle package (never from a CDN).
     trim_memory: give freed heap back to the system when the workers fall idle after decoding photos.
+    audit_share: the share of automatic labels flagged for a person anyway, with "audit": true (review/audit.py).
     limits: any field of limits.Limits (max_body_mb, max_files, max_pixels_per_image, max_pixels_per_request,
     workers, queue, timeout_s, max_buffered_mb); the rest keep their defaults.
     """
@@ -97,7 +105,7 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise ValueError("the API key is empty; give a non-empty key or none")
     run = run or load_run(run_dir)
-    predictor = Predictor(run, max_pixels=lim.max_pixels_per_image, backend=backend)
+    predictor = Predictor(run, max_pixels=lim.max_pixels_per_image, backend=backend, audit_share=audit_share)
     gate = Gate(lim, trim=trim_memory)
     app = FastAPI(
         title="fashionclf",

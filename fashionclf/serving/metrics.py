@@ -61,6 +61,7 @@ class ServeMetrics:
         self.review = pc.Counter("fashionclf_review", "predictions flagged needs_review: a person should check them", registry=r)
         self.review_ratio = pc.Gauge("fashionclf_review_ratio", "share of all predictions so far flagged needs_review", registry=r)
         self.unknown = pc.Counter("fashionclf_unknown", 'predictions with no label (label null, or "unknown": true)', registry=r)
+        self.audit = pc.Counter("fashionclf_audit", "automatic labels drawn for a person's check (--audit-share)", registry=r)
         self.confidence = pc.Histogram(
             "fashionclf_confidence", "calibrated confidence of each prediction's label", buckets=CONFIDENCE_BUCKETS, registry=r
         )
@@ -86,6 +87,8 @@ class ServeMetrics:
                 self.unknown.inc()
             if r.get("needs_review"):
                 flagged += 1
+            if r.get("audit"):
+                self.audit.inc()
             confidence = r.get("confidence")
             if isinstance(confidence, int | float) and math.isfinite(confidence):
                 self.confidence.observe(float(confidence))

@@ -55,6 +55,11 @@ class Prediction(BaseModel):
     needs_review: bool = Field(description="confidence below the run's review threshold, or unknown: a person should check")
     unknown: bool = Field(False, description="none of the run's classes: the out-of-distribution score or a negative class said so")
     unknown_score: float | None = Field(None, description="the out-of-distribution score (higher: less like the classes); null without one")
+    audit: bool = Field(
+        False,
+        description="the rule would label it with no person, but it was drawn at random (serve --audit-share) for a "
+        "person's check: send it to one as any flagged photo; their verdicts measure the automatic labels' precision",
+    )
     preprocessed_png_b64: str | None = Field(None, description="with ?preprocessed=true: the image the model saw, base64 PNG")
 
     @model_serializer(mode="wrap")
