@@ -9,7 +9,7 @@ DEV    := $(VENV)/.installed-dev
 OUT    ?= study
 SEEDS  ?= 1
 
-.PHONY: run test lint data ready-model bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
+.PHONY: run test test-fast lint golden data ready-model bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ lint: $(DEV)
 
 test: $(DEV) lint data
 	$(BIN)/pytest -q -rs
+
+# After an intended change to what users see (a new setting's default, a new option): rewrite the golden snapshots
+# in tests/golden/ from today's code and read the diff before committing it.
+golden: $(DEV)
+	FASHIONCLF_WRITE_GOLDEN=1 $(BIN)/pytest -q tests/test_golden.py
+	git diff --stat tests/golden
 
 # The ready model shipped in fashionclf/weights/default (docs/results/ready-model.md): trains a scan run and an RGB
 # photo run (seed READY_SEED) into READY, fits their review rule on held-out photos, writes the bundle and its figures.

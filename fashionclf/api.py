@@ -21,6 +21,7 @@ from fashionclf import ready, runs
 from fashionclf.config import DEFAULT_FOLDER_MODEL, DEFAULT_RECIPE, TrainConfig
 from fashionclf.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from fashionclf.evaluation.calibrate import Promise
+from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.io import check_new_file  # noqa: F401  (the CLI's, kept here)
 from fashionclf.models import model_info
 from fashionclf.recipes import load_config_file, load_recipe, resolve_config
@@ -262,7 +263,7 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     on_batch_factory: Callable | None = None,
     resume: bool = False,
-    unknown_share: float = 0.95,
+    unknown_share: float = DEFAULT_KNOWN_SHARE,
     unlabelled: str | Path | None = None,
     teachers: Sequence[str | Path] = (),
     promise: Promise = Promise(),
@@ -281,7 +282,7 @@ def train(
     from fashionclf.study import resume_plan
 
     if not 0 < unknown_share <= 1:
-        raise ValueError(f"unknown_share {unknown_share}: expected a share in (0, 1], e.g. 0.95")
+        raise ValueError(f"unknown_share {unknown_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
     if resume:
         if out is None:
             raise ValueError("resume=True continues the training in `out`: give that folder")

@@ -16,7 +16,7 @@ from fashionclf.data.augment import AugmentConfig
 from fashionclf.settings import check_fields, setting
 
 RECOMMENDED_MODEL = "advanced_cnn"  # the seed study's production pick ("Model 4"): one flag away, `--model advanced_cnn`
-# What `train` trains when given no --model, --preset or --config (issue 21: the default follows the evidence): on
+# What `train` trains when given no --model, --preset or --config (the default follows the evidence): on
 # Fashion-MNIST the `photos` preset, the scan recipe measured best on held-out phone photos and among the best on the
 # corruption suite (docs/results/shop-photos.md, photos-corruptions.md); on a shop's image folders the pretrained
 # photo model (docs/results/clothing-photos.md).

@@ -1,4 +1,4 @@
-"""Distillation: finished teacher runs (larger, or several) teach a student through its soft labels (issue 20 item 3).
+"""Distillation: finished teacher runs (larger, or several) teach a student through its soft labels.
 
 `train --data LABELLED --unlabelled FOLDER --teacher RUN [--teacher RUN ...]` trains the config (the student: a small,
 fast model that serves) on

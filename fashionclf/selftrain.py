@@ -1,4 +1,4 @@
-"""Self-training: a run's own confident labels on a shop's unlabelled photos teach the next run (issue 20 item 2).
+"""Self-training: a run's own confident labels on a shop's unlabelled photos teach the next run.
 
 A shop has far more unlabelled photos (every new product) than labelled ones. `train --data LABELLED
 --unlabelled FOLDER` uses them in the Noisy Student way (Xie et al. 2020), with fashionclf's own review

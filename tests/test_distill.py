@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import make_class_folder
-from test_selftrain import _unlabelled
+from helpers import make_class_folder, unlabelled_folder
 
 from fashionclf import distill
 from fashionclf.cli import main
@@ -34,7 +33,7 @@ def teachers(tmp_path_factory):
         out = root / f"t{side}"
         assert main(["train", "--data", str(labelled), "--image-size", side, "--seed", seed, "--out", str(out), *BASE]) == 0
         runs.append(out)
-    return labelled, runs, _unlabelled(root / "new")
+    return labelled, runs, unlabelled_folder(root / "new")
 
 
 def test_student_learns_from_two_teachers_soft_labels(tmp_path, teachers, capsys):
@@ -82,7 +81,7 @@ def test_teacher_classes_are_put_in_the_students_order(tmp_path, monkeypatch):
     labelled = make_class_folder(tmp_path / "three", per_class=20, classes=("a", "b", "c"))
     teacher = tmp_path / "t"
     assert main(["train", "--data", str(labelled), "--image-size", "32", "--out", str(teacher), *BASE]) == 0
-    unlabelled = _unlabelled(tmp_path / "new", broken=0)
+    unlabelled = unlabelled_folder(tmp_path / "new", broken=0)
     data, _ = load_image_folder(labelled, image_size=32)
     rotated = copy.copy(data)
     rotated.classes = ("b", "c", "a")  # data class j is the teacher's class order[j] = (1, 2, 0)[j]

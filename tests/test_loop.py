@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from test_review import CLASSES, write_photos  # noqa: E402
+from helpers import REVIEW_CLASSES as CLASSES  # noqa: E402
+from helpers import write_photos  # noqa: E402
 
 import fashionclf  # noqa: E402
 from fashionclf.cli import main  # noqa: E402

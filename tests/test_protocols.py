@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 from conftest import assert_error as _error  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from test_serve import live_server  # noqa: E402
+from helpers import live_server  # noqa: E402
 
 from fashionclf.models import build_model  # noqa: E402
 from fashionclf.recipes import resolve_config  # noqa: E402

@@ -19,44 +19,13 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import REVIEW_CLASSES, class_folder, fake_catalogue, live_server, write_photos
 
 import fashionclf  # noqa: E402
 from fashionclf import api  # noqa: E402
 from fashionclf.cli import main  # noqa: E402
 from fashionclf.review import db  # noqa: E402
 from fashionclf.review.app import create_app  # noqa: E402
-
-CLASSES = ["pants", "shirt", "skirt"]
-
-
-def photo(kind: int, seed: int, size=(48, 40)) -> np.ndarray:
-    """A light noisy 'product photo': kind 0 a dark vertical bar, 1 a horizontal bar, 2 a dark square."""
-    rng = np.random.default_rng(seed)
-    img = np.clip(225 + rng.normal(0, 10, (*size, 3)), 0, 255).astype(np.uint8)
-    h, w = size
-    if kind == 0:
-        img[6 : h - 6, w // 2 - 5 : w // 2 + 5] = (50, 40, 90)
-    elif kind == 1:
-        img[h // 2 - 5 : h // 2 + 5, 4 : w - 4] = (90, 40, 40)
-    else:
-        img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = (40, 90, 40)
-    return img
-
-
-def write_photos(folder: Path, kinds: list[int], seed0: int = 0, fmt: str = "png") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, k in enumerate(kinds):
-        p = folder / f"k{k}_{seed0 + i:04d}.{fmt}"
-        Image.fromarray(photo(k, seed0 + i)).save(p)
-        out.append(p)
-    return out
-
-
-def class_folder(root: Path, per_class: int, seed0: int = 0) -> Path:
-    for k, c in enumerate(CLASSES):
-        write_photos(root / c, [k] * per_class, seed0 + 1000 * k)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +35,6 @@ def rgb_run(tmp_path_factory):
     data = class_folder(tmp / "data", 20)
     cfg = fashionclf.recipe("mlp", epochs=4, batch_size=16, precision="fp32", model_kwargs=api.model_kwargs("mlp", True, 32))
     return api.train(cfg, tmp / "run", data=data, image_size=32)
-
-
-def fake_catalogue(path: Path, folder: Path, n: int, seed0: int = 0, unknown: tuple[int, ...] = ()) -> list[Path]:
-    """A catalogue of n real photos with made-up predictions: confidence rising with the index, every 3rd one automatic;
-    the items whose ids are in `unknown` called "none of these" by the (made-up) run."""
-    files = write_photos(folder, [i % 3 for i in range(n)], seed0)
-    conn = db.connect(path, create=True)
-    db.init(conn, CLASSES, "made-up")
-    rows = []
-    for i, f in enumerate(files):
-        conf = 0.3 + 0.6 * i / max(1, n - 1)
-        top = [{"label": CLASSES[(i + j) % 3], "confidence": p} for j, p in enumerate((conf, (1 - conf) * 0.7, (1 - conf) * 0.3))]
-        rows.append({"file": str(f), "sha256": f"{seed0}-{i}", "label": top[0]["label"], "confidence": conf, "top_k": top,
-                     "needs_review": i % 3 != 2, "unknown": i + 1 in unknown})  # fmt: skip
-    db.add_predictions(conn, rows)
-    conn.close()
-    return files
 
 
 def test_label_folder_is_resumable_and_skips_known_photos(rgb_run, tmp_path, capsys):
@@ -96,7 +48,7 @@ def test_label_folder_is_resumable_and_skips_known_photos(rgb_run, tmp_path, cap
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # the run's "none of these" score is stored (it was empty before the score existed: issue 17 item 2)
     assert len(rows) == 12 and all(r["status"] in ("auto", "needs_review") and isinstance(r["unknown_score"], float) for r in rows)
-    assert all(len(json.loads(r["top3"])) == 3 and r["label"] in CLASSES for r in rows)
+    assert all(len(json.loads(r["top3"])) == 3 and r["label"] in REVIEW_CLASSES for r in rows)
     assert all(Path(r["path"]).is_absolute() and Path(r["path"]).is_file() for r in rows)  # usable from any working folder
     conn.close()
     write_photos(folder, [1, 2], 900)  # two new photos ...
@@ -120,7 +72,7 @@ def test_review_routes(tmp_path):
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'sha256-" in csp and "unsafe-inline" not in csp
     first = client.get("/api/next", params={"reviewer": "ann"}).json()
-    assert first["classes"] == CLASSES and first["stats"]["needs_review"] == 6 and not first["heatmap"]
+    assert first["classes"] == REVIEW_CLASSES and first["stats"]["needs_review"] == 6 and not first["heatmap"]
     assert "no run" in first["why_no_heatmap"]
     item = first["item"]
     assert item["id"] == 1 and item["confidence"] == pytest.approx(0.3)  # least certain first
@@ -168,7 +120,7 @@ def _race(cat: str, reviewer: str, ids: list[int], barrier, out) -> None:
     barrier.wait()
     for i in ids:
         try:
-            db.decide(conn, i, 0, "correct", reviewer, CLASSES[hash(reviewer) % 3])
+            db.decide(conn, i, 0, "correct", reviewer, REVIEW_CLASSES[hash(reviewer) % 3])
             won += 1
         except db.Conflict:
             lost += 1
@@ -280,13 +232,13 @@ def test_label_studio_round_trip(tmp_path, capsys):
     config = ET.fromstring((tmp_path / "ls" / "tasks.config.xml").read_text())
     image, choices = config.find("Image"), config.find("Choices")
     assert image.get("value") == "$image" and choices.get("toName") == image.get("name")
-    assert [c.get("value") for c in choices.findall("Choice")] == [*CLASSES, "None of these"]
+    assert [c.get("value") for c in choices.findall("Choice")] == [*REVIEW_CLASSES, "None of these"]
     assert len(tasks) == 4  # the ones needing review
     for t in tasks:
         assert t["data"]["image"].startswith("/data/local-files/?d=photos/")
         (res,) = t["predictions"][0]["result"]
         assert (res["from_name"], res["to_name"], res["type"]) == (choices.get("name"), image.get("name"), "choices")
-        assert res["value"]["choices"][0] in CLASSES
+        assert res["value"]["choices"][0] in REVIEW_CLASSES
     # what Label Studio's JSON export gives back: tasks with annotations (result as in the predictions)
     picks = [tasks[0]["predictions"][0]["result"][0]["value"]["choices"][0], "skirt", "None of these", None]
     exported = []
@@ -376,14 +328,12 @@ def test_a_decision_and_the_next_item_take_under_100ms_with_10k_items(tmp_path):
     """
     import urllib.request
 
-    from test_serve import live_server
-
     cat = tmp_path / "cat.db"
     conn = db.connect(cat, create=True)
-    db.init(conn, CLASSES, "made-up")
+    db.init(conn, REVIEW_CLASSES, "made-up")
     rng = np.random.default_rng(0)
-    top = [{"label": c, "confidence": 1 / 3} for c in CLASSES]
-    rows = [{"file": f"/photos/{i}.jpg", "sha256": str(i), "label": CLASSES[i % 3], "confidence": float(rng.uniform(0.2, 0.99)),
+    top = [{"label": c, "confidence": 1 / 3} for c in REVIEW_CLASSES]
+    rows = [{"file": f"/photos/{i}.jpg", "sha256": str(i), "label": REVIEW_CLASSES[i % 3], "confidence": float(rng.uniform(0.2, 0.99)),
              "top_k": top, "needs_review": bool(i % 4)} for i in range(10_000)]  # fmt: skip
     db.add_predictions(conn, rows)
     conn.close()
@@ -417,7 +367,7 @@ def test_the_runs_none_of_these_verdict_is_kept_and_older_catalogues_gain_it(tmp
     conn = db.connect(cat)
     items = {i: db.item(conn, i) for i in range(1, 7)}
     assert [i for i, it in items.items() if it["predicted_unknown"]] == [3]
-    assert items[3]["status"] == "needs_review" and items[3]["label"] in CLASSES  # item 3 alone would have been automatic
+    assert items[3]["status"] == "needs_review" and items[3]["label"] in REVIEW_CLASSES  # item 3 alone would have been automatic
     conn.close()
     old = tmp_path / "old.db"
     with sqlite3.connect(old) as c:

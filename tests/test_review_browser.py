@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from test_review import CLASSES, fake_catalogue  # noqa: E402
-from test_serve import _chromium, live_server  # noqa: E402
+from helpers import REVIEW_CLASSES as CLASSES  # noqa: E402
+from helpers import chromium, fake_catalogue, live_server  # noqa: E402
 
 from fashionclf.review.app import create_app  # noqa: E402
 
@@ -24,7 +24,7 @@ def test_review_page_keyboard_only(tmp_path):
     cat = tmp_path / "cat.db"
     fake_catalogue(cat, tmp_path / "photos", 9, unknown=(2,))  # needing review, least certain first: items 1, 2, 4, 5, 7, 8
     with live_server(create_app(cat)) as base:
-        browser = _chromium()
+        browser = chromium()
         try:
             browser.get(base + "/?reviewer=ann")
             wait = WebDriverWait(browser, 30)

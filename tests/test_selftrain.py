@@ -6,30 +6,16 @@ import os
 
 import numpy as np
 import pytest
-from helpers import make_class_folder
+from helpers import make_class_folder, unlabelled_folder
 from PIL import Image
 
 from fashionclf.cli import main
 from fashionclf.selftrain import STUDENT_NOISE, student_config, teacher_folder
 
 
-def _unlabelled(root, n=16, seed=7, broken=1):
-    """Photos of both classes (vertical and horizontal bars), flat, without class folders, and a broken file."""
-    make_class_folder(root / "tmp", per_class=n // 2, seed=seed)
-    root.mkdir(exist_ok=True)
-    for i, p in enumerate(sorted((root / "tmp").rglob("*.*"))):
-        p.rename(root / f"new{i:03d}{p.suffix}")
-    for c in ("pants", "shirt"):
-        (root / "tmp" / c).rmdir()
-    (root / "tmp").rmdir()
-    for i in range(broken):
-        (root / f"broken{i}.jpg").write_bytes(b"not an image")
-    return root
-
-
 def _train(tmp_path, *extra):
     labelled = make_class_folder(tmp_path / "labelled", per_class=30)
-    unlabelled = _unlabelled(tmp_path / "new")
+    unlabelled = unlabelled_folder(tmp_path / "new")
     out = tmp_path / "student"
     args = ["train", "--data", str(labelled), "--image-size", "32", "--model", "mlp", "--epochs", "8", "--batch-size", "16"]
     # a promise the teacher's few validation photos can make (4 right ones at the least), so its rule labels some
@@ -70,7 +56,7 @@ def test_a_finished_teacher_is_reused(tmp_path):
 
 
 def test_a_28x28_teacher_takes_photos_as_predict_converts_them(tmp_path, capsys, real_data_dir):
-    photos = _unlabelled(tmp_path / "new", n=6, broken=0)
+    photos = unlabelled_folder(tmp_path / "new", n=6, broken=0)
     out = tmp_path / "s"
     args = ["train", "--data-dir", str(real_data_dir), "--model", "mlp", "--epochs", "1", "--train-limit", "2000", "--no-download"]
     assert main(args + ["--unlabelled", str(photos), "--out", str(out), "--quiet"]) == 0

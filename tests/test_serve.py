@@ -1,7 +1,6 @@
 """The HTTP service: every endpoint, every bad input of the deploy issue, unusual but valid images."""
 
 import base64
-import contextlib
 import io
 import json
 import time
@@ -12,11 +11,12 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import chromium, live_server
 
 from fashionclf.engine.loop import fit  # noqa: E402
 from fashionclf.recipes import resolve_config  # noqa: E402
 from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serving.app import MAX_FILES, create_app  # noqa: E402
+from fashionclf.serving.app import Limits, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -150,36 +150,11 @@ def test_unusual_valid_images_get_the_plain_rgb_label(client):
 
 def test_more_files_than_the_limit_in_json(client):
     r = client.post(
-        "/v1/predict", content=json.dumps({"instances": [{"b64": "AA=="}] * (MAX_FILES + 1)}), headers={"content-type": "application/json"}
+        "/v1/predict",
+        content=json.dumps({"instances": [{"b64": "AA=="}] * (Limits().max_files + 1)}),
+        headers={"content-type": "application/json"},
     )
     assert r.status_code == 413
-
-
-@contextlib.contextmanager
-def live_server(app):
-    """The app under real uvicorn on a free loopback port; yields its base URL."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_real_uvicorn_server_over_http(client):
@@ -192,36 +167,6 @@ def test_real_uvicorn_server_over_http(client):
         req = urllib.request.Request(f"{base}/v1/predict", data=body, headers={"content-type": "application/json"})
         preds = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
         assert len(preds) == 1 and preds[0]["label"].startswith("c")
-
-
-def _chromium():
-    """A headless Chromium driven by Debian's chromedriver; skipped where it is not installed (never in CI)."""
-    import os
-    import shutil
-
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromedriver must be installed in CI (.ci/run installs Debian's chromium chromium-driver)")
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    # No network beyond loopback here: background services would only produce refused connections.
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations show there
-    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
 
 
 def _csp_violations(browser) -> list[str]:
@@ -239,7 +184,7 @@ def test_web_page_in_headless_chromium(client, tmp_path):
     photo.write_bytes(JPEG)
     expected = _ok(client, [JPEG])[0]
     with live_server(client.app) as base:
-        browser = _chromium()
+        browser = chromium()
         try:
             browser.get(base + "/")
             assert "fashionclf" in browser.title
@@ -285,7 +230,7 @@ def test_class_and_model_names_are_shown_as_text_in_headless_chromium(tmp_path):
     photo.write_bytes(JPEG)
     expected = _ok(TestClient(app), [JPEG])[0]
     with live_server(app) as base:
-        browser = _chromium()
+        browser = chromium()
         try:
             browser.get(base + "/")
             assert "<script>window.pwned='model'</script>" in browser.find_element(By.TAG_NAME, "code").text

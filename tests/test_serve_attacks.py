@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from conftest import assert_error as _error
 from fastapi.testclient import TestClient  # noqa: E402
-from test_serve import live_server  # noqa: E402
+from helpers import live_server  # noqa: E402
 
 from fashionclf.models import build_model  # noqa: E402
 from fashionclf.recipes import resolve_config  # noqa: E402

@@ -9,7 +9,8 @@ def add_parser(sub) -> None:
     s = sub.add_parser("models", help="list the registered models and what each declares")
     s.set_defaults(func=models)
     s = sub.add_parser("recipes", help="list the recipe files (each model's defaults and the presets)")
-    s.add_argument("name", nargs="?", help="print this recipe's file")
+    s.add_argument("name", nargs="?", help="print this recipe's file (what differs from the defaults)")
+    s.add_argument("--resolved", action="store_true", help="with NAME: every setting, as JSON (`train --config FILE` reads it)")
     s.set_defaults(func=recipes)
 
 
@@ -22,10 +23,13 @@ def models(args) -> int:
 
 
 def recipes(args) -> int:
-    from fashionclf.recipes import list_recipes, load_recipe
+    from fashionclf.recipes import list_recipes, load_recipe, resolved_text
 
+    if args.resolved and not args.name:
+        raise ValueError("--resolved prints one recipe's settings: give its NAME (see `fashionclf recipes`)")
     if args.name:
-        print(load_recipe(args.name).path.read_text(), end="")
+        r = load_recipe(args.name)
+        print(resolved_text(r.config) if args.resolved else r.path.read_text(), end="")
         return 0
     for name in list_recipes():
         r = load_recipe(name)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from fashionclf.cli import options
+from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.models import list_models
 from fashionclf.recipes import list_recipes
 
@@ -35,9 +36,9 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--unknown-share",
         type=float,
-        default=0.95,
+        default=DEFAULT_KNOWN_SHARE,
         metavar="SHARE",
-        help='"none of these": the share of validation images counted known when its threshold is fitted (default 0.95)',
+        help=f'"none of these": the share of validation images counted known when its threshold is fitted (default {DEFAULT_KNOWN_SHARE})',
     )
     s.add_argument(
         "--unlabelled",
@@ -152,7 +153,7 @@ def _train(args, quiet: bool) -> Path:
 
     options.promise(args)  # a bad --target-precision or --delta: one clear line before the data are loaded
     if not 0 < args.unknown_share <= 1:  # before the data are loaded
-        raise ValueError(f"--unknown-share {args.unknown_share}: expected a share in (0, 1], e.g. 0.95")
+        raise ValueError(f"--unknown-share {args.unknown_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
     if args.teacher and not args.unlabelled:  # before the data are loaded
         raise ValueError("--teacher needs --unlabelled FOLDER: the photos whose soft labels the teachers give the student")
     resume = bool(args.resume)

@@ -1,7 +1,7 @@
 """Precision and memory format chosen by timing the model itself, cached per machine, torch and model.
 
 A capability flag says what runs, not what runs fast: oneDNN reports bf16 as supported on AVX-512 CPUs that
-only emulate it, and there bf16 autocast trained 2.0-2.8x slower than fp32 (issue 16). So `--precision auto`
+only emulate it, and there bf16 autocast trained 2.0-2.8x slower than fp32 (docs/results/precision.md). So `--precision auto`
 on the CPU times a few steps of the model in each variant and keeps the fastest:
 
 - variants: fp32 and bf16 autocast, each with contiguous and with channels_last input and weights; bf16 only

@@ -26,6 +26,12 @@ from fashionclf.engine.device import agreed, autocast, choose_precision, resolve
 from fashionclf.engine.inference import evaluate, normalize, to_input, to_unit
 from fashionclf.models import build_model, count_params, split_body_head
 
+# Per-rank seeds of a torchrun job: rank r draws dropout masks from seed + r * RANK_SEED_STRIDE and augmentation
+# from seed + r * RANK_AUGMENT_STRIDE, so ranks differ from each other and from the next seed's rank 0 (a prime
+# stride keeps the augmentation streams apart from the dropout ones). The values are those every run so far used.
+RANK_SEED_STRIDE = 1000
+RANK_AUGMENT_STRIDE = 7919
+
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
     # A last batch smaller than 2 is dropped: BatchNorm cannot normalise a single sample.
@@ -156,7 +162,7 @@ def _across_processes(cfg: TrainConfig, trained: nn.Module) -> tuple[nn.Module, 
     # Frozen warm-up epochs leave the body without gradients, which DDP must be told to expect.
     trained = DistributedDataParallel(trained, find_unused_parameters=cfg.freeze_epochs > 0)
     # DDP has copied rank 0's initial weights everywhere; dropout must now draw different masks per rank.
-    torch.manual_seed(cfg.seed + 1000 * distributed.rank())
+    torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * distributed.rank())
     return trained, dataclasses.replace(cfg, batch_size=cfg.batch_size // ws)
 
 
@@ -283,7 +289,7 @@ def fit(
     trained, step_cfg = _across_processes(cfg, trained) if ws > 1 else (trained, cfg)
     optimizer = make_optimizer(cfg, model)
     # Across processes, each rank draws its own augmentation; the epoch's order comes from distributed.shard.
-    generator = torch.Generator().manual_seed(cfg.seed + 7919 * distributed.rank())
+    generator = torch.Generator().manual_seed(cfg.seed + RANK_AUGMENT_STRIDE * distributed.rank())
     if device.type == "cuda":  # the whole dataset fits on any GPU: copy once, gather batches there
         train_x, train_y = train_x.to(device), train_y.to(device)
     n_batches = batches_per_epoch(len(train_x) // ws, step_cfg.batch_size)

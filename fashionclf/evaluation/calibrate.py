@@ -249,7 +249,7 @@ def crossfit_review(
     The split is cut into `folds` random parts; each part's items are decided by the temperature and threshold
     fitted (calibrate) on the other parts. Pooled over the parts: the share labelled automatically and their
     realised precision. The rule fitted on all of validation promises `target` on new items; this says how much it
-    labels there and whether the promise holds, so recipes can be chosen by it on validation (issue 20) without
+    labels there and whether the promise holds, so recipes can be chosen by it on validation without
     touching the test split. None for both where there are fewer than 2 items per part or the logits are not finite.
     """
     n = len(labels)

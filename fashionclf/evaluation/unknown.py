@@ -77,7 +77,7 @@ def fit_unknown(
 
     val_logits as the run predicts (with its TTA); raw: the views' mean raw logits where they differ (view_logits)."""
     if not 0 < known_share <= 1:
-        raise ValueError(f"known share {known_share}: expected a share in (0, 1], e.g. 0.95")
+        raise ValueError(f"known share {known_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
     if score_name not in SCORES:
         raise ValueError(f"unknown out-of-distribution score {score_name!r}; valid: {', '.join(SCORES)}")
     negative = negative_classes(classes)

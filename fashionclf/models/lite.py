@@ -1,11 +1,11 @@
 """EfficientNet-Lite in plain torch, parameter for parameter the network timm builds as tf_efficientnet_lite{0,1,2}.
 
-Why not timm itself: importing timm imports torchvision, whose `ops` import torch._dynamo; on a 2-core
-AVX2 machine that is 3.4-3.7 s of the 9.5 s a `fashionclf predict photo.jpg` took with the ready model
-(python -X importtime, 2026-11-30). This file imports nothing but torch, so a photo is categorised in
-about the time torch takes to import. timm stays the reference: tests/test_lite.py loads one state dict
-into both networks and checks the same names in the same order, the same shapes and the same logits, in
-eval and in train mode, for every variant; `--weights timm` (the hub) still builds timm's network.
+Why not timm itself: importing timm imports torchvision, whose `ops` import torch._dynamo: seconds of
+start-up for `fashionclf predict photo.jpg` (docs/results/ready-model.md has the measurement). This file
+imports nothing but torch, so a photo is categorised in about the time torch takes to import. timm stays the
+reference: tests/test_lite.py loads one state dict into both networks and checks the same names in the same
+order, the same shapes and the same logits, in eval and in train mode, for every variant; `--weights timm`
+(the hub) still builds timm's network.
 
 What timm's builder does for these three variants (timm/models/efficientnet.py, _gen_efficientnet_lite,
 with the tf_ defaults): TF "same" padding (computed from the input size for strided convolutions,

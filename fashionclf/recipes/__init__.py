@@ -1,8 +1,10 @@
-"""Recipes: TOML files beside this module, each writing out every training setting.
+"""Recipes: TOML files beside this module, each stating only what differs from TrainConfig's defaults.
 
 A recipe named after a model (`mlp.toml`, `resnet.toml`, ...) holds that model's defaults: what
-`train --model NAME` trains. The others (`best-cpu.toml`, `photos.toml`, ...) are presets: what
-`train --preset NAME` trains. No recipe builds on another, so a file says all there is to know.
+`train --model NAME` trains (a model without a file trains TrainConfig's defaults). The others
+(`best-cpu.toml`, `photos.toml`, ...) are presets: what `train --preset NAME` trains. No recipe builds on
+another: a file is TrainConfig's defaults plus what it says (as nanoGPT's config files are), and
+`fashionclf recipes NAME --resolved` prints every setting (resolved_text).
 
 Resolution order: the recipe (the preset if given, else the model's own, else the defaults of
 TrainConfig), then --model (a preset trained with another model keeps every other setting of the
@@ -16,7 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fashionclf.config import DEFAULT_RECIPE, TrainConfig, config_from_dict, replace
+from fashionclf.config import DEFAULT_RECIPE, TrainConfig, config_from_dict, config_to_dict, replace
 
 HERE = Path(__file__).parent
 
@@ -65,6 +67,11 @@ def load_recipe(name: str, kind: str = "recipe") -> Recipe:
 def recipe(name: str, **overrides) -> TrainConfig:
     """A recipe's config by name, with overrides (e.g. seed=1, epochs=5, aug_rotation=15)."""
     return replace(load_recipe(name).config, **overrides)
+
+
+def resolved_text(cfg: TrainConfig) -> str:
+    """Every setting of a config as JSON, one per line: what `recipes NAME --resolved` prints and `train --config` reads."""
+    return json.dumps(config_to_dict(cfg), indent=1) + "\n"
 
 
 def load_config_file(path: str | Path) -> TrainConfig:

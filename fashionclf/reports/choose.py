@@ -1,7 +1,7 @@
 """The study report's recommendation: which model a shop should take, by a rule the report states.
 
 Two rules, chosen with `compare --choose-by`: "accuracy" (the default: equally accurate models, the most robust, then
-the fastest) and "auto-share" (the largest share labelled with no person by the review rule, issue 20). Both use
+the fastest) and "auto-share" (the largest share labelled with no person by the review rule). Both use
 validation figures only; the test split only reports.
 """
 
@@ -31,7 +31,7 @@ def recommend(rows: list[dict], tolerance: float = ACCURACY_TOLERANCE, by: str =
     by "accuracy": among the models within `tolerance` of the best mean validation accuracy, the highest robustness
     score (the mean of the robustness figures measured for all of them), then the fastest inference, then the fewest
     parameters. by "auto-share": the largest share of validation items the review rule labels with no person
-    (cross-fitted, evaluation/calibrate.crossfit_review), then validation accuracy (issue 20: what a shop pays for).
+    (cross-fitted, evaluation/calibrate.crossfit_review), then validation accuracy (what a shop pays for).
     """
     if by == "auto-share":
         return _by_auto_share(rows)

@@ -34,9 +34,7 @@ from fashionclf.runs import Run
 from fashionclf.serving import guard, metrics, protocols, schemas
 from fashionclf.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
 
-__all__ = ["MAX_FILES", "MAX_UPLOAD_BYTES", "STATUS", "Limits", "Predictor", "RequestError", "create_app"]
-MAX_UPLOAD_BYTES = Limits().max_body_bytes  # the defaults, for callers of the earlier module constants
-MAX_FILES = Limits().max_files
+__all__ = ["STATUS", "Limits", "Predictor", "RequestError", "create_app"]
 
 
 class Predictor:

@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-OUTPUT_COLUMNS = ("path", "label", "index", "confidence", "needs_review", "top_k", "error")
-
 
 def _ray():
     try:
