@@ -149,7 +149,7 @@ def test_cache_is_used_on_the_second_call():
     assert (later.dtype, later.channels_last, later.timings) == (first.dtype, first.channels_last, first.timings)
 
 
-@pytest.mark.parametrize("change", ["torch", "flags", "model", "mode", "shape"])
+@pytest.mark.parametrize("change", ["torch", "flags", "model", "mode", "shape", "isa", "capability", "threads"])
 def test_cache_is_invalidated_when_the_key_changes(change, monkeypatch):
     costs = {"fp32": 1.0, "fp32+cl": 0.5}
     tune(costs)
@@ -162,6 +162,12 @@ def test_cache_is_invalidated_when_the_key_changes(change, monkeypatch):
         kw["name"] = "another"
     elif change == "mode":
         kw["train"] = False
+    elif change == "isa":  # oneDNN limited to AVX512_CORE: native bf16 hidden, a timing under it is another machine's
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    elif change == "capability":
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    elif change == "threads":
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
     clock = FakeClock(costs)
     example = torch.rand(8, 1, 12, 12) if change == "shape" else torch.rand(8, 1, 8, 8)
     autotune.tune(tiny_cnn(), example, prefer_cl=True, timer=clock, cpu_clock=clock, steps=clock.steps(), bf16_runs=True, **kw)
@@ -430,3 +436,27 @@ def test_run_logits_infer_with_the_measured_choice(tmp_path, monkeypatch):
     assert torch.allclose(got, infer(run.model, x, amp_dtype=None, channels_last=False), atol=1e-6)
     run.logits(x)
     assert timed == [1]  # the second call is served from the cache
+
+
+def test_real_processes_measure_again_under_another_onednn_isa(tmp_path):
+    """Three real processes share one cache: the second reuses the first's timing; the third runs with oneDNN limited
+    to AVX2 (other kernels, and on a native-bf16 CPU no native bf16) and must time again, not trust the cache."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from fashionclf.engine import autotune; from fashionclf.models import create_model;"
+        "p = autotune.tune(create_model('mlp'), torch.rand(32, 1, 28, 28), train=True, name='mlp', prefer_cl=True, budget=0.3);"
+        "print(p.how, p.cpu_share, p.others)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in autotune.KERNEL_ENV} | {"FASHIONCLF_CACHE": str(tmp_path)}
+
+    def how(extra: dict) -> str:
+        out = subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+
+    assert how({}) == "measured"
+    if how({}) != "cached":
+        pytest.skip("the machine was too busy for the first timing to be cached (autotune keeps crowded timings out)")
+    assert how({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "measured"

@@ -233,12 +233,41 @@ def model_steps(model: nn.Module, example: torch.Tensor, train: bool, variants) 
     return {v: make(v) for v in variants}
 
 
+# Environment settings that change which kernels oneDNN, MKL and ATen run, whatever the CPU reports: a timing taken
+# under one of them says nothing about another (ONEDNN_MAX_CPU_ISA=AVX512_CORE hides native bf16, so bf16 is emulated).
+KERNEL_ENV = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ONEDNN_CPU_ISA_HINTS",
+    "DNNL_CPU_ISA_HINTS",
+    "ONEDNN_DEFAULT_FPMATH_MODE",
+    "DNNL_DEFAULT_FPMATH_MODE",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "OMP_NUM_THREADS",
+)
+
+
+def kernel_conditions() -> dict:
+    """What selects the kernels besides the CPU: the settings above (unset ones left out), torch's reported CPU
+    capability, whether oneDNN is on, and the fp32 matmul precision. Part of every cache key."""
+    env = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
+    return {
+        "env": env,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "matmul": torch.get_float32_matmul_precision(),
+    }
+
+
 def tune_key(cpu: dict, name: str, model: nn.Module, example: torch.Tensor, train: bool) -> str:
     params = sum(p.numel() for p in model.parameters())
     key = {
         "cpu": cpu["model"],
         "flags": cpu["flags"],
         "torch": torch.__version__,
+        "kernels": kernel_conditions(),
         "threads": torch.get_num_threads(),
         "device": example.device.type,
         "model": name,
