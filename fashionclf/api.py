@@ -20,6 +20,7 @@ import torch
 from fashionclf import ready, runs
 from fashionclf.config import DEFAULT_FOLDER_MODEL, DEFAULT_RECIPE, TrainConfig
 from fashionclf.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from fashionclf.engine.callbacks import NONE, Callbacks
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.io import check_new_file  # noqa: F401  (the CLI's, kept here)
@@ -260,8 +261,7 @@ def train(
     out: str | Path | None = None,
     data: FashionMNIST | str | Path | None = None,
     overwrite: bool = False,
-    on_epoch: Callable[[dict], None] | None = None,
-    on_batch_factory: Callable | None = None,
+    callbacks: Callbacks = NONE,
     resume: bool = False,
     unknown_share: float = DEFAULT_KNOWN_SHARE,
     unlabelled: str | Path | None = None,
@@ -297,7 +297,7 @@ def train(
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
     fit = trainer(unlabelled, [teachers] if isinstance(teachers, str | Path) else teachers)
-    fit(cfg, data, out, overwrite, on_epoch, on_batch_factory, resume=resume, unknown_share=unknown_share, promise=promise)
+    fit(cfg, data, out, overwrite, callbacks, resume=resume, unknown_share=unknown_share, promise=promise)
     return load_run(out) if distributed.is_main() else None
 
 
@@ -307,9 +307,7 @@ def compare(
     out: str | Path = "study",
     overwrite: bool = False,
     robustness: int | None = None,
-    on_run_start: Callable | None = None,
-    on_epoch: Callable | None = None,
-    on_batch_factory: Callable | None = None,
+    callbacks: Callbacks = NONE,
     photos: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
     choose_by: str = "accuracy",
@@ -324,8 +322,7 @@ def compare(
     from fashionclf.study import compare as run_all
 
     check_rule(choose_by, len(data.val_y))
-    hooks = (on_run_start, on_epoch, on_batch_factory)
-    results = run_all(list(configs), data, out, overwrite, *hooks, robustness, photos, class_map, choose_by)
+    results = run_all(list(configs), data, out, overwrite, callbacks, robustness, photos, class_map, choose_by)
     return results, write_report(out, results, data)
 
 
@@ -341,9 +338,7 @@ def resolution_study(
     data: FashionMNIST,
     out: str | Path = "resolution",
     overwrite: bool = False,
-    on_run_start: Callable | None = None,
-    on_epoch: Callable | None = None,
-    on_batch_factory: Callable | None = None,
+    callbacks: Callbacks = NONE,
     **overrides,
 ) -> tuple[dict, list[Path], dict]:
     """One model and recipe at several resolutions (images down- then upsampled): results, report files, summary."""
@@ -352,7 +347,7 @@ def resolution_study(
     from fashionclf.study import resolution_configs
 
     configs = resolution_configs(model, sizes, seeds, **overrides)
-    results = run_all(configs, data, out, overwrite, on_run_start, on_epoch, on_batch_factory)
+    results = run_all(configs, data, out, overwrite, callbacks)
     paths, summary = write_resolution_report(out, results, list(data.classes))
     return results, paths, summary
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from fashionclf.config import TrainConfig
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
+from fashionclf.engine.callbacks import NONE, Callbacks
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.io import to_json
 from fashionclf.predict import class_order, convert_rgb, joint_results, predict_scored, results_from_probs
@@ -114,8 +115,7 @@ def train_distilled(
     data: FashionMNIST,
     out: str | Path,
     overwrite: bool = False,
-    on_epoch: Callable | None = None,
-    on_batch_factory: Callable | None = None,
+    callbacks: Callbacks = NONE,
     *,
     unlabelled: str | Path,
     teachers: list[str | Path],
@@ -146,7 +146,7 @@ def train_distilled(
     info = {"teachers": [_teacher_record(t, data) for t in runs], "unlabelled": str(folder.absolute()), "method": method, **counts}
     info["noise"] = dict(STUDENT_NOISE)
     kw = ({} if unknown_share is None else {"unknown_share": unknown_share}) | ({} if promise is None else {"promise": promise})
-    return train_and_save(student_config(cfg), student, out, overwrite, on_epoch, on_batch_factory, {"distillation": info}, **kw)
+    return train_and_save(student_config(cfg), student, out, overwrite, callbacks, {"distillation": info}, **kw)
 
 
 def trainer(unlabelled: str | Path | None, teachers: list[str | Path] = ()) -> Callable:

@@ -34,6 +34,7 @@ import torch
 from fashionclf.config import TrainConfig, replace
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
 from fashionclf.data.images import ImageError, find_images, load_rgb
+from fashionclf.engine.callbacks import NONE, Callbacks
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.predict import convert_rgb, predict_converted
 from fashionclf.runs import META, Run, load_run
@@ -118,8 +119,7 @@ def train_with_unlabelled(
     data: FashionMNIST,
     out: str | Path,
     overwrite: bool = False,
-    on_epoch: Callable | None = None,
-    on_batch_factory: Callable | None = None,
+    callbacks: Callbacks = NONE,
     *,
     unlabelled: str | Path,
     resume: bool = False,
@@ -135,11 +135,11 @@ def train_with_unlabelled(
     kw = ({} if unknown_share is None else {"unknown_share": unknown_share}) | ({} if promise is None else {"promise": promise})
     tdir = teacher_folder(out)
     if overwrite or not (tdir / META).exists():
-        train_and_save(cfg, data, tdir, overwrite, on_epoch, on_batch_factory, **kw)
+        train_and_save(cfg, data, tdir, overwrite, callbacks, **kw)
     teacher = load_run(tdir)
     x, y, counts = pseudo_label(teacher, paths, method)
     student = with_photos(data, x, y, paths, "pseudo-labelled images")
     info = {"teacher": str(tdir.absolute()), "unlabelled": str(folder.absolute()), "method": method, **counts}
     info["teacher_test_accuracy"] = teacher.metrics.get("test_accuracy")
     info["noise"] = dict(STUDENT_NOISE)
-    return train_and_save(student_config(cfg), student, out, overwrite, on_epoch, on_batch_factory, {"self_training": info}, **kw)
+    return train_and_save(student_config(cfg), student, out, overwrite, callbacks, {"self_training": info}, **kw)

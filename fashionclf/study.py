@@ -22,6 +22,7 @@ import torch
 from fashionclf.config import TrainConfig, config_from_dict, config_to_dict
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
 from fashionclf.engine import distributed
+from fashionclf.engine.callbacks import NONE, Callbacks
 from fashionclf.engine.checkpoint import CHECKPOINT, CheckpointError, read_state
 from fashionclf.engine.device import inference_precision, resolve_precision
 from fashionclf.engine.inference import infer, measure_inference
@@ -39,8 +40,7 @@ def train_and_save(
     data: FashionMNIST,
     out: str | Path,
     overwrite: bool = False,
-    on_epoch: Callable | None = None,
-    on_batch_factory: Callable | None = None,
+    callbacks: Callbacks = NONE,
     extra_meta: dict | None = None,
     resume: bool = False,
     unknown_share: float = DEFAULT_KNOWN_SHARE,
@@ -62,7 +62,7 @@ def train_and_save(
             check_resumable(checkpoint, cfg, same)
         extra = {"data": same, "data_options": getattr(data, "load_options", None)}
         xy = (data.train_x, data.train_y, data.val_x, data.val_y)
-        res = fit(cfg, *xy, len(data.classes), on_epoch, on_batch_factory, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
+        res = fit(cfg, *xy, len(data.classes), callbacks, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
         if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
             return {}
         return _score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share, promise)
@@ -268,9 +268,7 @@ def compare(
     data: FashionMNIST,
     out: str | Path,
     overwrite: bool = False,
-    on_run_start: Callable[[TrainConfig, Path], None] | None = None,
-    on_epoch: Callable | None = None,
-    on_batch_factory: Callable | None = None,
+    callbacks: Callbacks = NONE,
     robustness_images: int | None = 0,
     photos: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
@@ -310,11 +308,10 @@ def compare(
 
                 metrics = {**metrics, **crossfit_review(run_logits(done, data.val_x)[0], data.val_y)}
         else:
-            if on_run_start:
-                on_run_start(cfg, run_dir)
+            callbacks.on_run_start(cfg, run_dir)
             resume = not overwrite and _resumable(run_dir, cfg, data)  # a run killed mid-training continues
             overwrite_dir = run_dir.exists() and not resume
-            metrics = train_and_save(cfg, data, run_dir, overwrite_dir, on_epoch, on_batch_factory, resume=resume)
+            metrics = train_and_save(cfg, data, run_dir, overwrite_dir, callbacks, resume=resume)
         row = {**{k: metrics.get(k) for k in RESULT_KEYS}, "name": run_label(cfg), "resolution": cfg.resolution}
         if robustness_images:
             row["robustness"] = run_robustness(run_dir, data, robustness_images)["mean"]

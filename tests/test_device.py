@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fashionclf.engine import autotune, device
+from fashionclf.engine.callbacks import Callbacks
 from fashionclf.engine.device import choose_precision, inference_precision, resolve_precision
 
 CPU = torch.device("cpu")
@@ -407,9 +408,17 @@ def test_fit_runs_at_the_thread_count_that_timed_fastest_and_honours_a_fixed_one
     x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (64,), generator=g)
     cfg = resolve_config("simple_cnn", None, epochs=1, batch_size=32, precision="auto", augment=False)
-    res = fit(cfg, x, y, x[:16], y[:16], on_epoch=lambda row: seen.append(torch.get_num_threads()))
+    threads_seen = Callbacks.of(lambda row: seen.append(torch.get_num_threads()))
+    res = fit(cfg, x, y, x[:16], y[:16], callbacks=threads_seen)
     assert res.precision_choice["threads"] == 1 and seen == [1]
-    res = fit(dataclasses.replace(cfg, threads=cores), x, y, x[:16], y[:16], on_epoch=lambda row: seen.append(torch.get_num_threads()))
+    res = fit(
+        dataclasses.replace(cfg, threads=cores),
+        x,
+        y,
+        x[:16],
+        y[:16],
+        callbacks=Callbacks.of(lambda row: seen.append(torch.get_num_threads())),
+    )
     assert "threads" not in res.precision_choice and seen[-1] == cores  # --threads N: taken as given, not timed
 
 

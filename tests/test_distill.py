@@ -87,7 +87,7 @@ def test_teacher_classes_are_put_in_the_students_order(tmp_path, monkeypatch):
     rotated.classes = ("b", "c", "a")  # data class j is the teacher's class order[j] = (1, 2, 0)[j]
     rotated.train_y = (data.train_y + 2) % 3
     seen = {}
-    monkeypatch.setattr(distill, "train_and_save", lambda cfg, d, *a, **k: seen.update(data=d, meta=a[4]) or {})
+    monkeypatch.setattr(distill, "train_and_save", lambda cfg, d, *a, **k: seen.update(data=d, meta=a[3]) or {})
     distill.train_distilled(TrainConfig(model="mlp"), rotated, tmp_path / "s", unlabelled=unlabelled, teachers=[teacher])
     y, n = seen["data"].train_y, len(data.train_y)
     run = load_run(teacher)

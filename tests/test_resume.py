@@ -25,6 +25,7 @@ import fashionclf
 from fashionclf.cli import main
 from fashionclf.data.fashion_mnist import CLASSES, FashionMNIST
 from fashionclf.engine import checkpoint as ckpt
+from fashionclf.engine.callbacks import Callbacks
 from fashionclf.engine.loop import fit
 from fashionclf.io import to_json
 from fashionclf.recipes import resolve_config
@@ -52,12 +53,12 @@ class Stop(Exception):
     pass
 
 
-def _stop_after(epoch):
-    def on_epoch(row):
+def _stop_after(epoch) -> Callbacks:
+    def on_epoch_end(row):
         if row["epoch"] == epoch:
             raise Stop
 
-    return on_epoch
+    return Callbacks.of(on_epoch_end)
 
 
 def _history_csv(run_dir) -> list[dict]:
@@ -97,7 +98,7 @@ def test_resumed_fit_equals_uninterrupted(tmp_path, name):
     for k in (1, 2):
         folder = tmp_path / f"after{k}"
         with pytest.raises(Stop):
-            fit(cfg, *xy, on_epoch=_stop_after(k), checkpoint=folder)
+            fit(cfg, *xy, callbacks=_stop_after(k), checkpoint=folder)
         assert ckpt.read_state(folder)["epoch"] == k
         resumed = fit(cfg, *xy, checkpoint=folder, resume=True)
         assert _same_weights(whole.model.state_dict(), resumed.model.state_dict()), (name, k)
@@ -112,7 +113,7 @@ def test_each_part_of_the_checkpoint_matters(tmp_path, monkeypatch, part):
     cfg, xy = _cfg(), _split(0)
     whole = fit(cfg, *xy)
     with pytest.raises(Stop):
-        fit(cfg, *xy, on_epoch=_stop_after(2), checkpoint=tmp_path)
+        fit(cfg, *xy, callbacks=_stop_after(2), checkpoint=tmp_path)
     real = ckpt.load
 
     def lossy(folder):
@@ -135,7 +136,7 @@ def test_killed_run_resumes_from_python_to_the_same_run_folder(tmp_path):
     whole = train_and_save(cfg, data, tmp_path / "whole")
     out = tmp_path / "run"
     with pytest.raises(Stop):
-        train_and_save(cfg, data, out, on_epoch=_stop_after(2))
+        train_and_save(cfg, data, out, callbacks=_stop_after(2))
     assert sorted(p.name for p in out.iterdir()) == [LOCK, ckpt.CHECKPOINT]
     with pytest.raises(RunError, match="unfinished training.*--resume"):  # not silently started again
         train_and_save(cfg, data, out)
@@ -162,7 +163,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(tmp_path):
     train_and_save(_cfg(epochs=1), data, out)
     old = (out / WEIGHTS).read_bytes()
     with pytest.raises(Stop):
-        train_and_save(_cfg(), data, out, overwrite=True, on_epoch=_stop_after(1))
+        train_and_save(_cfg(), data, out, overwrite=True, callbacks=_stop_after(1))
     assert (out / WEIGHTS).read_bytes() == old and fashionclf.load_run(out).config.epochs == 1  # still the old run
     run = fashionclf.train(None, out, data, resume=True)
     assert run.config.epochs == 4 and not (out / ckpt.CHECKPOINT).exists() and (out / WEIGHTS).read_bytes() != old
@@ -180,10 +181,10 @@ def test_compare_resumes_a_run_killed_mid_training(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        compare(cfgs, data, tmp_path / "study", on_epoch=killed_at_the_fifth_epoch)
+        compare(cfgs, data, tmp_path / "study", callbacks=Callbacks.of(killed_at_the_fifth_epoch))
     assert (tmp_path / "study" / "runs" / "advanced_cnn-s1" / ckpt.CHECKPOINT).is_dir()
     seen.clear()
-    again = compare(cfgs, data, tmp_path / "study", on_epoch=lambda row: seen.append(row["epoch"]))
+    again = compare(cfgs, data, tmp_path / "study", callbacks=Callbacks.of(lambda row: seen.append(row["epoch"])))
     assert seen == [3]  # the first run reused, the second continued after its epoch 2
     keys = ("test_accuracy", "test_loss", "val_loss", "best_epoch", "epochs_run")
     assert [[r[k] for k in keys] for r in again["runs"]] == [[r[k] for k in keys] for r in whole["runs"]]
@@ -287,7 +288,7 @@ def test_damaged_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     x, y = synthetic_bars(20)
     with pytest.raises(Stop):
-        fit(_cfg(), x[:150], y[:150], x[150:], y[150:], on_epoch=_stop_after(1), checkpoint=out / ckpt.CHECKPOINT)
+        fit(_cfg(), x[:150], y[:150], x[150:], y[150:], callbacks=_stop_after(1), checkpoint=out / ckpt.CHECKPOINT)
     tensors = next((out / ckpt.CHECKPOINT).glob("epoch-*.safetensors"))
     tensors.write_bytes(tensors.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ckpt.CheckpointError, match="does not match .*state.json"):
@@ -348,15 +349,13 @@ def test_torchrun_job_killed_and_resumed_gives_the_uninterrupted_run(tmp_path, f
 def test_ctrl_c_names_the_command_that_continues(tmp_path, folder, capsys, monkeypatch):
     from fashionclf.cli import options
 
-    def interrupted_after(epoch):
-        def on_epoch(row):
-            if row["epoch"] == epoch:
+    class InterruptedAfter(options.Progress):
+        def on_epoch_end(self, row):
+            if row["epoch"] == 2:
                 raise KeyboardInterrupt
 
-        return lambda quiet: (on_epoch, None)
-
     out = tmp_path / "run"
-    monkeypatch.setattr(options, "progress", interrupted_after(2))
+    monkeypatch.setattr(options, "Progress", InterruptedAfter)
     assert main(_train_args(folder, out, epochs=3)) == 130
     assert f"interrupted; `fashionclf train --resume {out}` continues after the last finished epoch" in capsys.readouterr().err
     monkeypatch.undo()

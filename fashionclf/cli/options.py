@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fashionclf.config import TrainConfig
 from fashionclf.data.augment import AugmentConfig
+from fashionclf.engine.callbacks import Callbacks
 from fashionclf.settings import GROUPS
 
 
@@ -104,33 +106,39 @@ def model_kwargs(args, model: str) -> dict | None:
     return kw(model, bool(args.data), args.image_size, args.drop_path) or None
 
 
-def progress(quiet: bool):
-    """tqdm callbacks for fit(): one bar per epoch with running loss and accuracy; one line per epoch in logs."""
-    if quiet:
-        return None, None
-    if not sys.stderr.isatty():  # logs (CI, nohup) get one line per epoch, no bar
-        return print_epoch, None
-    from tqdm import tqdm
+class Progress(Callbacks):
+    """What the commands show while training: one tqdm bar per epoch with running loss and accuracy on a terminal,
+    one line per epoch in logs (CI, nohup), nothing with --quiet; `started(cfg, run_dir)` gives the line printed
+    before each run of a study."""
 
-    state = {}
+    def __init__(self, quiet: bool, started: Callable | None = None):
+        self.quiet, self.bars, self.started, self.bar = quiet, not quiet and sys.stderr.isatty(), started, None
 
-    def on_batch_factory(epoch, n_batches):
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr, dynamic_ncols=True)
-        state["bar"] = bar
+    def on_run_start(self, cfg, run_dir) -> None:
+        if self.started is not None:
+            print(self.started(cfg, run_dir), file=sys.stderr)
 
-        def on_batch(b, loss, acc):
-            bar.update(1)
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+    def on_epoch_start(self, epoch: int, n_batches: int) -> None:
+        if self.bars:
+            from tqdm import tqdm
 
-        return on_batch
+            self.bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr, dynamic_ncols=True)
 
-    def on_epoch(row):
-        if "bar" in state:
-            state["bar"].close()
-        print_epoch(row)
+    @property
+    def wants_batches(self) -> bool:
+        return self.bars
 
-    return on_epoch, on_batch_factory
+    def on_batch_end(self, batch: int, loss: float, accuracy: float) -> None:
+        self.bar.update(1)
+        if batch % 20 == 0:
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+
+    def on_epoch_end(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if not self.quiet:
+            print_epoch(row)
 
 
 def print_epoch(row: dict) -> None:

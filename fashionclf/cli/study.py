@@ -107,24 +107,8 @@ def compare(args) -> int:
     out = Path(args.out)
     options.check_tracking(args)
     data = options.load_data(args, configs[0])
-    on_epoch, on_batch_factory = options.progress(args.quiet)
-
-    def on_run_start(cfg, run_dir):
-        print(f"== {cfg.model} seed {cfg.seed} -> {run_dir}", file=sys.stderr)
-
-    results, paths = api.compare(
-        configs,
-        data,
-        out,
-        args.overwrite,
-        args.robustness,
-        on_run_start,
-        on_epoch,
-        on_batch_factory,
-        args.photos,
-        photo_map,
-        args.choose_by,
-    )
+    progress = options.Progress(args.quiet, lambda cfg, run_dir: f"== {cfg.model} seed {cfg.seed} -> {run_dir}")
+    results, paths = api.compare(configs, data, out, args.overwrite, args.robustness, progress, args.photos, photo_map, args.choose_by)
     options.track(args, [out / "runs" / f"{run_label(c).replace('@', '-')}-s{c.seed}" for c in configs], [out / "results.json", *paths])
     for msg in results.get("photos", {}).get("left_out", []):
         print(f"fashionclf: left out {msg}", file=sys.stderr)
@@ -162,14 +146,8 @@ def resolution(args) -> int:
     from fashionclf.study import resolution_configs
 
     data = options.load_data(args, resolution_configs(args.model, sizes[:1], 1, **given)[0])
-    on_epoch, on_batch_factory = options.progress(args.quiet)
-
-    def on_run_start(cfg, run_dir):
-        print(f"== {cfg.model} at {cfg.resolution} px, seed {cfg.seed} -> {run_dir}", file=sys.stderr)
-
-    _, paths, summary = api.resolution_study(
-        args.model, sizes, args.seeds, data, args.out, args.overwrite, on_run_start, on_epoch, on_batch_factory, **given
-    )
+    progress = options.Progress(args.quiet, lambda cfg, run_dir: f"== {cfg.model} at {cfg.resolution} px, seed {cfg.seed} -> {run_dir}")
+    _, paths, summary = api.resolution_study(args.model, sizes, args.seeds, data, args.out, args.overwrite, progress, **given)
     print(f"{'px':>4s} {'test acc %':>10s}  " + "  ".join(f"{c[:11]:>11s}" for c in summary["recall"][sizes[0]]))
     for px in summary["sizes"]:
         print(f"{px:4d} {summary['overall'][px] * 100:10.2f}  " + "  ".join(f"{v * 100:11.1f}" for v in summary["recall"][px].values()))

@@ -166,7 +166,7 @@ def _train(args, quiet: bool) -> Path:
         args.out = str(out)  # where an interrupted run tells the user to resume from
         check_writable(out, args.overwrite)
         data = options.load_data(args, cfg)
-    on_epoch, on_batch_factory = options.progress(quiet)
+    progress = options.Progress(quiet)
     if distributed.is_main():
         ws = distributed.world_size()
         procs = f" in {ws} processes" if ws > 1 else ""
@@ -174,7 +174,7 @@ def _train(args, quiet: bool) -> Path:
         print(f"{verb} {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
     more = {"unknown_share": args.unknown_share, "unlabelled": args.unlabelled, "teachers": args.teacher}
     more["promise"] = options.promise(args) or Promise()
-    run = api.train(cfg, out, data, args.overwrite, on_epoch, on_batch_factory, resume=resume, **more)
+    run = api.train(cfg, out, data, args.overwrite, progress, resume=resume, **more)
     if run is None:  # a helper rank of a torchrun job
         return out
     m = run.metrics

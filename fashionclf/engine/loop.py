@@ -22,6 +22,7 @@ from fashionclf.config import TrainConfig, config_to_dict
 from fashionclf.data.augment import augment_batch, cutmix
 from fashionclf.engine import autotune, distributed
 from fashionclf.engine import checkpoint as ckpt
+from fashionclf.engine.callbacks import NONE, Callbacks
 from fashionclf.engine.device import agreed, autocast, choose_precision, resolve_device, setup_threads
 from fashionclf.engine.inference import evaluate, normalize, to_input, to_unit
 from fashionclf.models import build_model, count_params, split_body_head
@@ -216,12 +217,13 @@ class _Setup:
     body_norms: list
 
 
-def _epoch(s: _Setup, st: ckpt.LoopState, epoch: int, on_batch_factory) -> dict:
+def _epoch(s: _Setup, st: ckpt.LoopState, epoch: int, callbacks: Callbacks) -> dict:
     """One epoch of training and validation; returns its history row and updates the best-so-far and early stopping."""
     cfg, (train_x, train_y, val_x, val_y), t0 = s.cfg, s.data, time.perf_counter()
     for p in s.body:  # frozen warm-up: a random head first learns from stable pretrained features
         p.requires_grad_(epoch > cfg.freeze_epochs)
-    on_batch = on_batch_factory(epoch, s.n_batches) if on_batch_factory else None
+    callbacks.on_epoch_start(epoch, s.n_batches)
+    on_batch = callbacks.on_batch_end if callbacks.wants_batches else None
     frozen = s.body_norms if epoch <= cfg.freeze_epochs else []
     ws = distributed.world_size()
     order = distributed.shard(len(train_x), cfg.seed, epoch) if ws > 1 else None
@@ -261,14 +263,14 @@ def fit(
     val_x: torch.Tensor,
     val_y: torch.Tensor,
     num_classes: int = 10,
-    on_epoch: Callable[[dict], None] | None = None,
-    on_batch_factory: Callable[[int, int], Callable | None] | None = None,
+    callbacks: Callbacks = NONE,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     checkpoint_extra: dict | None = None,
 ) -> FitResult:
     """Train cfg.model from scratch; early stopping on val loss restores the best weights.
 
+    callbacks: what the training tells as it goes (engine/callbacks.py).
     checkpoint: a folder where the loop's whole state is saved after every epoch (engine/checkpoint.py);
     resume=True first continues from what it holds: for a fixed seed, the same weights as an uninterrupted
     run. checkpoint_extra: what the caller records with it (its data, to resume on the same).
@@ -303,12 +305,11 @@ def fit(
     for epoch in range(st.epoch + 1, cfg.epochs + 1):
         if st.stopped:
             break
-        row = _epoch(s, st, epoch, on_batch_factory)
+        row = _epoch(s, st, epoch, callbacks)
         st.elapsed = time.perf_counter() - start
         if checkpoint is not None:  # before the callback: a run stopped there resumes after this epoch
             ckpt.save(checkpoint, st, asked, checkpoint_extra)
-        if on_epoch is not None:
-            on_epoch(row)
+        callbacks.on_epoch_end(row)
     train_seconds = time.perf_counter() - start
     scored = st.scored
     if st.best_state is not None:
