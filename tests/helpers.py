@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,14 @@ def chromium():
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations show there
     return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+
+
+def one_error_shape(ctx, response, case):
+    """Every 4xx/5xx body is JSON {"error": str}, one line, with an application/json content type."""
+    if response.status_code < 400:
+        return None
+    assert response.headers.get("content-type", [""])[0].startswith("application/json"), response.headers
+    body = json.loads(response.content)
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body["error"], str) and body["error"] and "\n" not in body["error"], body
+    return None

@@ -6,7 +6,6 @@ status codes and content types, bodies that match their declared models. On top 
 4xx/5xx must be the service's one error shape, JSON {"error": "<one line>"}. Over 1,000 requests in all.
 """
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
+from helpers import one_error_shape  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.config._checks import NegativeDataRejectionConfig  # noqa: E402
 
@@ -44,17 +44,6 @@ def _schema():
 
 _TMP = tempfile.TemporaryDirectory(prefix="fashionclf-fuzz-")  # removed when the interpreter exits
 schema = _schema()
-
-
-def one_error_shape(ctx, response, case):
-    """Every 4xx/5xx body is JSON {"error": str}, one line, with an application/json content type."""
-    if response.status_code < 400:
-        return None
-    assert response.headers.get("content-type", [""])[0].startswith("application/json"), response.headers
-    body = json.loads(response.content)
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"], str) and body["error"] and "\n" not in body["error"], body
-    return None
 
 
 def no_server_error(ctx, response, case):

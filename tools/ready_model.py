@@ -192,8 +192,8 @@ def card(extra: dict, rule: dict) -> str:
             "",
             f"Classes (Fashion-MNIST's ten): {', '.join(extra['classes'])}.",
             f"Members, asked together on every photo: {members}.",
-            f"Review rule, fitted on held-out photos: temperature {rule['temperature']:.3f}, an item is labelled with no person "
-            f"when both runs agree and the confidence is at least {rule['threshold']} (target precision {rule['target_precision']}).",
+            f"Review rule, fitted on {rule.get('fitted_on_photos')} held-out photos (temperature {rule['temperature']:.3f}; an item is "
+            f"labelled with no person only where both runs agree): {rule.get('promise', 'the old point estimate, no guarantee')}.",
             "",
             "| photos | n | accuracy | labelled with no person | its precision | precision, cross-fitted |",
             "|---|---|---|---|---|---|",

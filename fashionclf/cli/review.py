@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
     s.add_argument("--run", help="run folder for heat maps (default: the run that labelled the catalogue, if it is still there)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8010)
+    s.add_argument(
+        "--api-key", metavar="KEY", help="require this key on every route (visible in `ps`: prefer --api-key-file or $FASHIONCLF_API_KEY)"
+    )
+    s.add_argument("--api-key-file", metavar="PATH", help="read the key from this file (its first line)")
     s.set_defaults(func=review)
 
     s = sub.add_parser("labels", help="write a catalogue's labels out for training, or round-trip them through Label Studio")
@@ -96,8 +100,10 @@ def review(args) -> int:
     import uvicorn
 
     from fashionclf.api import load_run
+    from fashionclf.cli.serve import api_key
     from fashionclf.review import db
     from fashionclf.review.app import create_app
+    from fashionclf.serving.guard import startup_warnings
 
     conn = db.connect(args.db)
     try:
@@ -108,7 +114,10 @@ def review(args) -> int:
     run = load_run(run_dir) if run_dir else None
     if run is not None and list(run.classes) != meta["classes"]:
         raise ValueError(f"--run {run_dir}: its classes {run.classes} are not the catalogue's {meta['classes']}")
-    app = create_app(args.db, run, meta.get("method", "grabcut"))
+    key = api_key(args)
+    app = create_app(args.db, run, meta.get("method", "grabcut"), api_key=key)
+    for line in startup_warnings(args.host, key):
+        print(f"fashionclf: {line}", file=sys.stderr)
     heat = f"heat maps from {run_dir}" if run else "no heat maps (no run; pass --run RUN)"
     print(f"reviewing {args.db} on http://{args.host}:{args.port}/ ({heat}); add ?reviewer=NAME to the address", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

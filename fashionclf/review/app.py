@@ -20,12 +20,15 @@ import io
 import re
 import threading
 from pathlib import Path
+from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from fashionclf.review import audit, db
+from fashionclf.serving import guard
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
 
@@ -46,15 +49,25 @@ def _csp(page: str) -> str:
 CSP = _csp(PAGE)
 
 
+MAX_BODY_BYTES = 16 * 1024  # a decision is under 1 KB; nothing the desk takes needs more
+MAX_NAME = 100  # a reviewer's name
+MAX_LABEL = 200  # a class name
+MAX_ID = 2**62  # item ids and versions: SQLite integers, well inside 64 bits
+STRICT = ConfigDict(extra="forbid", strict=True)  # no unknown fields, no "0" for 0, no 1.0 for 1
+ItemId = PathParam(ge=1, le=MAX_ID, description="the item's id in the catalogue")
+
+
 class Decision(BaseModel):
-    version: int
-    action: str
-    reviewer: str
-    label: str | None = None
+    model_config = STRICT
+    version: int = Field(ge=0, le=MAX_ID, description="the item's version as read: a stale one is a 409")
+    action: Literal["accept", "correct", "unknown"]
+    reviewer: str = Field(min_length=1, max_length=MAX_NAME)
+    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL, description="the class, for action correct")
 
 
 class Undo(BaseModel):
-    reviewer: str
+    model_config = STRICT
+    reviewer: str = Field(min_length=1, max_length=MAX_NAME)
 
 
 class HeatMaps:
@@ -107,8 +120,9 @@ def _image(item: dict | None, item_id: int, render, media_type: str) -> Response
         return JSONResponse({"error": f"{item['path']}: {e}"}, status_code=404)
 
 
-def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> FastAPI:
-    """The review desk over a catalogue file; `run` (a loaded Run) gives heat maps."""
+def create_app(catalogue: str | Path, run=None, method: str = "grabcut", api_key: str | None = None) -> FastAPI:
+    """The review desk over a catalogue file; `run` (a loaded Run) gives heat maps. The service's guards: one error
+    shape {"error": ...} for every refusal, the API key on every route if given, security headers, bodies capped."""
     catalogue = Path(catalogue)
     db.connect(catalogue).close()  # a clear error now, not on the first request
     maps = HeatMaps(run, method)
@@ -123,21 +137,16 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> Fast
             local.conn = db.connect(catalogue)
         return local.conn
 
-    @app.exception_handler(db.CatalogueError)
-    async def _bad(request: Request, e: db.CatalogueError):
-        return JSONResponse({"error": str(e)}, status_code=400)
-
-    @app.exception_handler(db.Conflict)
-    async def _conflict(request: Request, e: db.Conflict):
-        return JSONResponse({"error": str(e)}, status_code=409)
-
     @app.get("/", response_class=HTMLResponse)
     def page():
         return HTMLResponse(PAGE, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
     @app.get("/api/next")
-    def next_item(reviewer: str = "reviewer", skip: str = ""):
-        ids = tuple(int(s) for s in skip.split(",") if s.strip().isdigit())
+    def next_item(
+        reviewer: str = Query("anonymous", min_length=1, max_length=MAX_NAME),
+        skip: str = Query("", max_length=2000, description="comma-separated item ids not to offer"),
+    ):
+        ids = tuple(int(s) for s in skip.split(",")[:200] if s.strip().isdigit() and len(s.strip()) < 19)
         c = conn()
         item = db.claim_next(c, reviewer, ids)
         return {
@@ -149,20 +158,20 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> Fast
             "why_no_heatmap": maps.reason,
         }
 
-    @app.get("/api/items/{item_id}/photo")
-    def photo(item_id: int):
+    @app.get("/api/items/{item_id}/photo", response_class=Response, responses=_image_responses("image/jpeg"))
+    def photo(item_id: int = ItemId):
         item = db.item(conn(), item_id)
         return _image(item, item_id, lambda: _photo_jpeg(item["path"]), "image/jpeg")
 
-    @app.get("/api/items/{item_id}/heatmap")
-    def heatmap(item_id: int):
+    @app.get("/api/items/{item_id}/heatmap", response_class=Response, responses=_image_responses("image/png"))
+    def heatmap(item_id: int = ItemId):
         if maps.reason:
             return JSONResponse({"error": maps.reason}, status_code=404)
         item = db.item(conn(), item_id)
         return _image(item, item_id, lambda: maps.png(item["path"], item["label"]), "image/png")
 
     @app.post("/api/items/{item_id}/decision")
-    def decision(item_id: int, d: Decision):
+    def decision(d: Decision, item_id: int = ItemId):
         c = conn()
         return {"item": db.decide(c, item_id, d.version, d.action, d.reviewer, d.label), "stats": db.stats(c)}
 
@@ -172,7 +181,7 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> Fast
         return {"item": db.undo(c, u.reviewer), "stats": db.stats(c)}
 
     @app.get("/api/recent")
-    def recent(limit: int = 20):
+    def recent(limit: int = Query(20, ge=1, le=200)):
         c = conn()
         return {"decisions": db.recent(c, max(1, min(limit, 200)))}
 
@@ -182,7 +191,28 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut") -> Fast
         return {**db.stats(c), "audit": audit.stats(c)}
 
     _add_audit_routes(app, conn)
+    _add_catalogue_errors(app)
+    app.add_middleware(guard.BodyCap, max_bytes=MAX_BODY_BYTES)
+    guard.install(app, api_key)  # outermost: its headers and error shape cover the cap's answers too
     return app
+
+
+def _image_responses(media_type: str) -> dict:
+    """What an image route answers: the image, or a 404 in the one error shape saying why there is none."""
+    error = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+    return {200: {"content": {media_type: {}}, "description": "the image"}, 404: {**error, "description": "no such item or image"}}
+
+
+def _add_catalogue_errors(app: FastAPI) -> None:
+    """The catalogue's refusals in the one error shape: 404 for an unknown item, 409 for a stale version, else 400."""
+
+    @app.exception_handler(db.CatalogueError)
+    async def _bad(request: Request, e: db.CatalogueError):
+        return JSONResponse({"error": str(e)}, status_code=404 if isinstance(e, db.NoItem) else 400)
+
+    @app.exception_handler(db.Conflict)
+    async def _conflict(request: Request, e: db.Conflict):
+        return JSONResponse({"error": str(e)}, status_code=409)
 
 
 def _add_audit_routes(app: FastAPI, conn) -> None:
@@ -193,7 +223,7 @@ def _add_audit_routes(app: FastAPI, conn) -> None:
         c = conn()
         return {**audit.tighten(c), "stats": db.stats(c)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
     def metrics():
         return Response(_audit_metrics(audit.stats(conn())), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -73,6 +73,10 @@ class CatalogueError(ValueError):
     """A catalogue that cannot be used as asked (missing, from another run's classes, a bad label)."""
 
 
+class NoItem(CatalogueError):
+    """No item with that id in the catalogue (a 404 on the desk)."""
+
+
 class Conflict(Exception):
     """The item changed since the caller read it (another reviewer decided it); nothing was written."""
 
@@ -233,7 +237,7 @@ def decide(conn: sqlite3.Connection, item_id: int, version: int, action: str, re
     with Transaction(conn):
         cur = conn.execute("SELECT label, status, reviewed_label FROM items WHERE id=?", (item_id,)).fetchone()
         if cur is None:
-            raise CatalogueError(f"no item {item_id} in the catalogue")
+            raise NoItem(f"no item {item_id} in the catalogue")
         if action == "accept":
             label = cur["label"]
         elif action == "correct" and label not in classes(conn):

@@ -111,6 +111,41 @@ class GuardMiddleware:
                 )
 
 
+class BodyTooLarge(HTTPException):
+    """Raised from the capped receive: an HTTPException, so FastAPI passes it on as it is (a 413), not as a 400."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over {limit:,} bytes; this route takes small JSON bodies")
+
+
+class BodyCap:
+    """Pure ASGI, for apps whose routes take small bodies (the review desk): a body whose Content-Length is over
+    max_bytes is refused at once, unread; a streamed (chunked) one as soon as what has arrived passes the cap, so
+    at most max_bytes plus one chunk is ever held. Every answer is the one error shape (413)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max:
+            return await error(413, BodyTooLarge(self.max).detail)(scope, receive, send)
+        seen = 0
+
+        async def capped():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max:
+                    raise BodyTooLarge(self.max)
+            return message
+
+        await self.app(scope, capped, send)
+
+
 def _validation_message(e: RequestValidationError) -> str:
     parts = []
     for err in e.errors()[:5]:
