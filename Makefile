@@ -38,7 +38,21 @@ lint: $(DEV)
 	$(BIN)/ruff format --check .
 
 test: $(DEV) lint data
-	$(BIN)/pytest -q -rs
+	$(BIN)/pytest -q -rs --durations=15
+
+# The loop for the person changing code: pure logic and one end-to-end smoke per command (train, predict, serve,
+# evaluate, label and the desk, compare, data check, recipes, models), under a minute on two cores. Files are named,
+# not selected by marker, because collecting every test module alone costs 20 s. make test (CI) runs everything.
+FAST_TESTS := tests/test_api.py tests/test_selftrain.py tests/test_promise.py tests/test_audit.py tests/test_review_attacks.py \
+	tests/test_calibrate.py tests/test_callbacks.py tests/test_architecture.py tests/test_models.py tests/test_unknown.py \
+	tests/test_runs.py tests/test_batch.py tests/test_images.py tests/test_data_check.py tests/test_data.py tests/test_card.py \
+	tests/test_metadata.py tests/test_layouts.py tests/test_corrupt.py tests/test_augment.py tests/test_analysis.py \
+	tests/test_metrics.py tests/test_paired.py tests/test_reports_blocks.py tests/test_dockerfile.py \
+	tests/test_cli.py::test_models_lists_registry tests/test_cli.py::test_unknown_model_is_one_clear_line \
+	tests/test_cli.py::test_evaluate_missing_run_is_clear tests/test_cli.py::test_plain_predict_output_keeps_one_line_per_file_whatever_the_name
+
+test-fast: $(DEV)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 $(FAST_TESTS)
 
 # After an intended change to what users see (a new setting's default, a new option): rewrite the golden snapshots
 # in tests/golden/ from today's code and read the diff before committing it.

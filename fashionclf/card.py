@@ -45,6 +45,27 @@ def hub_config(meta: dict, metrics: dict) -> dict:
     }
 
 
+def hub_mismatch(run_dir: str | Path, metrics: dict) -> str | None:
+    """Why config.json disagrees with metrics.json's calibration (an edited temperature), or None. metrics.json holds
+    the truth, what predict applies; config.json is written from it for model hubs, so a value changed there alone
+    would be silently ignored: load_run refuses it instead."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        written = json.loads(path.read_text()).get("calibration") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return f"{path} is not the JSON object fashionclf writes; delete it (it is written from metrics.json for model hubs)"
+    cal = metrics.get("calibration") or {}
+    for hub, key in (("temperature", "temperature"), ("review_threshold", "threshold"), ("target_precision", "target_precision")):
+        if isinstance(written, dict) and hub in written and written[hub] != cal.get(key):
+            return (
+                f"{path}: calibration.{hub} = {written[hub]!r}, but metrics.json's is {cal.get(key)!r}; metrics.json is what "
+                "predict applies and config.json is written from it: put config.json's value back, or delete config.json"
+            )
+    return None
+
+
 def _pct(v) -> str:
     return f"{v * 100:.2f}%" if isinstance(v, (int, float)) else "not measured"
 

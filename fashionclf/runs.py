@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fashionclf import __version__
-from fashionclf.card import write_hub_files
+from fashionclf.card import hub_mismatch, write_hub_files
 from fashionclf.config import TrainConfig, config_from_dict, config_to_dict
 from fashionclf.data.fashion_mnist import MEAN, STD
 from fashionclf.engine import distributed
@@ -267,8 +267,7 @@ META_FIELDS = {
     "config": Field("table"),
     "data": Field("table"),
 }
-# The calibration is what predict applies; a run without one (null) flags every item for review, and so does a
-# null threshold (no promise possible from the calibration items). No "rule": the old point estimate (marked so).
+# What predict applies: no calibration, or a null threshold, flags every item; no "rule" marks the old point estimate.
 CALIBRATION_FIELDS = {"temperature": Field("number", True, above=0), "threshold": FRACTION, "target_precision": FRACTION}
 CALIBRATION_FIELDS |= {"delta": FRACTION, "rule": Field("str"), "calibration_items": Field("int", lo=0, hi=2**62)}
 # "None of these" (evaluation/unknown.py); runs saved before it have none and never say unknown.
@@ -345,6 +344,8 @@ def read_metadata(path: Path) -> tuple[dict, dict, TrainConfig]:
     """meta.json, metrics.json and the config of a run folder, each checked; RunError on the first bad field."""
     meta = check_metadata(path / META, read_json(path / META), META_FIELDS)
     metrics = check_metadata(path / METRICS, read_json(path / METRICS), METRICS_FIELDS) if (path / METRICS).exists() else {}
+    if problem := hub_mismatch(path, metrics):  # one source of truth for the calibration: metrics.json
+        raise RunError(problem)
     try:
         model_info(meta["model"])
         check_model_kwargs(meta["model"], meta.get("model_kwargs", {}))

@@ -57,6 +57,8 @@ def train_and_save(
     # Rank 0 holds the folder; the other ranks of a torchrun job only read the checkpoint to resume.
     held = claim(out, overwrite, resume) if distributed.is_main() else contextlib.nullcontext(Path(out) / CHECKPOINT)
     with held as checkpoint:
+        if distributed.is_main():  # announced once the folder is held: a refused training says nothing first
+            callbacks.on_run_start(cfg, Path(out))
         same = {**data_info(data), "source": None, "sha256": data_digest(data)}  # what a resumed run must train on again
         if resume:
             check_resumable(checkpoint, cfg, same)
@@ -308,7 +310,6 @@ def compare(
 
                 metrics = {**metrics, **crossfit_review(run_logits(done, data.val_x)[0], data.val_y)}
         else:
-            callbacks.on_run_start(cfg, run_dir)
             resume = not overwrite and _resumable(run_dir, cfg, data)  # a run killed mid-training continues
             overwrite_dir = run_dir.exists() and not resume
             metrics = train_and_save(cfg, data, run_dir, overwrite_dir, callbacks, resume=resume)

@@ -47,3 +47,27 @@ def test_save_run_writes_the_hub_files_under_the_runs_own_name(tmp_path):
     assert (out / "config.json").stat().st_mode & 0o777 == (out / "meta.json").stat().st_mode & 0o777
     run = load_run(out)
     assert run.predict(torch.zeros(2, 28, 28, dtype=torch.uint8).numpy())[0]["label"] in classes
+
+
+def test_a_temperature_edited_in_config_json_alone_is_refused_naming_both_files(tmp_path, capsys):
+    """metrics.json holds the calibration predict applies; config.json is written from it. An edit to config.json's
+    copy would be silently ignored, so loading refuses it with one line, and deleting config.json loads again."""
+    import pytest
+
+    from fashionclf.cli import main
+    from fashionclf.runs import RunError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(GOLDEN, run_dir)
+    write_hub_files(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["calibration"]["temperature"] = 5.0
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RunError, match=r"config.json: calibration.temperature = 5.0, but metrics.json's is"):
+        load_run(run_dir)
+    assert main(["evaluate", str(run_dir)]) == 2 and "put config.json's value back, or delete config.json" in capsys.readouterr().err
+    (run_dir / "config.json").write_text("[1, 2")
+    with pytest.raises(RunError, match="not the JSON object"):
+        load_run(run_dir)
+    (run_dir / "config.json").unlink()
+    assert load_run(run_dir).metrics["calibration"]["temperature"] > 0

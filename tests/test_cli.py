@@ -1,6 +1,7 @@
 """The CLI end to end, in-process, on small subsets (real data) and on synthetic files."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import make_split
@@ -279,3 +280,21 @@ def test_label_issues_report(tmp_path, capsys, real_data_dir):
     capsys.readouterr()
     assert main(args[:-3] + ["--out", str(tmp_path / "li2"), "--extra-photos", str(tmp_path)]) == 2
     assert "leave out --extra-photos" in capsys.readouterr().err and not (tmp_path / "li2").exists()
+
+
+def test_plain_predict_output_keeps_one_line_per_file_whatever_the_name(tmp_path, capsys):
+    """A name with a newline or a tab is escaped in the plain listing (as --json and CSV escape it); an empty file
+    reads as empty, as serve says it."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (200, 200, 200)).save(folder / "two\nlines\tand tab.png")
+    (folder / "empty.png").write_bytes(b"")
+    golden_run = Path(__file__).parent / "golden" / "study" / "runs" / "mlp-s0"
+    assert main(["predict", str(golden_run), str(folder)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2 and any(line.startswith(f"{folder}/two\\nlines\\tand tab.png\t") for line in lines), lines
+    assert "skipped " in captured.err and "empty.png: the file is empty (0 bytes)" in captured.err
+    assert any("empty.png\terror: the file is empty (0 bytes)" in line for line in lines)

@@ -176,3 +176,13 @@ def test_only_28x28_runs_get_fractional_decoding():
     photo = SimpleNamespace(meta={"input": {"kind": "rgb-letterbox", "height": 192}})
     assert decode_side([scan]) == DECODE_SIDE >= 2 * WORK_SIDE and decode_side([scan, SimpleNamespace(meta={})]) == DECODE_SIDE
     assert decode_side([scan, photo]) is None and decode_side([photo]) is None  # letterboxed as in training: full size
+
+
+def test_an_empty_file_is_one_wording_as_a_path_and_as_bytes(tmp_path):
+    """serve (bytes) and the CLI (a path) say the same thing about a 0-byte file."""
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    for source in (empty, str(empty), b""):
+        with pytest.raises(ImageError, match=r"the file is empty \(0 bytes\)") as e:
+            load_rgb(source)
+        assert e.value.kind == "empty"

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -192,6 +193,9 @@ def test_v2_infer_refuses_hostile_requests_with_a_clear_4xx(base):
     assert raw["name"] == "label" and raw["shape"] == [2] and raw["data"] == [p["label"] for p in _v1(base)]
     body, headers = _binary(IMAGES)
     assert _infer(base, body, headers).status_code == 200
+    for shape in ([1, 2], [2, 2], [1, 1, 3]):  # only [n] or [n, 1, ...]: what the schema declares
+        r = _infer(base, _request([_b64(DARK)] * math.prod(shape), shape=shape))
+        assert r.status_code == 400 and "[n] images" in r.json()["error"], (shape, r.text)
     bomb = _png(7000, 7000, (255, 255, 255))
     cases = [
         (b"", None, 400, "empty request"),

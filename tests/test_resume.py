@@ -267,6 +267,29 @@ def test_a_second_training_into_a_claimed_folder_is_refused_before_it_trains(tmp
     assert not (out / LOCK).exists()
 
 
+def test_a_folder_claimed_while_the_data_load_is_refused_with_no_training_line(tmp_path, folder, capsys, monkeypatch):
+    """The race the early check cannot see: another training takes the folder while this one loads its data. The
+    refusal is then the only line: "training ..." is printed once the folder is held, never before."""
+    from fashionclf.cli import options
+
+    out, held = tmp_path / "run", []
+    load = options.load_data
+
+    def load_then_lose_the_folder(args, cfg):
+        data = load(args, cfg)
+        out.mkdir(exist_ok=True)
+        f = open(out / LOCK, "a")  # noqa: SIM115  (held until the test ends, as another training would hold it)
+        fcntl.flock(f, fcntl.LOCK_EX)
+        held.append(f)
+        return data
+
+    monkeypatch.setattr(options, "load_data", load_then_lose_the_folder)
+    assert main(_train_args(folder, out, epochs=2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use" in err[0] and not any(line.startswith("training") for line in err), err
+    held[0].close()
+
+
 def test_resume_refusals_are_one_line(tmp_path, folder, capsys):
     out = tmp_path / "run"
     assert main(["train", "--resume", str(out)]) == 2

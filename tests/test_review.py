@@ -1,6 +1,7 @@
 """The review desk: the catalogue (resumable labelling, decisions, concurrency, a killed process), its HTTP routes,
 the labels export, the Label Studio round trip, and the Grad-CAM heat map against the grad-cam package."""
 
+import io
 import json
 import multiprocessing
 import os
@@ -380,3 +381,29 @@ def test_the_runs_none_of_these_verdict_is_kept_and_older_catalogues_gain_it(tmp
     assert db.item(conn, 1)["predicted_unknown"] is False
     assert db.claim_next(conn, "ann")["id"] == 1
     conn.close()
+
+
+def test_the_heat_map_is_drawn_from_the_member_that_decided():
+    """With the ready model (a 28x28 scan run and an RGB photo run), the map comes from the member whose calibrated
+    probability for the label is highest, on the image that member saw, not always from the first (scan) member."""
+    from fashionclf.predict import calibrated_probs, class_order, preprocess_file
+    from fashionclf.review.app import HeatMaps
+
+    ready = api.load_run("default")
+    maps = HeatMaps(ready)
+    photos = sorted((Path(__file__).parent / "data" / "ready").glob("*.jpg"))
+    chosen = set()
+    for path in photos:
+        label = ready.predict([path])[0]["top_k"][0]["label"]
+        probs = {}
+        for m in [ready, *ready.partners]:
+            image = preprocess_file(path, run=m)
+            column = int(class_order(m, ready)[ready.classes.index(label)])
+            assert m.classes[column].lower().replace("_", "") == "".join(ch for ch in label.lower() if ch.isalnum())
+            probs[m.meta["model"]] = float(calibrated_probs(m, m.logits(torch.as_tensor(image)[None]))[0, column])
+        member, image, _ = maps.decider(str(path), label)
+        assert member.meta["model"] == max(probs, key=probs.get), (path.name, probs)
+        chosen.add(member.meta["model"])
+        png = maps.png(str(path), label)
+        assert Image.open(io.BytesIO(png)).size[0] >= image.shape[-1]  # drawn over that member's own input
+    assert chosen == {"tuned_cnn", "efficientnet_lite0"}, chosen  # both members decide some of these photos

@@ -40,7 +40,14 @@ def add_parser(sub) -> None:
     s.set_defaults(func=run, more_inputs=True)
 
 
+def shown(name) -> str:
+    """A file name for a one-line-per-file listing: backslashes and control characters (a newline, a tab) escaped,
+    so every result stays on its line and its first field is the whole name, as --json and CSV keep them."""
+    return "".join(c if c.isprintable() and c != "\\" else ascii(c)[1:-1] if c != "\\" else "\\\\" for c in str(name))
+
+
 def line(r: dict) -> str:
+    r = {**r, "file": shown(r["file"])}
     if "error" in r:
         return f"{r['file']}\terror: {r['error']}"
     flag = "  REVIEW" if r["needs_review"] else ""
@@ -78,7 +85,7 @@ def run(args) -> int:
     for r in predict_files(run, paths, top_k=args.top_k, save_preprocessed=args.save_preprocessed, method=args.method, also=also):
         if "error" in r:
             failed += 1
-            print(f"fashionclf: skipped {r['file']}: {r['error']}", file=sys.stderr)
+            print(f"fashionclf: skipped {shown(r['file'])}: {r['error']}", file=sys.stderr)
         print(json.dumps(r) if args.json else line(r), flush=True)
     return _none_usable(len(paths)) if failed == len(paths) else 0
 

@@ -166,12 +166,13 @@ def _train(args, quiet: bool) -> Path:
         args.out = str(out)  # where an interrupted run tells the user to resume from
         check_writable(out, args.overwrite)
         data = options.load_data(args, cfg)
-    progress = options.Progress(quiet)
-    if distributed.is_main():
-        ws = distributed.world_size()
-        procs = f" in {ws} processes" if ws > 1 else ""
-        verb = "resuming" if resume else "training"
-        print(f"{verb} {cfg.model} (seed {cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {out}", file=sys.stderr)
+    ws = distributed.world_size()
+    procs, verb = f" in {ws} processes" if ws > 1 else "", "resuming" if resume else "training"
+
+    def started(run_cfg, run_dir) -> str:  # printed once the folder is held (a refused training prints nothing first)
+        return f"{verb} {run_cfg.model} (seed {run_cfg.seed}) on {len(data.train_x)} images from {data.source}{procs} -> {run_dir}"
+
+    progress = options.Progress(quiet, started)
     more = {"unknown_share": args.unknown_share, "unlabelled": args.unlabelled, "teachers": args.teacher}
     more["promise"] = options.promise(args) or Promise()
     run = api.train(cfg, out, data, args.overwrite, progress, resume=resume, **more)

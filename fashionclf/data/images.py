@@ -29,6 +29,10 @@ class ImageError(ValueError):
 
 
 def _open(source: str | Path | bytes) -> Image.Image:
+    """The image, lazily; an empty file or body is one wording wherever it comes from (a path, an upload)."""
+    empty = len(source) == 0 if isinstance(source, bytes | bytearray) else Path(source).is_file() and Path(source).stat().st_size == 0
+    if empty:
+        raise ImageError("the file is empty (0 bytes)", "empty")
     try:
         return Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
     except Image.DecompressionBombError as e:  # PIL's own guard, far above MAX_PIXELS
@@ -45,8 +49,6 @@ def _open(source: str | Path | bytes) -> Image.Image:
 
 def image_size(source: str | Path | bytes) -> tuple[int, int]:
     """(width, height) from the header alone: PIL opens lazily, so no pixel is decoded (pixel budgets check this)."""
-    if isinstance(source, bytes | bytearray) and len(source) == 0:
-        raise ImageError("the file is empty (0 bytes)", "empty")
     with _open(source) as im:
         return im.size
 
@@ -57,8 +59,6 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, at_least:
     at_least: the caller downscales to this many pixels a side anyway, so a JPEG may be decoded at 1/2, 1/4 or 1/8
     scale (libjpeg's DCT scaling, PIL's draft) as long as both sides stay at least this long: a 12-megapixel
     phone photo then decodes 64x fewer pixels. None: full size. The pixel limit applies to the stored size."""
-    if isinstance(source, bytes | bytearray) and len(source) == 0:
-        raise ImageError("the file is empty (0 bytes)", "empty")
     im = _open(source)
     w, h = im.size
     if w * h > max_pixels:

@@ -5,7 +5,8 @@ Subclass and override the hooks you need (each does nothing by default), or buil
 `Callbacks.of(...)`. `fit` calls on_epoch_start, on_batch_end after every step (only where a subclass or a function
 asks for it: reading the loss each step costs a device sync) and on_epoch_end with the epoch's history row; a study
 (`compare`, `resolution`) calls on_run_start before each run it trains. The same object goes through
-`fashionclf.train`, self-training's teacher and student, distillation and every run of a study.
+`fashionclf.train`, self-training's teacher and student, distillation and every run of a study; on_run_start comes once
+the run's folder is held, so a training refused for its folder tells nothing.
 
 Callbacks observe; they do not steer. Early stopping and the per-epoch checkpoint stay in the loop, because a
 resumed run must repeat them exactly. A callback that raises (KeyboardInterrupt included) stops the training where
@@ -20,7 +21,8 @@ from pathlib import Path
 
 class Callbacks:
     def on_run_start(self, cfg, run_dir: Path) -> None:
-        """A study is about to train cfg into run_dir (not called for runs it reuses)."""
+        """A training holds run_dir (locked) and is about to train cfg into it: each run of a study (not the runs it
+        reuses), self-training's teacher and student. A training refused for its folder never calls it."""
 
     def on_epoch_start(self, epoch: int, n_batches: int) -> None:
         """Epoch `epoch` (from 1) begins; it has n_batches steps on this process."""

@@ -80,17 +80,38 @@ class HeatMaps:
         self.reason = None
         if run is None:
             self.reason = "no run given (fashionclf review DB --run RUN): no heat map"
-        elif last_conv(run.model) is None:
+        elif all(last_conv(m.model) is None for m in [run, *getattr(run, "partners", [])]):
             self.reason = f"{run.meta['model']} has no convolution layer, so it has no heat map (Grad-CAM needs one)"
 
     def png(self, path: str, label: str) -> bytes:
-        from fashionclf.predict import png_bytes, preprocess_file
+        from fashionclf.predict import png_bytes
         from fashionclf.review.heatmap import grad_cam, overlay
 
-        image = preprocess_file(path, method=self.method, run=self.run)
         with self.lock:
-            cam = grad_cam(self.run.model, image, self.run.classes.index(label))
+            member, image, column = self.decider(path, label)
+            cam = grad_cam(member.model, image, column)
         return png_bytes(overlay(image, cam).transpose(2, 0, 1))
+
+    def decider(self, path: str, label: str):
+        """The member that decided the label, with the image it saw: one run, or of a ready model's members (each
+        converting the photo its own way) the one whose calibrated probability for the label is highest and that
+        has a convolution, so the map shows where the voice that carried the answer looked. Returns the member, its
+        image and the label's column in its own class order (members name classes alike in any order)."""
+        import torch
+
+        from fashionclf.predict import calibrated_probs, class_order, preprocess_file
+        from fashionclf.review.heatmap import last_conv
+
+        best = None
+        for member in [self.run, *getattr(self.run, "partners", [])]:
+            if last_conv(member.model) is None:
+                continue
+            column = int(class_order(member, self.run)[self.run.classes.index(label)])  # label in the member's order
+            image = preprocess_file(path, method=self.method, run=member)
+            p = float(calibrated_probs(member, member.logits(torch.as_tensor(image)[None]))[0, column])
+            if best is None or p > best[0]:
+                best = (p, member, image, column)
+        return best[1:]
 
 
 def _photo_jpeg(path: str, longest: int = 512) -> bytes:

@@ -202,6 +202,8 @@ def parse_infer(body: bytes, header_length: int | None, limits: Limits) -> tuple
     n = math.prod(tensor.shape)
     if n > limits.max_files:
         raise RequestError(413, f"shape {tensor.shape}: {n} images; at most {limits.max_files} per request (--max-files)")
+    if any(d != 1 for d in tensor.shape[1:]):
+        raise RequestError(400, f"shape {tensor.shape}: input 'image' is [n] images (or [n, 1], as Triton clients send BYTES)")
     if n == 0:
         raise RequestError(400, f"shape {tensor.shape} holds no image")
     _check_outputs(req)

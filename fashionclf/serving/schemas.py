@@ -206,7 +206,9 @@ class InputParameters(_Strict):
 
 class InferInput(_Strict):
     name: Literal["image"]
-    shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=8, description="[n] for n images")
+    shape: list[Annotated[int, Field(ge=0)]] = Field(
+        min_length=1, max_length=8, description="[n] for n images; [n, 1] (trailing ones) as Triton clients send BYTES"
+    )
     datatype: Literal["BYTES"]
     parameters: InputParameters | None = None
     data: list[str | list[Any]] | None = Field(
