@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashionclf.evaluation.calibrate import coverage_at, guaranteed_rule, point_estimate_threshold
+from fashionclf.evaluation.calibrate import guaranteed_rule, point_estimate_threshold
 from fashionclf.io import atomic_write_bytes, to_json
 from fashionclf.runs import load_predictions, read_json
 
@@ -33,10 +33,10 @@ def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _apply(threshold, probs, labels) -> dict:
-    c = coverage_at(probs, labels, threshold)
     conf, pred = probs.max(1)
     auto = conf >= threshold if threshold is not None else torch.zeros(len(conf), dtype=torch.bool)
-    return {"threshold": threshold, "share": c["coverage"], "precision": c["precision"], "errors": int((auto & (pred != labels)).sum())}
+    n, right = int(auto.sum()), int((auto & (pred == labels)).sum())
+    return {"threshold": threshold, "share": n / len(conf), "precision": right / n if n else None, "errors": n - right}
 
 
 def one_run(run_dir: Path, rng) -> dict:

@@ -109,7 +109,7 @@ def model_kwargs(args, model: str) -> dict | None:
 class Progress(Callbacks):
     """What the commands show while training: one tqdm bar per epoch with running loss and accuracy on a terminal,
     one line per epoch in logs (CI, nohup), nothing with --quiet; `started(cfg, run_dir)` gives the line printed
-    before each run of a study."""
+    once a training holds its folder (each run of a study, self-training's teacher and student), --quiet or not."""
 
     def __init__(self, quiet: bool, started: Callable | None = None):
         self.quiet, self.bars, self.started, self.bar = quiet, not quiet and sys.stderr.isatty(), started, None

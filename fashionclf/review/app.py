@@ -102,10 +102,12 @@ class HeatMaps:
         from fashionclf.predict import calibrated_probs, class_order, preprocess_file
         from fashionclf.review.heatmap import last_conv
 
+        members = [m for m in [self.run, *getattr(self.run, "partners", [])] if last_conv(m.model) is not None]
+        if len(members) == 1:  # one voice: nothing to compare, no extra forward pass
+            m = members[0]
+            return m, preprocess_file(path, method=self.method, run=m), int(class_order(m, self.run)[self.run.classes.index(label)])
         best = None
-        for member in [self.run, *getattr(self.run, "partners", [])]:
-            if last_conv(member.model) is None:
-                continue
+        for member in members:
             column = int(class_order(member, self.run)[self.run.classes.index(label)])  # label in the member's order
             image = preprocess_file(path, method=self.method, run=member)
             p = float(calibrated_probs(member, member.logits(torch.as_tensor(image)[None]))[0, column])
