@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.engine import autotune
 from fashionclf.engine.device import bf16_supported, choose_precision, setup_threads
 from fashionclf.engine.inference import to_input
-from fashionclf.engine.loop import make_optimizer, train_one_epoch
-from fashionclf.io import atomic_write_text
 from fashionclf.models import create_model, list_models
-from fashionclf.recipes import resolve_config
-from fashionclf.study import DEFAULT_MODELS
+from fashionclf.study.compare import DEFAULT_MODELS
+from fashionclf.training.loop import make_optimizer, train_one_epoch
+from fashionclf.training.recipes import resolve_config
 
 VARIANTS = {"fp32": (None, False), "fp32_cl": (None, True), "bf16": (torch.bfloat16, False), "bf16_cl": (torch.bfloat16, True)}
 

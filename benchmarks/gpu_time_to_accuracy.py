@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 
 import torch
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.engine.inference import evaluate
-from fashionclf.engine.loop import fit
-from fashionclf.io import atomic_write_text
-from fashionclf.recipes import resolve_config
+from fashionclf.training.loop import fit
+from fashionclf.training.recipes import resolve_config
 
 # name -> overrides of the best-cpu preset. A GPU has the throughput for wider nets (width x2 is 4x the
 # FLOPs, x4 is 16x) and for larger batches. The one-cycle peak LR is 0.1 at batch 128 in best-cpu; at

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.engine.device import keep_freed_memory
 from fashionclf.engine.inference import infer
-from fashionclf.io import atomic_write_text
-from fashionclf.runs import load_run
-from fashionclf.serving.export import OnnxModel, export_onnx
+from fashionclf.engine.runs import load_run
+from fashionclf.infer.export import OnnxModel, export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/inference_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    kept = keep_freed_memory()  # as the CLI and the service do (fashionclf.cli)
+    kept = keep_freed_memory()  # as the CLI and the service do (fashionclf.apps.cli)
     run = load_run(args.run)
     d = load_fashion_mnist(allow_download=False)
     x = d.test_x

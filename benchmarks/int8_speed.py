@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from fashionclf.api import load_run
-from fashionclf.io import atomic_write_text
-from fashionclf.serving.export import OnnxModel, export_checked
-from fashionclf.serving.quantize import MAX_DROP_POINTS, accuracy, int8_checked, quantize_int8
+from fashionclf.core.io import atomic_write_text
+from fashionclf.infer.export import OnnxModel, export_checked
+from fashionclf.infer.quantize import MAX_DROP_POINTS, accuracy, int8_checked, quantize_int8
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,9 +56,9 @@ def timings(models: dict[str, OnnxModel], x: np.ndarray, batch: int, rounds: int
 
 def photo_run(size: int, out: Path) -> Path:
     """An EfficientNet-Lite0 RGB run folder (ImageNet body, zero head) for speed only."""
+    from fashionclf.engine.runs import save_run
     from fashionclf.models import build_model
-    from fashionclf.recipes import resolve_config
-    from fashionclf.runs import save_run
+    from fashionclf.training.recipes import resolve_config
 
     cfg = resolve_config("efficientnet_lite0", None, model_kwargs={"in_chans": 3, "image_size": size}, tta=False)
     meta = {"input": {"channels": 3, "height": size, "width": size, "kind": "rgb-letterbox"}}

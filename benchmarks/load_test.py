@@ -450,7 +450,7 @@ def main(argv=None) -> int:
         res = run_load_test(args.run, args.requests, [int(c) for c in args.concurrency.split(",")], args.image, args.backend)
         print_soak(res)
         bad = sum(lv["errors"] for lv in res["levels"]) or not res["server_pid_unchanged"] or not res["healthy_after"]
-    from fashionclf.io import atomic_write_text
+    from fashionclf.core.io import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
     return 1 if bad else 0

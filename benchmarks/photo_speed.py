@@ -28,10 +28,10 @@ import cv2
 import numpy as np
 import torch
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data import photos
 from fashionclf.data.folders import mapped_items, parse_class_map
 from fashionclf.data.images import load_rgb
-from fashionclf.io import atomic_write_text
 
 MAP = "t-shirt=T-shirt/top,pants=Trouser,dress=Dress,outwear=Coat,shirt=Shirt,longsleeve=Pullover,hat=-,shoes=-,shorts=-,skirt=-"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -118,7 +118,7 @@ def main():
         ap.error("a +draft method differs from the others in how the file is decoded: time the decoding too (--with-decode)")
     run = None
     if args.run:
-        from fashionclf.runs import load_run
+        from fashionclf.engine.runs import load_run
 
         run = load_run(args.run)
     classes = run.classes if run is not None else CLASSES

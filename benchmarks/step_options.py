@@ -25,12 +25,12 @@ from unittest import mock
 
 import torch
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.engine import autotune
 from fashionclf.engine.inference import evaluate
-from fashionclf.engine.loop import fit
-from fashionclf.io import atomic_write_text
-from fashionclf.recipes import resolve_config
+from fashionclf.training.loop import fit
+from fashionclf.training.recipes import resolve_config
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 from fashionclf.engine import autotune
 from fashionclf.engine.device import setup_threads
 from fashionclf.models import create_model
-from fashionclf.study import DEFAULT_MODELS
+from fashionclf.study.compare import DEFAULT_MODELS
 
 
 def main():

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.engine import autotune
 from fashionclf.engine.inference import evaluate
-from fashionclf.engine.loop import fit
-from fashionclf.io import atomic_write_text
-from fashionclf.recipes import resolve_config
-from fashionclf.study import DEFAULT_MODELS
+from fashionclf.study.compare import DEFAULT_MODELS
+from fashionclf.training.loop import fit
+from fashionclf.training.recipes import resolve_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ sys.path, so it works from any working directory:
     import common
 
 Scoring a loaded run with its own precision and test-time augmentation is the package's job
-(fashionclf.study.evaluate_run, fashionclf.predict.predict_probs); the scripts call those.
+(fashionclf.study.compare.evaluate_run, fashionclf.infer.predict.predict_probs); the scripts call those.
 """
 
 from __future__ import annotations

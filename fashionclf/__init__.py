@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from fashionclf.core import __version__ as __version__  # re-exported
 
 __all__ = [
     "Run",
@@ -38,16 +38,16 @@ _WHERE = {
     "recipe": "fashionclf.api",
     "study_configs": "fashionclf.api",
     "train": "fashionclf.api",
-    "TrainConfig": "fashionclf.config",
+    "TrainConfig": "fashionclf.core.config",
     "list_models": "fashionclf.models",
-    "list_recipes": "fashionclf.recipes",
+    "list_recipes": "fashionclf.training.recipes",
 }
 
 if TYPE_CHECKING:
     from fashionclf.api import Run, compare, load_data, load_run, model_kwargs, recipe, study_configs, train
-    from fashionclf.config import TrainConfig
+    from fashionclf.core.config import TrainConfig
     from fashionclf.models import list_models
-    from fashionclf.recipes import list_recipes
+    from fashionclf.training.recipes import list_recipes
 
 
 def __getattr__(name: str):

@@ -1,3 +1,3 @@
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 
 raise SystemExit(main())

@@ -17,18 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashionclf import ready, runs
-from fashionclf.config import DEFAULT_FOLDER_MODEL, DEFAULT_RECIPE, TrainConfig
+from fashionclf.core.config import DEFAULT_FOLDER_MODEL, DEFAULT_RECIPE, TrainConfig
+from fashionclf.core.io import check_new_file  # noqa: F401  (the CLI's, kept here)
 from fashionclf.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from fashionclf.engine.callbacks import NONE, Callbacks
+from fashionclf.engine import runs
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
-from fashionclf.io import check_new_file  # noqa: F401  (the CLI's, kept here)
+from fashionclf.infer import ready
 from fashionclf.models import model_info
-from fashionclf.recipes import load_config_file, load_recipe, resolve_config
+from fashionclf.training.callbacks import NONE, Callbacks
+from fashionclf.training.recipes import load_config_file, load_recipe, resolve_config
 
 
-class Run(runs.Run):
+class Run(runs.LoadedRun):
     """A trained run folder, loaded: `.predict`, `.evaluate`, `.robustness`, `.export`."""
 
     def predict(
@@ -36,12 +37,12 @@ class Run(runs.Run):
         inputs: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor,
         top_k: int = 3,
         method: str = "grabcut",
-        with_runs: Sequence[runs.Run] = (),
+        with_runs: Sequence[runs.LoadedRun] = (),
         save_preprocessed: str | Path | None = None,
     ) -> list[dict]:
         """Predictions for image files and folders (searched recursively), or for model-ready uint8 arrays. Each row:
         file, label, confidence (calibrated), top_k, needs_review; an unreadable file gives {'file', 'error'}."""
-        from fashionclf.predict import class_order, predict_arrays, predict_files
+        from fashionclf.infer.predict import class_order, predict_arrays, predict_files
 
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
@@ -73,13 +74,13 @@ class Run(runs.Run):
         folders (data), a folder of t10k IDX files (data_dir), given arrays, or the Fashion-MNIST test set."""
         ready.one_run(self, "evaluate")
         from fashionclf.data.fashion_mnist import DataError, load_split
-        from fashionclf.study import evaluate_run
+        from fashionclf.study.compare import evaluate_run
 
         skipped: list[str] = []
         if images is not None:
             x, y, source = images, labels, "arrays"
         elif data is not None:
-            from fashionclf.predict import load_labelled_photos
+            from fashionclf.infer.predict import load_labelled_photos
 
             x, y, skipped = load_labelled_photos(self, data, method, class_map)
             source = str(data)
@@ -100,7 +101,7 @@ class Run(runs.Run):
     ) -> dict:
         """Accuracy under the corruption suite (14 corruptions x 5 severities) on the test split or the run's own validation split."""
         ready.one_run(self, "robustness")
-        from fashionclf.study import robustness
+        from fashionclf.study.compare import robustness
 
         if split not in ("test", "validation"):
             raise ValueError(f"split {split!r}: expected test or validation")
@@ -124,8 +125,8 @@ class Run(runs.Run):
         validation images and refused when it costs more than 0.3 points of test accuracy (image-folder runs
         need their folder as data). Returns the model's bytes and a report {parity, int8?}."""
         ready.one_run(self, "export")
-        from fashionclf.io import atomic_write_bytes
-        from fashionclf.serving.export import export_checked
+        from fashionclf.core.io import atomic_write_bytes
+        from fashionclf.infer.export import export_checked
 
         if path is not None:
             path = Path(path)
@@ -135,7 +136,7 @@ class Run(runs.Run):
         model, rows = export_checked(self)  # raises before anything is written
         report: dict = {"parity": rows}
         if int8:
-            from fashionclf.serving.quantize import int8_checked
+            from fashionclf.infer.quantize import int8_checked
 
             ds = self.dataset(data, val_data, data_dir)
             model, report["int8"] = int8_checked(model, ds.val_x[:1024].numpy(), ds.test_x.numpy(), ds.test_y.numpy())
@@ -276,10 +277,10 @@ def train(
     them. unknown_share: the share of validation images the "none of these" score counts known. promise: the precision
     and confidence the review rule guarantees. unlabelled: photos for self-training (selftrain.py), or with `teachers`
     (finished runs) for distillation: their soft labels on those photos teach the student (distill.py)."""
-    from fashionclf.distill import trainer
     from fashionclf.engine import distributed
-    from fashionclf.runs import check_writable
-    from fashionclf.study import resume_plan
+    from fashionclf.engine.runs import check_writable
+    from fashionclf.training.distill import trainer
+    from fashionclf.training.supervised import resume_plan
 
     if not 0 < unknown_share <= 1:
         raise ValueError(f"unknown_share {unknown_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
@@ -317,9 +318,9 @@ def compare(
     for the corruption suite (None: 1,000 on 28x28 data; 0: off); photos: labelled photos (class_map as in Run.evaluate);
     choose_by: the recommendation's rule, "accuracy" or "auto-share" (reports/choose.py), checked before anything trains.
     """
-    from fashionclf.reports.choose import check_rule
-    from fashionclf.reports.study import write_report
-    from fashionclf.study import compare as run_all
+    from fashionclf.study.choose import check_rule
+    from fashionclf.study.compare import compare as run_all
+    from fashionclf.study.report import write_report
 
     check_rule(choose_by, len(data.val_y))
     results = run_all(list(configs), data, out, overwrite, callbacks, robustness, photos, class_map, choose_by)
@@ -342,9 +343,9 @@ def resolution_study(
     **overrides,
 ) -> tuple[dict, list[Path], dict]:
     """One model and recipe at several resolutions (images down- then upsampled): results, report files, summary."""
-    from fashionclf.reports.resolution import write_resolution_report
-    from fashionclf.study import compare as run_all
-    from fashionclf.study import resolution_configs
+    from fashionclf.study.compare import compare as run_all
+    from fashionclf.study.compare import resolution_configs
+    from fashionclf.study.resolution import write_resolution_report
 
     configs = resolution_configs(model, sizes, seeds, **overrides)
     results = run_all(configs, data, out, overwrite, callbacks)
@@ -358,10 +359,10 @@ def find_label_issues(cfg: TrainConfig, data: FashionMNIST, out: str | Path, fol
     first), the out-of-fold accuracy, the number of images and the report files."""
     import safetensors.torch
 
-    from fashionclf.io import atomic_write_bytes, atomic_write_text, to_json
-    from fashionclf.reports.blocks import write_blocks
-    from fashionclf.reports.label_issues import label_issue_blocks
-    from fashionclf.study import out_of_fold_probs
+    from fashionclf.core.io import atomic_write_bytes, atomic_write_text, to_json
+    from fashionclf.study.blocks import write_blocks
+    from fashionclf.study.compare import out_of_fold_probs
+    from fashionclf.study.label_issues import label_issue_blocks
 
     out = Path(out)
     x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])  # label errors live in both

@@ -12,7 +12,7 @@ from conftest import synthetic_bars
 from PIL import Image
 
 import fashionclf
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 from fashionclf.data.fashion_mnist import FashionMNIST
 
 
@@ -45,7 +45,7 @@ def test_recipe_overrides_and_unknown_names():
     with pytest.raises(ValueError, match="lr = nan: expected a finite number"):
         fashionclf.recipe("mlp", lr=float("nan"))
     assert set(fashionclf.list_recipes()) >= {"best-cpu", "transfer", "photos", "robust"}
-    from fashionclf.recipes import resolve_config
+    from fashionclf.training.recipes import resolve_config
 
     for name in fashionclf.list_models():  # a model needs no recipe file: without one it trains TrainConfig's defaults
         assert resolve_config(name).model == name
@@ -56,8 +56,8 @@ def test_every_recipe_file_states_only_what_differs():
     nanoGPT's config files do); `recipes NAME --resolved` prints every setting, and loads back as the same config."""
     import tomllib
 
-    from fashionclf.config import TrainConfig, config_to_dict
-    from fashionclf.recipes import load_config_file, load_recipe, resolved_text
+    from fashionclf.core.config import TrainConfig, config_to_dict
+    from fashionclf.training.recipes import load_config_file, load_recipe, resolved_text
 
     defaults = config_to_dict(TrainConfig())
     for name in fashionclf.list_recipes():
@@ -113,19 +113,19 @@ def test_export_writes_once_and_refuses_to_overwrite(trained, tmp_path):
 
 def test_config_file_repeats_a_run_exactly(trained, tmp_path):
     """train --config RUN/meta.json resolves to the run's own config; flags still override it."""
-    from fashionclf.cli import build_parser
-    from fashionclf.cli.train import resolve
+    from fashionclf.apps.cli import build_parser
+    from fashionclf.apps.cli.train import resolve
 
     _, _, out = trained
     meta = json.loads((out / "meta.json").read_text())
     args = build_parser().parse_args(["train", "--config", str(out / "meta.json")])
     assert fashionclf.api.as_config(out / "meta.json").__eq__(resolve(args))
-    from fashionclf.config import config_to_dict
+    from fashionclf.core.config import config_to_dict
 
     assert config_to_dict(resolve(args)) == {**meta["config"], "model": meta["model"]}
     args = build_parser().parse_args(["train", "--config", str(out / "meta.json"), "--epochs", "7"])
     assert resolve(args).epochs == 7 and resolve(args).seed == 1
-    recipe_file = fashionclf.recipes.load_recipe("best-cpu").path
+    recipe_file = fashionclf.training.recipes.load_recipe("best-cpu").path
     args = build_parser().parse_args(["train", "--config", str(recipe_file)])
     assert resolve(args) == fashionclf.recipe("best-cpu")
 

@@ -1,12 +1,15 @@
-"""The package's shape, checked: imports point one way, inference does not import training, sizes stay small.
+"""The package's shape, checked: folders are the layers, imports point down, no cycles, sizes stay small.
 
-Layers, lowest first. A module may import from its own layer or lower ones, never higher:
-data and models -> engine -> evaluation -> reports; the API above them; CLI and service on top.
+Each folder of fashionclf/ is one layer; a module imports from its own folder or lower ones, never higher, and
+function-local imports count as much as the ones at the top of a file. The order, lowest first, is the
+one docs/development.md explains. Only the facades (fashionclf/__init__.py, api.py, __main__.py) live
+at the top.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,29 +17,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "fashionclf"
-LAYERS = [
-    ("fashionclf.settings", "fashionclf.io", "fashionclf.data"),
-    ("fashionclf.config",),
-    ("fashionclf.models",),
-    ("fashionclf.recipes",),
-    ("fashionclf.engine",),
-    ("fashionclf.runs", "fashionclf.card"),
-    ("fashionclf.evaluation",),
-    # ready: the shipped model, read as predict reads runs; selftrain: study's training with predict's pseudo-labels
-    ("fashionclf.predict", "fashionclf.study", "fashionclf.ready", "fashionclf.selftrain"),
-    ("fashionclf.distill",),  # distillation: self-training's student noise, the soft labels of several runs
-    # serving.export: what Run.export calls; review: the catalogue, its export and Label Studio files, what the API calls
-    ("fashionclf.reports", "fashionclf.serving.export", "fashionclf.serving.quantize", "fashionclf.review"),
-    ("fashionclf.api", "fashionclf.tracking", "fashionclf.mlflow_model"),
-    ("fashionclf.serving", "fashionclf.review.app", "fashionclf.cli", "fashionclf.__main__"),  # review.app: the review desk's web app
-]
+FOLDERS = ["core", "data", "models", "engine", "evaluation", "infer", "training", ("study", "review"), "api", "apps"]
+FACADES = {"fashionclf", "fashionclf.api", "fashionclf.__main__"}
 
 
 def layer(module: str) -> int:
-    found = [(len(p), i) for i, prefixes in enumerate(LAYERS) for p in prefixes if module == p or module.startswith(p + ".")]
-    if found:
-        return max(found)[1]  # the most specific prefix decides
-    raise AssertionError(f"{module} is in no layer of tests/test_architecture.py: add it to one")
+    """The index in FOLDERS of the folder a module sits in ("api" and the package's root are the facade level)."""
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "api"
+    top = "api" if top == "__main__" else top
+    for i, f in enumerate(FOLDERS):
+        if top == f or (isinstance(f, tuple) and top in f):
+            return len(FOLDERS) if module == "fashionclf.__main__" else i
+    raise AssertionError(f"{module} is in no layer folder: new code goes into one of {FOLDERS} (docs/development.md)")
 
 
 def modules():
@@ -45,27 +38,110 @@ def modules():
         yield name, f
 
 
+NAMES = {name for name, _ in modules()}
+
+
+def resolve(dotted: str) -> str | None:
+    """The module a dotted import names: `fashionclf.engine.distributed`, or the module that defines a name."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in NAMES:
+            return ".".join(parts[:i])
+    return None
+
+
 def imports(path: Path) -> set[str]:
+    """Every fashionclf module a file imports, at the top or inside functions."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fashionclf"):
-            # `from fashionclf.engine import distributed` imports fashionclf.engine.distributed
-            out |= {f"{node.module}.{a.name}" if node.module.count(".") <= 1 else node.module for a in node.names}
+            out |= {resolve(f"{node.module}.{a.name}") for a in node.names}
         elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("fashionclf")}
-    return {m for m in out if m != "fashionclf.__version__"}
+            out |= {resolve(a.name) for a in node.names if a.name.startswith("fashionclf")}
+    return out - {None}
 
 
-@pytest.mark.parametrize("name,path", [m for m in modules() if m[0] != "fashionclf"])
-def test_imports_point_down(name, path):
-    up = sorted(m for m in imports(path) if layer(m) > layer(name))
-    assert not up, f"{name} (layer {layer(name)}) imports higher layers: {up}"
+GRAPH = {name: imports(path) - {name} for name, path in modules()}
+
+
+def test_every_module_lives_in_a_layer_folder():
+    loose = [n for n in NAMES if n.count(".") == 1 and n not in FACADES and not (ROOT / n.split(".")[1]).is_dir()]
+    assert not loose, f"modules at the top of the package: {loose}; only the facades live there"
+    for name in NAMES:
+        layer(name)
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_imports_point_down(name):
+    up = sorted(m for m in GRAPH[name] if m != "fashionclf.core" and layer(m) > layer(name))
+    assert not up, f"{name} (folder level {layer(name)}) imports higher folders: {up}"
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan's algorithm, iterative)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    found.append(sorted(comp))
+    return found
+
+
+def test_no_import_cycles_even_inside_functions():
+    assert cycles(GRAPH) == []
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_development_guide_names_every_module():
+    guide = (ROOT.parent / "docs" / "development.md").read_text()
+    said = set(re.findall(r"[\w/]+\.py", guide))
+    missing = [
+        str(p.relative_to(ROOT))
+        for _, p in modules()
+        if p.name != "__init__.py" and str(p.relative_to(ROOT)) not in said and p.name not in said
+    ]
+    assert not missing, f"docs/development.md does not mention {missing}"
 
 
 def test_serving_and_inference_do_not_import_training():
     code = (
-        "import sys, fashionclf.serving.app, fashionclf.predict, fashionclf.engine.inference;"
-        "bad = [m for m in ('fashionclf.engine.loop', 'fashionclf.study') if m in sys.modules];"
+        "import sys, fashionclf.apps.serving.app, fashionclf.infer.predict, fashionclf.engine.inference;"
+        "heavy = ['fashionclf.training.' + m for m in ('loop', 'supervised', 'selftrain', 'distill')] + ['fashionclf.study.compare'];"
+        "bad = [m for m in heavy if m in sys.modules];"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -80,3 +156,14 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 assert n <= 80, f"{name}.{node.name}: {n} lines"
+
+
+def test_the_facade_names_stay_functions_when_every_folder_is_loaded():
+    """A folder named like an API function (fashionclf/train/ beside fashionclf.train) would shadow it once imported."""
+    code = (
+        "import importlib, pkgutil, types, fashionclf;"
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(fashionclf.__path__, 'fashionclf.') if 'main' not in m.name];"
+        "bad = [n for n in fashionclf.__all__ if isinstance(getattr(fashionclf, n), types.ModuleType)];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from fashionclf.apps.desk.app import create_app
 from fashionclf.review import audit, db
-from fashionclf.review.app import create_app
 
 CLASSES = ["a", "b", "c"]
 
@@ -147,8 +147,8 @@ def test_serve_flags_drawn_automatic_labels_and_counts_them(tmp_path):
     from helpers import make_class_folder
 
     from fashionclf import api
+    from fashionclf.apps.serving.app import create_app as serve_app
     from fashionclf.evaluation.calibrate import Promise
-    from fashionclf.serving.app import create_app as serve_app
 
     data = make_class_folder(tmp_path / "data", per_class=40)
     cfg = api.recipe("mlp", epochs=6, batch_size=16, precision="fp32", model_kwargs=api.model_kwargs("mlp", True, 32))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
+from fashionclf.engine.runs import load_run, save_run
+from fashionclf.infer.batch import JobError, predict_to_file
 from fashionclf.models import build_model
-from fashionclf.recipes import resolve_config
-from fashionclf.runs import load_run, save_run
-from fashionclf.serving.batch import JobError, predict_to_file
+from fashionclf.training.recipes import resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_file_names_with_line_breaks_resume(tmp_path, run, suffix, odd):
 
 def test_save_preprocessed_keeps_same_named_files_apart(tmp_path, run):
     """Issue 19: x.jpg and x.png beside it were both saved as x.png, the second over the first."""
-    from fashionclf.predict import predict_files
+    from fashionclf.infer.predict import predict_files
 
     img = np.full((40, 30, 3), 230, np.uint8)
     img[5:35, 5:25] = 30

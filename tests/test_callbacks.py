@@ -6,8 +6,8 @@ import torch
 from conftest import synthetic_bars
 
 import fashionclf
-from fashionclf.engine.callbacks import Callbacks
-from fashionclf.engine.loop import fit
+from fashionclf.training.callbacks import Callbacks
+from fashionclf.training.loop import fit
 
 
 class Recorder(Callbacks):

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from fashionclf.api import load_run
-from fashionclf.card import write_hub_files
+from fashionclf.engine.card import write_hub_files
 
 GOLDEN = Path(__file__).parent / "golden" / "study" / "runs" / "tuned_cnn-s0"
 
@@ -34,9 +34,9 @@ def test_config_and_card_from_an_old_run_folder(tmp_path):
 def test_save_run_writes_the_hub_files_under_the_runs_own_name(tmp_path):
     import torch
 
+    from fashionclf.engine.runs import save_run
     from fashionclf.models import create_model
-    from fashionclf.recipes import resolve_config
-    from fashionclf.runs import save_run
+    from fashionclf.training.recipes import resolve_config
 
     classes = [f"c{i}" for i in range(10)]
     out = save_run(tmp_path / "shop-v1", create_model("mlp").eval(), resolve_config("mlp", None), {}, [], classes, {})
@@ -54,8 +54,8 @@ def test_a_temperature_edited_in_config_json_alone_is_refused_naming_both_files(
     copy would be silently ignored, so loading refuses it with one line, and deleting config.json loads again."""
     import pytest
 
-    from fashionclf.cli import main
-    from fashionclf.runs import RunError
+    from fashionclf.apps.cli import main
+    from fashionclf.engine.runs import RunError
 
     run_dir = tmp_path / "run"
     shutil.copytree(GOLDEN, run_dir)

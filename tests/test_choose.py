@@ -11,12 +11,12 @@ from conftest import study_row
 from helpers import make_class_folder
 
 import fashionclf
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 from fashionclf.data.folders import load_image_folder
+from fashionclf.engine.runs import RunError
 from fashionclf.evaluation.calibrate import calibrate, crossfit_review
-from fashionclf.predict import run_logits
-from fashionclf.reports.study import recommend, summarize
-from fashionclf.runs import RunError
+from fashionclf.infer.predict import run_logits
+from fashionclf.study.report import recommend, summarize
 
 
 def _logits(n=500, right=0.9, seed=0):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import make_split
 
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 
 
 def test_models_lists_registry(capsys):
@@ -101,8 +101,8 @@ def test_train_then_evaluate(tmp_path, capsys, real_data_dir):
 
     # --split validation: the suite on the run's own validation split, to choose runs without the test set
     from fashionclf.data.fashion_mnist import load_fashion_mnist
-    from fashionclf.runs import load_run
-    from fashionclf.study import robustness
+    from fashionclf.engine.runs import load_run
+    from fashionclf.study.compare import robustness
 
     assert main(["robustness", str(run), "--split", "validation", "--limit", "60", "--json"]) == 0
     val = json.loads(capsys.readouterr().out)
@@ -192,7 +192,7 @@ def test_resolution_study_report(tmp_path, capsys, real_data_dir):
 
 
 def test_compare_per_model_seed_counts():
-    from fashionclf.cli.study import model_seeds as _model_seeds
+    from fashionclf.apps.cli.study import model_seeds as _model_seeds
 
     assert _model_seeds("mlp, resnet:3", 2) == [("mlp", 2), ("resnet", 3)]
     with pytest.raises(ValueError, match="whole number of at least 1"):

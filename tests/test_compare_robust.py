@@ -11,10 +11,10 @@ import torch
 from conftest import study_row, synthetic_bars
 from PIL import Image
 
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 from fashionclf.data.fashion_mnist import CLASSES, DataError, FashionMNIST
-from fashionclf.reports.robust import claim_blocks
-from fashionclf.reports.study import recommend, recommendation_blocks, summarize
+from fashionclf.study.report import recommend, recommendation_blocks, summarize
+from fashionclf.study.robust import claim_blocks
 
 # --------------------------------------------------------------------------- the rule
 
@@ -174,7 +174,7 @@ def test_photos_are_checked_before_anything_trains(tmp_path):
 
 
 def test_the_corruption_suite_is_on_by_default_and_refused_for_image_folder_data(tmp_path):
-    from fashionclf.study import compare
+    from fashionclf.study.compare import compare
 
     rgb = FashionMNIST(*(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4)) * 3, "photos", classes=("a", "b", "c", "d"))
     assert compare([], rgb, tmp_path / "a", robustness_images=None) == {"runs": []}  # the default leaves it off there

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 from fashionclf.data.check import check_data, near_pairs
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from fashionclf.engine import autotune, device
-from fashionclf.engine.callbacks import Callbacks
 from fashionclf.engine.device import choose_precision, inference_precision, resolve_precision
+from fashionclf.training.callbacks import Callbacks
 
 CPU = torch.device("cpu")
 X86_FLAGS = "fpu sse2 avx avx2 fma avx512f avx512bw avx512vl"
@@ -379,8 +379,8 @@ def test_inference_uses_the_measured_choice_never_slower_bf16(monkeypatch):
 
 
 def test_fit_records_the_choice(monkeypatch):
-    from fashionclf.engine.loop import fit
-    from fashionclf.recipes import resolve_config
+    from fashionclf.training.loop import fit
+    from fashionclf.training.recipes import resolve_config
 
     monkeypatch.setattr(autotune, "measure", lambda steps, *_a, **_k: {v: 1.0 if v == "fp32" else 2.0 for v in steps})
     g = torch.Generator().manual_seed(0)
@@ -396,8 +396,8 @@ def test_fit_records_the_choice(monkeypatch):
 
 
 def test_fit_runs_at_the_thread_count_that_timed_fastest_and_honours_a_fixed_one(monkeypatch):
-    from fashionclf.engine.loop import fit
-    from fashionclf.recipes import resolve_config
+    from fashionclf.training.loop import fit
+    from fashionclf.training.recipes import resolve_config
 
     cores = torch.get_num_threads()
     if cores < 2:
@@ -425,9 +425,9 @@ def test_fit_runs_at_the_thread_count_that_timed_fastest_and_honours_a_fixed_one
 def test_run_logits_infer_with_the_measured_choice(tmp_path, monkeypatch):
     """Run.logits (evaluate, predict, serve) follows the inference timing for a run trained with auto."""
     from fashionclf.engine.inference import infer
+    from fashionclf.engine.runs import load_run, save_run
     from fashionclf.models import create_model
-    from fashionclf.recipes import resolve_config
-    from fashionclf.runs import load_run, save_run
+    from fashionclf.training.recipes import resolve_config
 
     cfg = resolve_config("tuned_cnn", None, precision="auto")
     save_run(tmp_path / "run", create_model("tuned_cnn"), cfg, {}, [], [str(i) for i in range(10)], {})

@@ -9,16 +9,16 @@ import pytest
 import torch
 from helpers import make_class_folder, unlabelled_folder
 
-from fashionclf import distill
-from fashionclf.cli import main
-from fashionclf.config import TrainConfig, replace
+from fashionclf.apps.cli import main
+from fashionclf.core.config import TrainConfig, replace
 from fashionclf.data.folders import load_image_folder
 from fashionclf.data.images import find_images, load_rgb
-from fashionclf.engine.loop import train_one_epoch
+from fashionclf.engine.runs import load_run
+from fashionclf.infer.predict import convert_rgb, predict_converted, predict_scored
 from fashionclf.models import build_model
-from fashionclf.predict import convert_rgb, predict_converted, predict_scored
-from fashionclf.runs import load_run
-from fashionclf.selftrain import STUDENT_NOISE
+from fashionclf.training import distill
+from fashionclf.training.loop import train_one_epoch
+from fashionclf.training.selftrain import STUDENT_NOISE
 
 BASE = ["--model", "mlp", "--epochs", "6", "--batch-size", "16", "--quiet"]
 

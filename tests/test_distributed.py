@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 from fashionclf.engine import distributed
-from fashionclf.runs import load_run
+from fashionclf.engine.runs import load_run
 
 
 def test_single_process_is_untouched(monkeypatch):

@@ -10,15 +10,15 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from fashionclf.cli import main  # noqa: E402
+from fashionclf.apps.cli import main  # noqa: E402
+from fashionclf.engine.runs import load_run, save_run  # noqa: E402
+from fashionclf.infer.export import OnnxModel, check_parity, export_onnx, parity_ok, pixel_model  # noqa: E402
 from fashionclf.models import (  # noqa: E402
     build_model,  # noqa: E402
     list_models,
     model_info,
 )
-from fashionclf.recipes import resolve_config  # noqa: E402
-from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serving.export import OnnxModel, check_parity, export_onnx, parity_ok, pixel_model  # noqa: E402
+from fashionclf.training.recipes import resolve_config  # noqa: E402
 
 CAL = {"temperature": 0.7, "threshold": 0.9, "target_precision": 0.99}
 
@@ -81,7 +81,7 @@ def test_image_folder_run_exports_rgb_input(tmp_path):
 
 
 def test_predictions_through_onnx_match_torch(tmp_path):
-    from fashionclf.predict import predict_arrays
+    from fashionclf.infer.predict import predict_arrays
 
     run = _run(tmp_path, "simple_cnn")
     x = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
@@ -128,7 +128,7 @@ def test_resolution_runs_export_with_the_current_exporter_or_fail_clearly(tmp_pa
 
 
 def test_a_graph_that_disagrees_is_not_written(tmp_path, monkeypatch, capsys):
-    import fashionclf.serving.export as export
+    import fashionclf.infer.export as export
 
     run = _run(tmp_path, "mlp")
     monkeypatch.setattr(export.parity_ok, "__defaults__", (-1.0,))  # nothing can pass: the refusal path must hold
@@ -146,7 +146,7 @@ def test_int8_export_is_quantized_checked_and_refused_when_it_costs_accuracy(tmp
     import onnx
 
     from fashionclf.api import load_run
-    from fashionclf.serving import quantize
+    from fashionclf.infer import quantize
 
     run = load_run(GOLDEN_CNN)
     model, report = run.export(tmp_path / "int8.onnx", int8=True, data_dir=real_data_dir)

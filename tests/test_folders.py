@@ -8,9 +8,10 @@ import torch
 from helpers import make_class_folder
 from PIL import Image
 
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 from fashionclf.data.fashion_mnist import DataError
-from fashionclf.data.folders import add_converted_photos, letterbox, load_image_folder, map_folders, parse_class_map, scan
+from fashionclf.data.folders import add_converted_photos, letterbox, load_image_folder, map_folders, parse_class_map
+from fashionclf.data.layouts import scan
 
 
 def test_scan_and_clear_errors(tmp_path):
@@ -174,7 +175,7 @@ def test_cutmix_and_drop_path_train_on_photos_and_are_recorded(tmp_path, capsys)
     assert main(args) == 0
     meta = json.loads((run / "meta.json").read_text())
     assert meta["config"]["aug"]["cutmix"] == 0.5 and meta["model_kwargs"]["drop_path"] == 0.1
-    from fashionclf.runs import load_run
+    from fashionclf.engine.runs import load_run
 
     rates = {m.drop for m in load_run(run).model.modules() if type(m).__name__ in ("Separable", "Inverted")}
     assert rates and 0.05 < max(rates) <= 0.1  # rebuilt with its stochastic depth (ramped up to 0.1 with depth, as timm)
@@ -241,7 +242,7 @@ def test_predict_with_a_second_run_averages_and_flags_disagreement(tmp_path, cap
 def test_joint_results_average_and_review_rule():
     from types import SimpleNamespace
 
-    from fashionclf.predict import class_order, joint_results
+    from fashionclf.infer.predict import class_order, joint_results
 
     def fake(classes, threshold):
         return SimpleNamespace(classes=classes, metrics={"calibration": {"threshold": threshold}}, path=f"run-{threshold}")

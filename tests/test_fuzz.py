@@ -17,10 +17,10 @@ from helpers import fuzz_call  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.config._checks import NegativeDataRejectionConfig  # noqa: E402
 
+from fashionclf.apps.serving.app import create_app  # noqa: E402
+from fashionclf.engine.runs import load_run, save_run  # noqa: E402
 from fashionclf.models import build_model  # noqa: E402
-from fashionclf.recipes import resolve_config  # noqa: E402
-from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serving.app import create_app  # noqa: E402
+from fashionclf.training.recipes import resolve_config  # noqa: E402
 
 EXAMPLES = 1000  # for /v1/predict, the one route with a body and parameters
 SENT: dict[str, int] = {}

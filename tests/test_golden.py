@@ -34,9 +34,9 @@ def _check(name: str, value) -> None:
 
 
 def _resolved() -> dict:
-    from fashionclf.config import config_to_dict
+    from fashionclf.core.config import config_to_dict
     from fashionclf.models import list_models
-    from fashionclf.recipes import list_recipes, load_recipe, resolve_config
+    from fashionclf.training.recipes import list_recipes, load_recipe, resolve_config
 
     presets = [r for r in list_recipes() if not load_recipe(r).is_model_default]
     out = {}
@@ -62,7 +62,7 @@ def test_resolved_configs_unchanged():
 
 
 def _options() -> dict:
-    from fashionclf.cli import build_parser
+    from fashionclf.apps.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     return {name: sorted(s for a in p._actions for s in a.option_strings) for name, p in sub.choices.items()}
@@ -82,7 +82,7 @@ def test_help_options_unchanged():
 @pytest.mark.data
 def test_small_study_report_rebuilds_identically(tmp_path, real_data_dir):
     from fashionclf.data.fashion_mnist import load_fashion_mnist
-    from fashionclf.reports.study import write_report
+    from fashionclf.study.report import write_report
 
     out = tmp_path / "study"
     shutil.copytree(STUDY, out, ignore=shutil.ignore_patterns("*.png", "report.*"))
@@ -93,8 +93,8 @@ def test_small_study_report_rebuilds_identically(tmp_path, real_data_dir):
 
 
 def test_old_run_folders_predict_identically():
-    from fashionclf.predict import predict_arrays
-    from fashionclf.runs import load_run
+    from fashionclf.engine.runs import load_run
+    from fashionclf.infer.predict import predict_arrays
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 28, 28), generator=g, dtype=torch.uint8).numpy()

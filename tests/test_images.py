@@ -170,7 +170,7 @@ def test_only_28x28_runs_get_fractional_decoding():
     from types import SimpleNamespace
 
     from fashionclf.data.photos import DECODE_SIDE, WORK_SIDE
-    from fashionclf.predict import decode_side
+    from fashionclf.infer.predict import decode_side
 
     scan = SimpleNamespace(meta={"input": {"kind": "gray", "height": 28}})
     photo = SimpleNamespace(meta={"input": {"kind": "rgb-letterbox", "height": 192}})

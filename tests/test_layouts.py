@@ -186,7 +186,7 @@ def test_other_files_and_missing_paths(tmp_path):
 
 
 def test_train_cli_reads_split_folders(tmp_path, capsys):
-    from fashionclf.cli import main
+    from fashionclf.apps.cli import main
 
     root = _splits(tmp_path / "d", per=(16, 4, 4))
     run = tmp_path / "run"

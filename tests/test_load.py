@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from fashionclf.engine.runs import save_run
 from fashionclf.models import build_model
-from fashionclf.recipes import resolve_config
-from fashionclf.runs import save_run
+from fashionclf.training.recipes import resolve_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
 

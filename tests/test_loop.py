@@ -16,8 +16,8 @@ from helpers import REVIEW_CLASSES as CLASSES  # noqa: E402
 from helpers import write_photos  # noqa: E402
 
 import fashionclf  # noqa: E402
-from fashionclf.cli import main  # noqa: E402
-from fashionclf.review.app import create_app  # noqa: E402
+from fashionclf.apps.cli import main  # noqa: E402
+from fashionclf.apps.desk.app import create_app  # noqa: E402
 
 
 def truth(path: str) -> str:

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fashionclf.cli import main
-from fashionclf.predict import joint_results, results_from_probs
-from fashionclf.runs import META, METRICS, RunError, load_run
-from fashionclf.study import usable_calibration
+from fashionclf.apps.cli import main
+from fashionclf.engine.runs import META, METRICS, RunError, load_run
+from fashionclf.infer.predict import joint_results, results_from_probs
+from fashionclf.training.supervised import usable_calibration
 
 GOLDEN = Path(__file__).parent / "golden" / "study" / "runs"
 
@@ -152,9 +152,9 @@ def test_a_calibration_that_could_not_be_fitted_is_left_out_not_saved_as_nan():
 
 
 def test_save_run_refuses_to_write_what_load_run_would_refuse(tmp_path):
+    from fashionclf.engine.runs import save_run
     from fashionclf.models import create_model
-    from fashionclf.recipes import resolve_config
-    from fashionclf.runs import save_run
+    from fashionclf.training.recipes import resolve_config
 
     cfg = resolve_config("mlp", None)
     with pytest.raises(RunError, match="calibration.temperature = -1.0"):

@@ -21,8 +21,8 @@ import mlflow  # noqa: E402
 from conftest import synthetic_bars  # noqa: E402
 
 import fashionclf  # noqa: E402
+from fashionclf.apps.tracking import log_run_folder  # noqa: E402
 from fashionclf.data.fashion_mnist import FashionMNIST  # noqa: E402
-from fashionclf.tracking import log_run_folder  # noqa: E402
 
 
 def _png(img: np.ndarray) -> bytes:

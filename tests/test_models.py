@@ -127,9 +127,9 @@ def test_registry_declarations_hold_for_the_real_module(name):
 def test_a_saved_run_loads_back_exactly_without_a_throwaway_init(name, tmp_path):
     """load_run builds the network on the meta device and assigns the saved tensors: every parameter and
     buffer is real afterwards, and the loaded run computes what the saved model computed."""
-    from fashionclf.config import TrainConfig
+    from fashionclf.core.config import TrainConfig
+    from fashionclf.engine.runs import load_run, save_run
     from fashionclf.models import build_model
-    from fashionclf.runs import load_run, save_run
 
     cfg = TrainConfig(model=name, model_kwargs={"pretrained": False} if _sig(name).get("pretrained") else {})
     torch.manual_seed(0)

@@ -28,16 +28,21 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_the_package_and_its_data_files(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for recipe in (ROOT / "fashionclf" / "recipes").glob("*.toml"):
-        assert f"fashionclf/recipes/{recipe.name}" in names
-    assert "fashionclf/serving/page.html" in names
+    recipes = list((ROOT / "fashionclf" / "training" / "recipes").glob("*.toml"))
+    assert len(recipes) > 10
+    for recipe in recipes:
+        assert f"fashionclf/training/recipes/{recipe.name}" in names
+    assert "fashionclf/apps/serving/page.html" in names
+    assert "fashionclf/apps/desk/page.html" in names
     # the ready model, so `fashionclf predict photo.jpg` works right after install: every file of the bundle
     shipped = [f for f in (ROOT / "fashionclf" / "weights").rglob("*") if f.is_file()]
     assert any(f.name == "ready.json" for f in shipped)
     for f in shipped:
         assert f"fashionclf/{f.relative_to(ROOT / 'fashionclf').as_posix()}" in names, f
-    for pkg in ("data", "models", "engine", "evaluation", "reports", "serving", "cli", "recipes"):
-        assert f"fashionclf/{pkg}/__init__.py" in names
+    folders = [p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "fashionclf").rglob("__init__.py")]
+    assert len(folders) > 12
+    for pkg in folders:
+        assert f"{pkg}/__init__.py" in names
 
 
 def test_core_requirements_leave_the_extras_out(wheel):
@@ -72,7 +77,7 @@ def test_version_in_a_clean_venv(wheel, tmp_path):
 )
 def test_a_missing_extra_is_one_line(tmp_path, blocked, argv, extra):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    code = f"import sys; sys.modules[{blocked!r}] = None; from fashionclf.cli import main; sys.exit(main({argv!r}))"
+    code = f"import sys; sys.modules[{blocked!r}] = None; from fashionclf.apps.cli import main; sys.exit(main({argv!r}))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     assert f"pip install 'fashionclf[{extra}]'" in res.stderr and "Traceback" not in res.stderr

@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 
 import fashionclf
 from fashionclf import api
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
+from fashionclf.apps.serving.app import create_app
 from fashionclf.data.fashion_mnist import FashionMNIST
+from fashionclf.engine.runs import RunError, load_predictions
 from fashionclf.evaluation.calibrate import RULE, Promise
-from fashionclf.predict import with_promise
-from fashionclf.runs import RunError, load_predictions
-from fashionclf.serving.app import create_app
-from fashionclf.study import train_and_save
+from fashionclf.infer.predict import with_promise
+from fashionclf.training.supervised import train_and_save
 
 GOLDEN_RUN = Path(__file__).parent / "golden" / "study" / "runs" / "mlp-s0"
 CLASSES = tuple(f"c{i}" for i in range(10))

@@ -18,10 +18,10 @@ from conftest import assert_error as _error  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from helpers import live_server  # noqa: E402
 
+from fashionclf.apps.serving.app import Predictor, create_app  # noqa: E402
+from fashionclf.engine.runs import load_run, save_run  # noqa: E402
 from fashionclf.models import build_model  # noqa: E402
-from fashionclf.recipes import resolve_config  # noqa: E402
-from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serving.app import Predictor, create_app  # noqa: E402
+from fashionclf.training.recipes import resolve_config  # noqa: E402
 
 OUTPUTS = ["probabilities", "label", "confidence", "needs_review", "unknown"]
 

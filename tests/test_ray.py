@@ -9,11 +9,11 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
+from fashionclf.engine.runs import load_run, save_run  # noqa: E402
+from fashionclf.infer.predict import predict_files  # noqa: E402
+from fashionclf.infer.ray import predict_paths  # noqa: E402
 from fashionclf.models import build_model  # noqa: E402
-from fashionclf.predict import predict_files  # noqa: E402
-from fashionclf.recipes import resolve_config  # noqa: E402
-from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serving.ray import predict_paths  # noqa: E402
+from fashionclf.training.recipes import resolve_config  # noqa: E402
 
 
 @pytest.mark.slow

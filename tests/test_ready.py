@@ -1,4 +1,4 @@
-"""The ready model (fashionclf/ready.py): bundles of runs asked together under a review rule fitted on photos,
+"""The ready model (fashionclf/infer/ready.py): bundles of runs asked together under a review rule fitted on photos,
 checked against their SHA-256; the shipped one categorises committed photos as recorded, with no run folder."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 from helpers import make_class_folder
 
 import fashionclf
-from fashionclf import ready
-from fashionclf.cli import main
-from fashionclf.predict import joint_results
-from fashionclf.runs import RunError
+from fashionclf.apps.cli import main
+from fashionclf.engine.runs import RunError
+from fashionclf.infer import ready
+from fashionclf.infer.predict import joint_results
 
 SHIPPED = Path(fashionclf.__file__).parent / "weights" / "default"
 RECORDED = Path(__file__).parent / "data" / "ready"
@@ -67,7 +67,7 @@ def test_none_of_these_is_refitted_on_each_kind_of_photo():
     check = ready.check_review([p, p], labels, rule, [scan, None])
     assert check["unknown"] == int((scan > cut[0]).sum()) and check["automatic"] == n - check["unknown"]
     # predict uses the bundle's thresholds instead of the run's own (fitted on its validation scans)
-    from fashionclf.predict import unknown_params
+    from fashionclf.infer.predict import unknown_params
 
     run = type("R", (), {"metrics": {"unknown": {"score": "energy", "thresholds": {"energy": -9.0}}}})()
     assert unknown_params(run, 0, rule)["thresholds"] == {"energy": cut[0]}
@@ -154,7 +154,7 @@ def test_predict_and_serve_with_no_run_folder_use_the_ready_model(bundle, monkey
     assert "give the photos to categorise after it" in capsys.readouterr().err
     from fastapi.testclient import TestClient
 
-    from fashionclf.serving.app import create_app
+    from fashionclf.apps.serving.app import create_app
 
     client = TestClient(create_app("default"))
     with open(photo, "rb") as f:

@@ -1,6 +1,6 @@
 from conftest import study_row
 
-from fashionclf.reports.study import recommend, summarize
+from fashionclf.study.report import recommend, summarize
 
 
 def _run(model, seed, acc, val, ips, params=1000, robustness=None):

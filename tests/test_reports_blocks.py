@@ -2,7 +2,7 @@ import base64
 
 import pytest
 
-from fashionclf.reports.blocks import Figure, Heading, Paragraph, Table, render_html, render_markdown, write_blocks
+from fashionclf.study.blocks import Figure, Heading, Paragraph, Table, render_html, render_markdown, write_blocks
 
 PNG = b"\x89PNG\r\n\x1a\nnot really an image"
 

@@ -22,15 +22,16 @@ from conftest import synthetic_bars
 from PIL import Image
 
 import fashionclf
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
+from fashionclf.core.io import to_json
 from fashionclf.data.fashion_mnist import CLASSES, FashionMNIST
 from fashionclf.engine import checkpoint as ckpt
-from fashionclf.engine.callbacks import Callbacks
-from fashionclf.engine.loop import fit
-from fashionclf.io import to_json
-from fashionclf.recipes import resolve_config
-from fashionclf.runs import LOCK, META, METRICS, PREDICTIONS, WEIGHTS, RunError
-from fashionclf.study import compare, train_and_save
+from fashionclf.engine.runs import LOCK, META, METRICS, PREDICTIONS, WEIGHTS, RunError
+from fashionclf.study.compare import compare
+from fashionclf.training.callbacks import Callbacks
+from fashionclf.training.loop import fit
+from fashionclf.training.recipes import resolve_config
+from fashionclf.training.supervised import train_and_save
 
 TIMING = {"seconds", "train_seconds", "seconds_per_epoch", "infer_images_per_s", "precision_choice"}
 
@@ -270,7 +271,7 @@ def test_a_second_training_into_a_claimed_folder_is_refused_before_it_trains(tmp
 def test_a_folder_claimed_while_the_data_load_is_refused_with_no_training_line(tmp_path, folder, capsys, monkeypatch):
     """The race the early check cannot see: another training takes the folder while this one loads its data. The
     refusal is then the only line: "training ..." is printed once the folder is held, never before."""
-    from fashionclf.cli import options
+    from fashionclf.apps.cli import options
 
     out, held = tmp_path / "run", []
     load = options.load_data
@@ -370,7 +371,7 @@ def test_torchrun_job_killed_and_resumed_gives_the_uninterrupted_run(tmp_path, f
 
 
 def test_ctrl_c_names_the_command_that_continues(tmp_path, folder, capsys, monkeypatch):
-    from fashionclf.cli import options
+    from fashionclf.apps.cli import options
 
     class InterruptedAfter(options.Progress):
         def on_epoch_end(self, row):

@@ -24,9 +24,9 @@ from helpers import REVIEW_CLASSES, class_folder, fake_catalogue, live_server, w
 
 import fashionclf  # noqa: E402
 from fashionclf import api  # noqa: E402
-from fashionclf.cli import main  # noqa: E402
+from fashionclf.apps.cli import main  # noqa: E402
+from fashionclf.apps.desk.app import create_app  # noqa: E402
 from fashionclf.review import db  # noqa: E402
-from fashionclf.review.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -386,8 +386,8 @@ def test_the_runs_none_of_these_verdict_is_kept_and_older_catalogues_gain_it(tmp
 def test_the_heat_map_is_drawn_from_the_member_that_decided():
     """With the ready model (a 28x28 scan run and an RGB photo run), the map comes from the member whose calibrated
     probability for the label is highest, on the image that member saw, not always from the first (scan) member."""
-    from fashionclf.predict import calibrated_probs, class_order, preprocess_file
-    from fashionclf.review.app import HeatMaps
+    from fashionclf.apps.desk.app import HeatMaps
+    from fashionclf.infer.predict import calibrated_probs, class_order, preprocess_file
 
     ready = api.load_run("default")
     maps = HeatMaps(ready)

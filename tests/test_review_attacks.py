@@ -12,7 +12,7 @@ from conftest import assert_error
 from fastapi.testclient import TestClient
 from helpers import fake_catalogue, live_server
 
-from fashionclf.review.app import MAX_BODY_BYTES, create_app
+from fashionclf.apps.desk.app import MAX_BODY_BYTES, create_app
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_the_api_key_guards_every_route(catalogue):
 def test_binding_beyond_loopback_without_a_key_warns(catalogue, capsys, monkeypatch):
     import uvicorn
 
-    from fashionclf.cli import main
+    from fashionclf.apps.cli import main
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
     monkeypatch.delenv("FASHIONCLF_API_KEY", raising=False)

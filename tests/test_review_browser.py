@@ -10,7 +10,7 @@ pytest.importorskip("fastapi")
 from helpers import REVIEW_CLASSES as CLASSES  # noqa: E402
 from helpers import chromium, fake_catalogue, live_server  # noqa: E402
 
-from fashionclf.review.app import create_app  # noqa: E402
+from fashionclf.apps.desk.app import create_app  # noqa: E402
 
 
 @pytest.mark.browser

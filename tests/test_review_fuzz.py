@@ -11,7 +11,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from helpers import fake_catalogue, fuzz_call  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from fashionclf.review.app import create_app  # noqa: E402
+from fashionclf.apps.desk.app import create_app  # noqa: E402
 
 SENT: dict[str, int] = {}
 _TMP = tempfile.TemporaryDirectory(prefix="fashionclf-desk-fuzz-")  # removed when the interpreter exits

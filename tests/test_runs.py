@@ -5,9 +5,9 @@ import torch
 
 from fashionclf.data.fashion_mnist import CLASSES
 from fashionclf.engine.inference import infer
+from fashionclf.engine.runs import META, WEIGHTS, RunError, load_run, save_run
 from fashionclf.models import create_model, list_models
-from fashionclf.recipes import resolve_config
-from fashionclf.runs import META, WEIGHTS, RunError, load_run, save_run
+from fashionclf.training.recipes import resolve_config
 
 
 def _save(path, **kw):
@@ -101,7 +101,7 @@ def test_every_file_has_the_permissions_open_would_give(tmp_path):
     """safetensors creates its files 0600; a run folder's files are all 0666 & ~umask (readable by another account)."""
     import os
 
-    from fashionclf.io import UMASK
+    from fashionclf.core.io import UMASK
 
     _save(tmp_path / "run")
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}

@@ -9,8 +9,8 @@ import pytest
 from helpers import make_class_folder, unlabelled_folder
 from PIL import Image
 
-from fashionclf.cli import main
-from fashionclf.selftrain import STUDENT_NOISE, student_config, teacher_folder
+from fashionclf.apps.cli import main
+from fashionclf.training.selftrain import STUDENT_NOISE, student_config, teacher_folder
 
 
 def _train(tmp_path, *extra):
@@ -65,7 +65,7 @@ def test_a_28x28_teacher_takes_photos_as_predict_converts_them(tmp_path, capsys,
 
 
 def test_student_noise_raises_but_never_lowers():
-    from fashionclf.recipes import resolve_config
+    from fashionclf.training.recipes import resolve_config
 
     cfg = resolve_config("mlp", None, aug_erase=0.5, aug_cutmix=0.0)
     s = student_config(cfg)

@@ -13,10 +13,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from helpers import chromium, live_server
 
-from fashionclf.engine.loop import fit  # noqa: E402
-from fashionclf.recipes import resolve_config  # noqa: E402
-from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serving.app import Limits, create_app  # noqa: E402
+from fashionclf.apps.serving.app import Limits, create_app  # noqa: E402
+from fashionclf.engine.runs import load_run, save_run  # noqa: E402
+from fashionclf.training.loop import fit  # noqa: E402
+from fashionclf.training.recipes import resolve_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

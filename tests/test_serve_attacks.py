@@ -21,11 +21,11 @@ from conftest import assert_error as _error
 from fastapi.testclient import TestClient  # noqa: E402
 from helpers import live_server  # noqa: E402
 
+from fashionclf.apps.serving import app as app_module  # noqa: E402
+from fashionclf.apps.serving.app import create_app  # noqa: E402
+from fashionclf.engine.runs import load_run, save_run  # noqa: E402
 from fashionclf.models import build_model  # noqa: E402
-from fashionclf.recipes import resolve_config  # noqa: E402
-from fashionclf.runs import load_run, save_run  # noqa: E402
-from fashionclf.serving import app as app_module  # noqa: E402
-from fashionclf.serving.app import create_app  # noqa: E402
+from fashionclf.training.recipes import resolve_config  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
 
@@ -123,7 +123,7 @@ def test_decompression_bombs_are_refused_from_the_header_before_decoding(run, mo
 
 
 def test_freed_memory_is_given_back_when_the_workers_fall_idle_after_photos(run, monkeypatch):
-    from fashionclf.serving import limits
+    from fashionclf.apps.serving import limits
 
     calls = []
     monkeypatch.setattr(limits, "trim_heap", lambda: calls.append(1) or True)
@@ -279,8 +279,8 @@ def test_bodies_held_in_memory_are_bounded_across_requests(run):
 def test_binding_beyond_loopback_without_a_key_warns(run, monkeypatch, capsys, tmp_path):
     import uvicorn
 
-    from fashionclf.cli import main
-    from fashionclf.serving.guard import startup_warnings
+    from fashionclf.apps.cli import main
+    from fashionclf.apps.serving.guard import startup_warnings
 
     assert startup_warnings("127.0.0.1", None) == [] and startup_warnings("::1", None) == [] and startup_warnings("localhost", None) == []
     assert startup_warnings("0.0.0.0", "k") == []
@@ -356,7 +356,7 @@ def test_real_server_process_stays_bounded_under_attack(run):
 
 
 def test_limits_reject_nonsense():
-    from fashionclf.serving.limits import Limits
+    from fashionclf.apps.serving.limits import Limits
 
     nonsense = [{"workers": 0}, {"queue": -1}, {"max_body_mb": 0}, {"timeout_s": float("nan")}, {"max_body_mb": float("inf")}]
     for bad in [*nonsense, {"max_files": 2.5}, {"workers": True}]:

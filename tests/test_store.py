@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from fashionclf.cli import main
+from fashionclf.apps.cli import main
 from fashionclf.data.fashion_mnist import DataError
 from fashionclf.data.folders import load_image_folder
 from fashionclf.data.store import SHARE, DiskStore, choose, decoded_bytes

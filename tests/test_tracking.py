@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from fashionclf.cli import main  # noqa: E402
+from fashionclf.apps.cli import main  # noqa: E402
 
 
 @pytest.mark.slow

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from fashionclf.config import DEFAULT_RECIPE, RECOMMENDED_MODEL
+from fashionclf.core.config import DEFAULT_RECIPE, RECOMMENDED_MODEL
 from fashionclf.engine.inference import evaluate
-from fashionclf.engine.loop import ema_step_decay, fit
-from fashionclf.recipes import list_recipes, load_recipe, resolve_config
+from fashionclf.training.loop import ema_step_decay, fit
+from fashionclf.training.recipes import list_recipes, load_recipe, resolve_config
 
 
 def _synthetic(n_per_class=60, seed=0):
@@ -85,8 +85,8 @@ def test_frozen_warmup_and_discriminative_lrs():
         "efficientnet_lite0", None, epochs=1, batch_size=20, lr=1e-3, freeze_epochs=1, body_lr_mult=0.1, model_kwargs={"pretrained": False}
     )
     torch.manual_seed(cfg.seed)
-    from fashionclf.engine.loop import make_optimizer
     from fashionclf.models import create_model, split_body_head
+    from fashionclf.training.loop import make_optimizer
 
     groups = make_optimizer(cfg, create_model("efficientnet_lite0", pretrained=False)).param_groups
     assert [g["lr"] for g in groups] == [pytest.approx(1e-4), 1e-3]
@@ -165,7 +165,7 @@ def test_photos_preset_is_best_cpu_with_photo_augmentation():
 
 def test_low_resolution_run_trains_and_reloads(tmp_path):
     from fashionclf.engine.inference import infer
-    from fashionclf.runs import load_run, save_run
+    from fashionclf.engine.runs import load_run, save_run
 
     x, y = _synthetic()
     cfg = resolve_config("tuned_cnn", None, epochs=2, batch_size=64, val_size=0, resolution=14, precision="fp32")
@@ -217,7 +217,7 @@ def test_robust_preset_is_photos_with_the_three_weaknesses_taught_and_more_epoch
 def test_bad_training_numbers_are_one_line_before_any_work(tmp_path, capsys, flags, says):
     """Issue 19: --batch-size 0 was a ZeroDivisionError, --epochs 0 torch's own message, --train-limit -5 trained on
     53,995 images. Each is refused by the real CLI with one line (exit 2), and nothing is written."""
-    from fashionclf.cli import main
+    from fashionclf.apps.cli import main
 
     out = tmp_path / "run"
     assert main(["train", "--model", "mlp", "--out", str(out), "--no-download", *flags]) == 2

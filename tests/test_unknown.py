@@ -17,10 +17,10 @@ from PIL import Image
 import fashionclf
 from fashionclf import api
 from fashionclf.data.fashion_mnist import FashionMNIST
+from fashionclf.engine.runs import METRICS, RunError
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, SCORES, all_scores, auroc, fit_unknown, negative_classes, threshold_for
-from fashionclf.predict import predict_arrays, predict_scored, results_from_probs
-from fashionclf.runs import METRICS, RunError
-from fashionclf.study import train_and_save
+from fashionclf.infer.predict import predict_arrays, predict_scored, results_from_probs
+from fashionclf.training.supervised import train_and_save
 
 GOLDEN_RUNS = Path(__file__).parent / "golden" / "study" / "runs"
 CLASSES = tuple(f"c{i}" for i in range(10))
@@ -218,7 +218,7 @@ def everything_unknown(run_dir) -> api.Run:
 
 
 def test_csv_and_jsonl_outputs_mark_unknown_items(bars_run, tmp_path):
-    from fashionclf.serving.batch import predict_to_file
+    from fashionclf.infer.batch import predict_to_file
 
     files = []
     for i in range(3):
@@ -258,7 +258,7 @@ def test_serve_answers_label_null_for_unknown_items(bars_run):
 
     from fastapi.testclient import TestClient
 
-    from fashionclf.serving.app import create_app
+    from fashionclf.apps.serving.app import create_app
 
     buf = io.BytesIO()
     Image.fromarray(photo(1, 5)).save(buf, format="PNG")
@@ -274,7 +274,7 @@ def test_serve_answers_label_null_for_unknown_items(bars_run):
 def test_energy_under_tta_uses_the_views_raw_logits(tmp_path):
     """With mirror TTA the run's logits are log-probabilities (their logsumexp is 0): the energy is taken on the
     views' mean raw logits instead, and the probabilities stay those of Run.logits."""
-    from fashionclf.predict import calibrated_probs, run_logits
+    from fashionclf.infer.predict import calibrated_probs, run_logits
 
     out = tmp_path / "tta"
     train_and_save(fashionclf.recipe("mlp", epochs=3, batch_size=32, precision="fp32", tta=True), bars_data(), out)

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from fashionclf import ready
+from fashionclf.core.io import atomic_write_text, to_json
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.data.folders import map_folders, parse_class_map, scans_as_photos
+from fashionclf.engine.runs import load_run
 from fashionclf.evaluation.calibrate import ece
-from fashionclf.io import atomic_write_text, to_json
-from fashionclf.predict import class_order, load_labelled_photos, predict_scored, review_threshold
-from fashionclf.runs import load_run
+from fashionclf.infer import ready
+from fashionclf.infer.predict import class_order, load_labelled_photos, predict_scored, review_threshold
 
 
 def member_probs(runs, folder, class_map):

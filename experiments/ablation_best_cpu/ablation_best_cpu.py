@@ -17,11 +17,11 @@ import json
 import platform
 from datetime import UTC, datetime
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.engine.inference import evaluate
-from fashionclf.engine.loop import fit
-from fashionclf.io import atomic_write_text
-from fashionclf.recipes import resolve_config
+from fashionclf.training.loop import fit
+from fashionclf.training.recipes import resolve_config
 
 # name -> the overrides that remove one ingredient from the preset
 VARIANTS = {

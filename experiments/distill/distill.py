@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loop_pays.loop_pays import FCLF, TRAIN  # noqa: E402  (the loop study's recipe, written out there)
 
+from fashionclf.engine.runs import load_predictions  # noqa: E402
 from fashionclf.evaluation.metrics import mcnemar, mean_std  # noqa: E402
-from fashionclf.runs import load_predictions  # noqa: E402
 
 
 def scored(run: Path) -> dict:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashionclf.core.io import atomic_write_bytes, to_json
+from fashionclf.engine.runs import load_predictions, read_json
 from fashionclf.evaluation.calibrate import guaranteed_rule, point_estimate_threshold
-from fashionclf.io import atomic_write_bytes, to_json
-from fashionclf.runs import load_predictions, read_json
 
 SIZES = (300, 600, 1000, 2000, 4000)
 DRAWS = 20

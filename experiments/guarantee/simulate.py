@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashionclf.core.io import atomic_write_bytes, to_json
 from fashionclf.evaluation.calibrate import guaranteed_rule, point_estimate_threshold
-from fashionclf.io import atomic_write_bytes, to_json
 
 CURVES = {  # name: (a, floor)
     "smooth": (0.3, 0.0),

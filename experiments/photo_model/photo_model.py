@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from fashionclf.core.io import atomic_write_text, to_json
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.data.folders import map_folders, parse_class_map, scans_as_photos
-from fashionclf.io import atomic_write_text, to_json
-from fashionclf.predict import load_labelled_photos
-from fashionclf.runs import load_run
-from fashionclf.study import evaluate_run
+from fashionclf.engine.runs import load_run
+from fashionclf.infer.predict import load_labelled_photos
+from fashionclf.study.compare import evaluate_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/, for common.py
 import common  # noqa: E402

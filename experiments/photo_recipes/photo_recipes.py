@@ -21,10 +21,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fashionclf.core.io import atomic_write_text
+from fashionclf.engine.runs import load_predictions, read_json
 from fashionclf.evaluation.metrics import mean_std
 from fashionclf.evaluation.paired import compare_seeds
-from fashionclf.io import atomic_write_text
-from fashionclf.runs import load_predictions, read_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/, for common.py
 import common  # noqa: E402

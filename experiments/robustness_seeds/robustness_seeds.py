@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from fashionclf.io import atomic_write_text, to_json
+from fashionclf.core.io import atomic_write_text, to_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/, for common.py
 import common  # noqa: E402

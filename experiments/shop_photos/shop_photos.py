@@ -21,12 +21,12 @@ import json
 import sys
 from pathlib import Path
 
+from fashionclf.core.io import atomic_write_text, to_json
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.data.folders import parse_class_map
-from fashionclf.io import atomic_write_text, to_json
-from fashionclf.predict import load_labelled_photos
-from fashionclf.runs import load_run
-from fashionclf.study import evaluate_run, robustness
+from fashionclf.engine.runs import load_run
+from fashionclf.infer.predict import load_labelled_photos
+from fashionclf.study.compare import evaluate_run, robustness
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/, for common.py
 import common  # noqa: E402

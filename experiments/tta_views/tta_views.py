@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fashionclf.data.fashion_mnist import load_fashion_mnist
 from fashionclf.engine.device import autocast, resolve_precision
 from fashionclf.engine.inference import to_input
-from fashionclf.runs import load_run
+from fashionclf.engine.runs import load_run
 
 KINDS = {
     "one": [],

@@ -21,10 +21,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fashionclf.core.io import atomic_write_text
 from fashionclf.data.folders import mapped_items, parse_class_map
-from fashionclf.io import atomic_write_text
-from fashionclf.predict import class_order, predict_files
-from fashionclf.runs import load_run
+from fashionclf.engine.runs import load_run
+from fashionclf.infer.predict import class_order, predict_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/, for common.py
 import common  # noqa: E402

@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from fashionclf.api import load_run
-from fashionclf.data.folders import load_image_folder, load_images, scan
+from fashionclf.core.io import atomic_write_text
+from fashionclf.data.folders import load_image_folder, load_images
+from fashionclf.data.layouts import scan
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, all_scores, auroc, fit_unknown, threshold_for, view_logits
-from fashionclf.io import atomic_write_text
 
 KNOWN = ("dress", "longsleeve", "outwear", "pants", "shirt", "t-shirt")
 LEFT_OUT = ("hat", "shoes", "shorts", "skirt")

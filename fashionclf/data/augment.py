@@ -1,38 +1,18 @@
 """Batched augmentation on tensors: one affine warp per batch, parameters drawn per sample.
 
-Everything here takes and returns float tensors (N, C, H, W) and a torch.Generator,
+The settings are core.config.AugmentConfig (a new augmentation is a field there, its function here and a
+line in augment_batch). Everything here takes and returns float tensors (N, C, H, W) and a torch.Generator,
 so a seed fixes the result and no Python loop runs over samples.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from fashionclf.settings import check_fields, setting
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentation settings; a new augmentation is a field here, its function below and a line in augment_batch."""
-
-    rotation: float = setting(10.0, "max rotation in degrees either way (0-30 suits upright product shots)", "augmentation", lo=0, hi=180)
-    zoom: float = setting(0.1, "scale drawn in [1-zoom, 1+zoom]", "augmentation", lo=0, hi=0.9)
-    shift: float = setting(0.1, "max translation as a fraction of the side", "augmentation", lo=0, hi=0.5)
-    hflip: bool = setting(True, "mirror half the images (garments are left-right symmetric enough)", "augmentation")
-    erase: float = setting(0.0, "probability of random erasing (a rectangle set to 0)", "augmentation", lo=0, hi=1)
-    photo: float = setting(0.0, "probability of photo-style blur/noise/contrast/haze per image", "augmentation", lo=0, hi=1)
-    cutmix: float = setting(0.0, "probability that a batch is CutMixed (labels mixed by area)", "augmentation", lo=0, hi=1)
-    vflip: float = setting(0.0, "probability of an upside-down flip per image", "augmentation", lo=0, hi=1)
-    levels: float = setting(
-        0.0, "probability of new black and white points (gray ground, low contrast), half reversed", "augmentation", lo=0, hi=1
-    )
-
-    def __post_init__(self):
-        check_fields(self, "aug.")
+from fashionclf.core.config import AugmentConfig
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -18,24 +18,8 @@ import numpy as np
 import torch
 
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
-from fashionclf.data.images import SUFFIXES, ImageError, load_rgb
-
-
-def scan(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted subfolder names) and (file, label) pairs; clear errors for unusable folders."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder; expected a folder with one subfolder of images per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(f"{root} has {len(classes)} class subfolder(s); expected at least 2 (one subfolder of images per class)")
-    items = []
-    for i, c in enumerate(classes):
-        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-        if not files:
-            raise DataError(f"{root / c} holds no images (.jpg, .png, .webp, .bmp, .gif, .tif); add some or remove the folder")
-        items += [(f, i) for f in files]
-    return classes, items
+from fashionclf.data.images import ImageError, load_rgb
+from fashionclf.data.layouts import read_layout, scan
 
 
 def letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -145,7 +129,6 @@ def load_image_folder(
     cache: "memory", "disk" (file-backed tensors, for folders larger than memory: data/store.py) or
     "auto" (disk when the decoded images would take more than 15% of the available memory).
     """
-    from fashionclf.data.layouts import read_layout
     from fashionclf.data.store import choose
 
     if not 16 <= image_size <= 512:

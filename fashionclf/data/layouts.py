@@ -44,6 +44,23 @@ class Layout:
         return f"{self.kind} ({len(self.classes)} classes; {parts})"
 
 
+def scan(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted subfolder names) and (file, label) pairs; clear errors for unusable folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; expected a folder with one subfolder of images per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class subfolder(s); expected at least 2 (one subfolder of images per class)")
+    items = []
+    for i, c in enumerate(classes):
+        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise DataError(f"{root / c} holds no images (.jpg, .png, .webp, .bmp, .gif, .tif); add some or remove the folder")
+        items += [(f, i) for f in files]
+    return classes, items
+
+
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -67,8 +84,6 @@ def read_layout(path: str | Path) -> Layout:
     if splits:
         return _read_splits(path, subs, splits)
     _refuse_class_split_folders(path, subs)
-    from fashionclf.data.folders import scan
-
     classes, items = scan(path)
     return Layout("classes", path, classes, {"all": items})
 

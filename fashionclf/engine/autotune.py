@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashionclf.io import atomic_write_text, to_json
+from fashionclf.core.io import atomic_write_text, to_json
 
 MARGIN = 0.10  # a variant other than the configured one must be this much faster to be chosen
 WARMUP, ROUNDS, BUDGET_S = 2, 3, 3.0

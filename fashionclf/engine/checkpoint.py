@@ -29,8 +29,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from fashionclf.core.io import atomic_write_bytes, atomic_write_text, to_json
 from fashionclf.engine import distributed
-from fashionclf.io import atomic_write_bytes, atomic_write_text, to_json
 
 CHECKPOINT, STATE = "checkpoint", "state.json"
 FORMAT = "fashionclf-checkpoint-1"

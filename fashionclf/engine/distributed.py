@@ -5,7 +5,7 @@ RANK, WORLD_SIZE and the rendezvous address in their environment; `init_from_env
 process group (gloo on CPU, NCCL on CUDA). Without those variables everything here is a no-op and
 training is the plain single process.
 
-Semantics, the same on every rank (fashionclf.engine.loop.fit):
+Semantics, the same on every rank (fashionclf.training.loop.fit):
 - the global batch is the configured batch size: each rank takes batch_size / world_size of it;
 - every epoch draws one permutation from (seed, epoch), identical on all ranks, and rank r takes
   every world_size-th image of it from position r (a shard; the few images that do not divide

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fashionclf.config import TrainConfig
+from fashionclf.core.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fashionclf.io import UMASK, atomic_write_text
+from fashionclf.core.io import UMASK, atomic_write_text
 from fashionclf.review import db
 
 

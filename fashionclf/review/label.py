@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fashionclf.data.images import find_images
-from fashionclf.predict import rule_of
+from fashionclf.infer.predict import rule_of
 from fashionclf.review import audit, db
 
 

@@ -1,1 +1,0 @@
-"""Reports (Markdown + HTML) built only from stored outputs."""

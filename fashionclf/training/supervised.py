@@ -1,0 +1,197 @@
+"""Train-evaluate-save for one run, and the seed study (`compare`) as many runs.
+
+Test-set figures are computed once, after training has chosen its weights on the
+validation split, and stored with the run (metrics.json and the test logits),
+so reports derive everything from stored outputs without re-running models.
+
+A training claims its run folder (a lock) and keeps the checkpoint of its last
+epoch there, so a killed one continues with `resume=True` (`train --resume DIR`)
+to the weights an uninterrupted one would have reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from fashionclf.core.config import TrainConfig, config_from_dict, config_to_dict
+from fashionclf.core.io import to_json
+from fashionclf.data.fashion_mnist import FashionMNIST
+from fashionclf.engine import distributed
+from fashionclf.engine.checkpoint import CHECKPOINT, CheckpointError, read_state
+from fashionclf.engine.device import inference_precision
+from fashionclf.engine.inference import infer, measure_inference
+from fashionclf.engine.runs import (
+    METRICS,
+    METRICS_FIELDS,
+    RunError,
+    check_metadata,
+    check_writable,
+    claim,
+    save_run,
+)
+from fashionclf.evaluation.calibrate import Promise, calibrate, calibration_report, crossfit_review
+from fashionclf.evaluation.metrics import classification_report
+from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, fit_unknown
+from fashionclf.evaluation.unknown import known_share as unknown_known_share
+from fashionclf.training.callbacks import NONE, Callbacks
+from fashionclf.training.loop import fit
+
+
+def train_and_save(
+    cfg: TrainConfig,
+    data: FashionMNIST,
+    out: str | Path,
+    overwrite: bool = False,
+    callbacks: Callbacks = NONE,
+    extra_meta: dict | None = None,
+    resume: bool = False,
+    unknown_share: float = DEFAULT_KNOWN_SHARE,
+    promise: Promise = Promise(),
+) -> dict:
+    """Fit cfg on data, score it on the test set, write the run folder; return its metrics.
+
+    `out` is claimed (locked) before training and holds the checkpoint of the last finished epoch until the
+    run replaces it; resume=True continues from that checkpoint (the same config and data, else a RunError).
+    How the data were loaded (`data.load_options`, set by fashionclf.api.load_data) is recorded with it, so
+    `train --resume` can load them again. unknown_share: the share of validation images the "none of these"
+    score counts known (evaluation/unknown.py); promise: the precision and confidence the review rule guarantees.
+    """
+    # Rank 0 holds the folder; the other ranks of a torchrun job only read the checkpoint to resume.
+    held = claim(out, overwrite, resume) if distributed.is_main() else contextlib.nullcontext(Path(out) / CHECKPOINT)
+    with held as checkpoint:
+        if distributed.is_main():  # announced once the folder is held: a refused training says nothing first
+            callbacks.on_run_start(cfg, Path(out))
+        same = {**data_info(data), "source": None, "sha256": data_digest(data)}  # what a resumed run must train on again
+        if resume:
+            check_resumable(checkpoint, cfg, same)
+        extra = {"data": same, "data_options": getattr(data, "load_options", None)}
+        xy = (data.train_x, data.train_y, data.val_x, data.val_y)
+        res = fit(cfg, *xy, len(data.classes), callbacks, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
+        if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
+            return {}
+        return _score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share, promise)
+
+
+def data_digest(data: FashionMNIST) -> str:
+    """SHA-256 of the training images and labels as trained on (a resumed run must see the same)."""
+    h = hashlib.sha256()
+    for t in (data.train_x, data.train_y, data.val_x, data.val_y):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_resumable(checkpoint: Path, cfg: TrainConfig, data: dict) -> None:
+    """The checkpoint is of this config and these data; a CheckpointError saying which differs otherwise."""
+    state = read_state(checkpoint)
+    then, now = state["config"], json.loads(to_json(config_to_dict(cfg)))
+    if then != now:
+        diff = sorted(k for k in now if then.get(k) != now[k])
+        raise CheckpointError(f"{checkpoint} is of another configuration ({', '.join(diff)} differ); resume it with its own")
+    if state["extra"].get("data") != data:
+        raise CheckpointError(f"{checkpoint} was trained on other data (images, labels or split differ); resume it on the same data")
+
+
+def resume_plan(out: str | Path) -> tuple[TrainConfig, dict | None]:
+    """The config a run folder's checkpoint trains, and how its data were loaded (None: given from Python)."""
+    check_writable(out, resume=True)
+    state = read_state(Path(out) / CHECKPOINT)
+    try:
+        cfg = config_from_dict(state["config"], strict=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(out) / CHECKPOINT}: its config cannot be used ({e})") from None
+    return cfg, state["extra"].get("data_options")
+
+
+def usable_calibration(calibration: dict | None, key: str = "calibration") -> dict | None:
+    """The calibration as fitted, or None (every item reviewed) where it could not be fitted (NaN logits)."""
+    try:
+        check_metadata(Path(METRICS), json.loads(to_json({key: calibration})), METRICS_FIELDS)
+    except RunError:
+        return None
+    return calibration
+
+
+def usable_unknown(unknown: dict | None) -> dict | None:
+    """The "none of these" record as fitted, or None (nothing said unknown) where it could not be (NaN logits)."""
+    return usable_calibration(unknown, "unknown")
+
+
+def _score_and_save(
+    cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: bool, extra_meta: dict | None, unknown_share: float, promise: Promise
+) -> dict:
+    device = torch.device(res.device)
+    inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
+    amp, cl = inf.dtype, inf.channels_last
+    # raw: the logits the "none of these" score takes (under TTA the views' mean), from the same passes
+    (val_logits, val_raw), (test_logits, test_raw) = (
+        infer(res.model, x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta, raw=True) for x in (data.val_x, data.test_x)
+    )
+    val_rep = classification_report(val_logits, data.val_y, data.classes)
+    test_rep = classification_report(test_logits, data.test_y, data.classes)
+    # Temperature and the guaranteed review rule from the validation split; the test set only reports what they do.
+    calibration = usable_calibration(calibrate(val_logits, data.val_y, promise.target, promise.delta)) if len(data.val_y) else None
+    temperature = (calibration or {}).get("temperature", 1.0)
+    unknown = fit_unknown(val_logits if len(data.val_y) else None, temperature, list(data.classes), unknown_share, raw=val_raw)
+    metrics = {
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "test_accuracy": test_rep["accuracy"],
+        "test_loss": test_rep["loss"],
+        "val_accuracy": val_rep["accuracy"],
+        "val_loss": val_rep["loss"],
+        "train_seconds": res.train_seconds,
+        "seconds_per_epoch": res.train_seconds / len(res.history),
+        "params": res.params,
+        "epochs_run": len(res.history),
+        "best_epoch": res.best_epoch,
+        "device": res.device,
+        "precision": res.precision,
+        "world_size": res.world_size,  # processes that trained it (torchrun); 1 for a plain run
+        # how precision and channels_last were chosen (timed under --precision auto), with the timings and CPU flags
+        "precision_choice": {"train": res.precision_choice, "infer": inf.record()},
+        "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cl, cfg.tta),
+        "test_per_class": test_rep["per_class"],
+        "test_confusion_matrix": test_rep["confusion_matrix"],
+        "calibration": calibration,
+        "unknown": usable_unknown(unknown),
+        **crossfit_review(val_logits, data.val_y, promise.target, delta=promise.delta),  # the rule on items it was not fitted on
+    }
+    if calibration is not None:
+        metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
+    if metrics["unknown"] is not None and len(data.test_y):  # about unknown_share on new photos of the classes
+        metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, test_raw)}
+    predictions = {"logits": test_logits, "labels": data.test_y, "val_logits": val_logits, "val_labels": data.val_y}
+    shape = tuple(data.train_x.shape[1:])
+    if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default
+        extra_meta = {"input": {"channels": shape[0], "height": shape[1], "width": shape[2], "kind": "rgb-letterbox"}, **(extra_meta or {})}
+    save_run(
+        out,
+        res.model,
+        cfg,
+        metrics,
+        res.history,
+        data.classes,
+        data_info(data),
+        overwrite=overwrite,
+        predictions=predictions,
+        extra_meta=extra_meta,
+        claimed=True,
+    )
+    return metrics
+
+
+def data_info(data: FashionMNIST) -> dict:
+    """What meta.json records of the data a run saw; compare() resumes only on the same data."""
+    return {
+        "source": data.source,
+        "checksums": data.checksums,
+        "train": len(data.train_x),
+        "val": len(data.val_x),
+        "test": len(data.test_x),
+        "split_seed": data.split_seed,
+    }
