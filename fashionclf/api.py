@@ -24,7 +24,7 @@ from fashionclf.engine import runs
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.infer import ready
-from fashionclf.models import model_info
+from fashionclf.models.registry import model_kwargs  # noqa: F401  (re-exported: fashionclf.model_kwargs)
 from fashionclf.training.callbacks import NONE, Callbacks
 from fashionclf.training.recipes import load_config_file, load_recipe, resolve_config
 
@@ -171,36 +171,6 @@ def load_run(path: str | Path = "default", device: str | torch.device = "cpu") -
 def recipe(name: str, **overrides) -> TrainConfig:
     """A recipe's config by name (a model's defaults or a preset), with overrides, e.g. seed=1, aug_rotation=15."""
     return resolve_config(base=load_recipe(name).config, **overrides)
-
-
-def model_kwargs(model: str, folder_data: bool = False, image_size: int | None = None, drop_path: float | None = None) -> dict:
-    """Constructor arguments for a model from what its registry entry declares: RGB input and its size for
-    image folders, stochastic depth where the model has it. A clear ValueError where it cannot."""
-    from fashionclf.models import list_models
-
-    info = model_info(model)
-    kwargs: dict = {}
-    if folder_data:
-        size = image_size or 128
-        if not info.flexible_size:
-            takes = [n for n in list_models() if model_info(n).flexible_size]
-            raise ValueError(
-                f"model {model} cannot take {size}x{size} RGB images (it is built for {info.input_size} px); "
-                f"models that can: {', '.join(takes)}"
-            )
-        kwargs["in_chans"] = 3
-        if info.size_arg:
-            kwargs["image_size"] = size
-    elif image_size:
-        raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
-    if drop_path is not None:
-        if not info.drop_path:
-            takes = [n for n in list_models() if model_info(n).drop_path]
-            raise ValueError(f"--drop-path: {model} has no stochastic depth; models that take it: {', '.join(takes)}")
-        if not 0 <= drop_path < 1:
-            raise ValueError(f"--drop-path {drop_path}: expected a rate in [0, 1)")
-        kwargs["drop_path"] = drop_path
-    return kwargs
 
 
 def load_data(
@@ -394,3 +364,18 @@ def export_labels(catalogue: str | Path, out: str | Path) -> dict:
     from fashionclf.review.export import export_labels as export
 
     return export(catalogue, out)
+
+
+def embed(paths, store, backbones=None, image_size=None, batch_size=32, workers=2, on_batch=None) -> dict:
+    """Embed the photos of folders and manifests into an embedding store (made where missing): embed/extract.py."""
+    from fashionclf.embed.extract import embed_paths
+
+    return embed_paths(paths, store, backbones, image_size, batch_size, workers, on_batch)
+
+
+def train_on_store(data, out, store, **options) -> Run:
+    """A run whose head is fitted on the store's vectors of `data` in seconds (training/embedded.py), loaded."""
+    from fashionclf.training.embedded import train_on_store as fit
+
+    fit(data, out, store, **options)
+    return load_run(out)

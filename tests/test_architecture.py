@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "fashionclf"
-FOLDERS = ["core", "data", "models", "engine", "evaluation", "infer", "training", ("study", "review"), "api", "apps"]
+FOLDERS = ["core", "data", "models", "engine", "embed", "evaluation", "infer", "training", ("study", "review"), "api", "apps"]
 FACADES = {"fashionclf", "fashionclf.api", "fashionclf.__main__"}
 
 

@@ -121,6 +121,7 @@ def load_image_folder(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     cache: str = "memory",
+    decoder=None,
 ) -> tuple[FashionMNIST, list[str]]:
     """The dataset (train/val/test as uint8 tensors) and the messages for files that were left out.
 
@@ -128,6 +129,8 @@ def load_image_folder(
     (fashionclf.data.layouts). Splits it gives are used as given; missing ones are carved out of train.
     cache: "memory", "disk" (file-backed tensors, for folders larger than memory: data/store.py) or
     "auto" (disk when the decoded images would take more than 15% of the available memory).
+    decoder: what turns (file, label) items into tensors (`decode(items)`, `take(x, y, idx, items)`), instead of
+    pixels: an embedding store's vectors (training/embedded.py) split exactly as the pixels would be.
     """
     from fashionclf.data.store import choose
 
@@ -136,7 +139,7 @@ def load_image_folder(
     layout = read_layout(data)
     classes, given, root = layout.classes, layout.splits, layout.root
     pool = given.get("all") or given["train"]
-    dec = _Decoder(choose(cache, sum(map(len, given.values())), image_size), image_size)
+    dec = decoder or _Decoder(choose(cache, sum(map(len, given.values())), image_size), image_size)
     x, y, skipped = dec.decode(pool)
     checksums = {"data": _fingerprint(pool, root)}
     if "test" in given:

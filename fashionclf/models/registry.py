@@ -120,3 +120,31 @@ def split_body_head(model: nn.Module) -> tuple[list, list]:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_kwargs(model: str, folder_data: bool = False, image_size: int | None = None, drop_path: float | None = None) -> dict:
+    """Constructor arguments for a model from what its registry entry declares: RGB input and its size for
+    image folders, stochastic depth where the model has it. A clear ValueError where it cannot."""
+    info = model_info(model)
+    kwargs: dict = {}
+    if folder_data:
+        size = image_size or 128
+        if not info.flexible_size:
+            takes = [n for n in list_models() if model_info(n).flexible_size]
+            raise ValueError(
+                f"model {model} cannot take {size}x{size} RGB images (it is built for {info.input_size} px); "
+                f"models that can: {', '.join(takes)}"
+            )
+        kwargs["in_chans"] = 3
+        if info.size_arg:
+            kwargs["image_size"] = size
+    elif image_size:
+        raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
+    if drop_path is not None:
+        if not info.drop_path:
+            takes = [n for n in list_models() if model_info(n).drop_path]
+            raise ValueError(f"--drop-path: {model} has no stochastic depth; models that take it: {', '.join(takes)}")
+        if not 0 <= drop_path < 1:
+            raise ValueError(f"--drop-path {drop_path}: expected a rate in [0, 1)")
+        kwargs["drop_path"] = drop_path
+    return kwargs

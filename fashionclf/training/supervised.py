@@ -74,7 +74,7 @@ def train_and_save(
         res = fit(cfg, *xy, len(data.classes), callbacks, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
         if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
             return {}
-        return _score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share, promise)
+        return score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share, promise)
 
 
 def data_digest(data: FashionMNIST) -> str:
@@ -121,16 +121,30 @@ def usable_unknown(unknown: dict | None) -> dict | None:
     return usable_calibration(unknown, "unknown")
 
 
-def _score_and_save(
-    cfg: TrainConfig, data: FashionMNIST, out, res, overwrite: bool, extra_meta: dict | None, unknown_share: float, promise: Promise
+def score_and_save(
+    cfg: TrainConfig,
+    data: FashionMNIST,
+    out,
+    res,
+    overwrite: bool,
+    extra_meta: dict | None,
+    unknown_share: float,
+    promise: Promise,
+    scored: tuple | None = None,
 ) -> dict:
-    device = torch.device(res.device)
-    inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
-    amp, cl = inf.dtype, inf.channels_last
-    # raw: the logits the "none of these" score takes (under TTA the views' mean), from the same passes
-    (val_logits, val_raw), (test_logits, test_raw) = (
-        infer(res.model, x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta, raw=True) for x in (data.val_x, data.test_x)
-    )
+    """Score a fitted model on validation and test, fit its review and unknown rules, write the run folder.
+    scored: ((val logits, raw), (test logits, raw)) where they were computed without the images (a head on stored
+    embeddings, training/embedded.py); inference speed is then not measured here."""
+    device, inf, speed = torch.device(res.device), None, None
+    if scored is None:
+        inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
+        amp, cl = inf.dtype, inf.channels_last
+        # raw: the logits the "none of these" score takes (under TTA the views' mean), from the same passes
+        scored = [
+            infer(res.model, x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta, raw=True) for x in (data.val_x, data.test_x)
+        ]
+        speed = measure_inference(res.model, data.test_x, device, amp, cl, cfg.tta)
+    (val_logits, val_raw), (test_logits, test_raw) = scored
     val_rep = classification_report(val_logits, data.val_y, data.classes)
     test_rep = classification_report(test_logits, data.test_y, data.classes)
     # Temperature and the guaranteed review rule from the validation split; the test set only reports what they do.
@@ -153,8 +167,8 @@ def _score_and_save(
         "precision": res.precision,
         "world_size": res.world_size,  # processes that trained it (torchrun); 1 for a plain run
         # how precision and channels_last were chosen (timed under --precision auto), with the timings and CPU flags
-        "precision_choice": {"train": res.precision_choice, "infer": inf.record()},
-        "infer_images_per_s": measure_inference(res.model, data.test_x, device, amp, cl, cfg.tta),
+        "precision_choice": {"train": res.precision_choice, "infer": inf and inf.record()},
+        "infer_images_per_s": speed,
         "test_per_class": test_rep["per_class"],
         "test_confusion_matrix": test_rep["confusion_matrix"],
         "calibration": calibration,

@@ -54,6 +54,12 @@ def add_parser(sub) -> None:
         help="distillation (with --unlabelled; repeat for several): these finished runs' averaged soft labels on the "
         "unlabelled photos teach the model trained (OUT) instead of a teacher trained first",
     )
+    s.add_argument(
+        "--store",
+        metavar="DIR",
+        help="fit a linear head on the frozen backbones' features of --data kept in this embedding store (`fashionclf embed`; "
+        "photos it lacks are embedded first): seconds instead of minutes, model frozen_lites",
+    )
     options.add_train_options(s)
     options.add_promise_options(s.add_argument_group("review rule"), fitted_here=True)
     options.add_track_options(s)
@@ -156,6 +162,8 @@ def _train(args, quiet: bool) -> Path:
         raise ValueError(f"--unknown-share {args.unknown_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
     if args.teacher and not args.unlabelled:  # before the data are loaded
         raise ValueError("--teacher needs --unlabelled FOLDER: the photos whose soft labels the teachers give the student")
+    if args.store:
+        return _train_on_store(args, quiet)
     resume = bool(args.resume)
     if resume:
         cfg, data = _resumed(args)
@@ -195,6 +203,38 @@ def _train(args, quiet: bool) -> Path:
         accs = ", ".join(f"{t['model']} {t['test_accuracy']:.4f}" for t in ds["teachers"])
         left = f"{ds['unknown']} unknown, {ds['unreadable']} unreadable"
         print(f"teachers (test accuracy): {accs}; soft labels on {ds['kept']} of {ds['considered']} photos ({left})")
+    print(f"review rule: {(m.get('calibration') or {}).get('promise', 'none: no validation split to fit it on')}")
+    print(f"run folder: {out}")
+    return out
+
+
+def _train_on_store(args, quiet: bool) -> Path:
+    """train --data FOLDER --store DIR: a head on stored embeddings (training/embedded.py)."""
+    from datetime import datetime
+
+    from fashionclf import api
+    from fashionclf.evaluation.calibrate import Promise
+
+    if not args.data:
+        raise ValueError("--store fits a head on the stored features of --data FOLDER: give the labelled photos")
+    other = [f for f, v in (("--resume", args.resume), ("--unlabelled", args.unlabelled), ("--teacher", args.teacher)) if v]
+    if args.model not in (None, "frozen_lites") or args.preset or args.config or other:
+        given = other + [f for f, v in (("--model", args.model), ("--preset", args.preset), ("--config", args.config)) if v]
+        raise ValueError(f"--store trains model frozen_lites on the store's features; leave out {', '.join(given)}")
+    out = Path(args.out) if args.out else Path(f"runs/frozen_lites-s{args.split_seed or 0}-{datetime.now():%Y%m%d-%H%M%S}")
+
+    def progress(done: int, todo: int) -> None:
+        print(f"embedding: {done}/{todo} photos", file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n")
+
+    run = api.train_on_store(
+        args.data, out, args.store, val_data=args.val_data, split_seed=args.split_seed or 0, overwrite=args.overwrite,
+        promise=options.promise(args) or Promise(), unknown_share=args.unknown_share, on_embed=None if quiet else progress,
+    )  # fmt: skip
+    m, t = run.metrics, run.meta["trainer"]
+    print(
+        f"frozen_lites ({t['store_spec']['backbones']}): test accuracy {m['test_accuracy']:.4f}  val accuracy {m['val_accuracy']:.4f}  "
+        f"head fitted in {m['train_seconds']:.1f}s (L2 {t['decay']:g}, chosen on validation)"
+    )
     print(f"review rule: {(m.get('calibration') or {}).get('promise', 'none: no validation split to fit it on')}")
     print(f"run folder: {out}")
     return out

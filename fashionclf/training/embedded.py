@@ -1,0 +1,195 @@
+"""A run from an embedding store: a linear head fitted in seconds on stored features, saved as an ordinary run.
+
+The data are read as `--data` always reads them (class folders, split folders or a manifest; the same splits
+for the same split seed), except that each photo becomes its stored vectors instead of pixels: photos the store
+lacks are embedded first, once. The head is a multinomial logistic regression on standardised features, both
+views as rows, fitted to convergence with L-BFGS; its L2 weight is chosen on the validation split by log-loss of
+the mirror-averaged prediction (the run's TTA). Temperature, the guaranteed review rule and "none of these" are
+then fitted on validation exactly as for a trained network (training/supervised.py), from logits computed on the
+stored vectors. The run folder holds the backbones and the head as one network (models/frozen.py), so
+predict, serve, evaluate and export treat it as any other run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from fashionclf.core.config import TrainConfig
+from fashionclf.data.fashion_mnist import DataError
+from fashionclf.data.folders import load_image_folder
+from fashionclf.data.images import ImageError
+from fashionclf.embed.extract import embed_files, open_store
+from fashionclf.embed.store import EmbeddingStore, read_spec
+from fashionclf.engine.runs import claim
+from fashionclf.evaluation.calibrate import Promise
+from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
+from fashionclf.models.frozen import FrozenLites
+from fashionclf.training.supervised import score_and_save
+
+DECAYS = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # L2 weights tried, per feature after standardising
+
+
+class StoreDecoder:
+    """What load_image_folder calls to turn (file, label) items into tensors: here the stored vectors."""
+
+    disk = None
+
+    def __init__(self, store: EmbeddingStore, model: FrozenLites, on_batch: Callable[[int, int], None] | None = None):
+        self.store, self.model, self.on_batch, self.reports = store, model, on_batch, []
+
+    def decode(self, items):
+        files = [p for p, _ in items]
+        missing = [p for p in files if not p.is_file()]
+        if missing:
+            raise DataError(f"{missing[0]} is listed but missing; restore it or remove it from the data")
+        report = embed_files(self.store, self.model, files, on_batch=self.on_batch)
+        self.reports.append(report)
+        bad = {s.split(": ", 1)[0] for s in report["skipped"]}
+        kept = [(p, y) for p, y in items if str(p) not in bad]
+        if not kept:
+            raise DataError("none of the images could be read: " + "; ".join(report["skipped"][:3]))
+        x = torch.from_numpy(self.store.vectors(self.store.hashes([p for p, _ in kept])))
+        return x, torch.tensor([y for _, y in kept], dtype=torch.long), report["skipped"]
+
+    def take(self, x, y, idx, pool):
+        return x[idx], y[idx]
+
+
+def view_logits(head: torch.nn.Linear, v: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, raw) of (n, views, dim) vectors as engine.inference.infer gives them for the run: with TTA the log
+    of the views' mean softmax, and the views' mean raw logits for the "none of these" scores."""
+    with torch.no_grad():
+        both = torch.stack([head(v[:, i]) for i in range(v.shape[1] if tta else 1)])
+    if not tta:
+        return both[0], both[0]
+    return both.log_softmax(-1).logsumexp(0) - math.log(len(both)), both.mean(0)
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, init: torch.nn.Linear | None = None) -> torch.nn.Linear:
+    """Multinomial logistic regression on rows x (standardised), mean cross-entropy + decay * |W|^2, by L-BFGS."""
+    head = torch.nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        if init is None:
+            head.weight.zero_()
+            head.bias.zero_()
+        else:
+            head.load_state_dict(init.state_dict())
+    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=300, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(x), y) + decay * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def fit_head(train_v, train_y, val_v, val_y, classes: int, decays=DECAYS) -> tuple[torch.nn.Linear, dict]:
+    """The head on raw features (standardisation folded in) and how it was chosen: every decay's val log-loss."""
+    views = train_v.shape[1]
+    rows = train_v.reshape(-1, train_v.shape[2])
+    mean, std = rows.mean(0), rows.std(0).clamp_min(1e-6)
+    xs, ys = (rows - mean) / std, train_y.repeat_interleave(views)
+    scored, head, prev = {}, None, None
+    for d in sorted(decays, reverse=True):  # strongest first; each fit starts from the last (warm start)
+        h = fit_linear(xs, ys, classes, d, init=prev)
+        prev = h
+        folded = _fold(h, mean, std)
+        loss = torch.nn.functional.cross_entropy(view_logits(folded, val_v)[0], val_y).item() if len(val_y) else float(d)
+        scored[d] = loss
+        if head is None or loss < scored[head[0]]:
+            head = (d, folded)
+    return head[1], {"decay": head[0], "val_log_loss": {str(k): round(v, 5) for k, v in sorted(scored.items())}}
+
+
+def out_of_fold(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, folds: int = 5, seed: int = 0):
+    """(logits, raw) of every row of x from the one of `folds` heads (same decay) whose fit left that row out."""
+    part = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)) % folds
+    logits, raw = torch.empty(len(y), classes), torch.empty(len(y), classes)
+    none = torch.empty(0, *x.shape[1:]), torch.empty(0, dtype=torch.long)
+    for k in range(folds):
+        held = part == k
+        head, _ = fit_head(x[~held], y[~held], *none, classes, decays=(decay,))
+        logits[held], raw[held] = view_logits(head, x[held])
+    return logits, raw
+
+
+def _fold(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+    """The same map on unstandardised features: W' = W / std, b' = b - W' mean."""
+    out = torch.nn.Linear(h.in_features, h.out_features)
+    with torch.no_grad():
+        out.weight.copy_(h.weight / std)
+        out.bias.copy_(h.bias - out.weight @ mean)
+    return out
+
+
+def train_on_store(
+    data: str | Path,
+    out: str | Path,
+    store: str | Path,
+    val_data: str | Path | None = None,
+    split_seed: int = 0,
+    test_fraction: float = 0.15,
+    val_fraction: float = 0.1,
+    overwrite: bool = False,
+    promise: Promise = Promise(),
+    unknown_share: float = DEFAULT_KNOWN_SHARE,
+    on_embed: Callable[[int, int], None] | None = None,
+    precision: str = "auto",
+    calibration: str = "val",
+) -> dict:
+    """Fit a head on the store's vectors of `data` (embedding what is missing) into the run folder `out`.
+    precision: how the run's network computes when it predicts ("auto": measured; "fp32"). calibration: the items the
+    temperature and the review rule are fitted on: "val" (the validation split) or "oof" (validation plus every
+    training photo, scored by one of K=5 heads that did not see it: out_of_fold)."""
+    if calibration not in ("val", "oof"):
+        raise ValueError(f"calibration {calibration!r}: expected 'val' or 'oof'")
+    st, model = _open(store)
+    dec = StoreDecoder(st, model, on_embed)
+    with claim(out, overwrite) as _:
+        try:
+            ds, skipped = load_image_folder(data, val_data, model.image_size, test_fraction, val_fraction, split_seed, decoder=dec)
+        except ImageError as e:
+            raise DataError(str(e)) from None
+        start = time.perf_counter()
+        head, chosen = fit_head(ds.train_x, ds.train_y, ds.val_x, ds.val_y, len(ds.classes))
+        seconds = time.perf_counter() - start
+        model.head = head
+        kwargs = {"in_chans": 3, "image_size": model.image_size, "backbones": "+".join(model.keys)}
+        cfg = TrainConfig(
+            model="frozen_lites", seed=split_seed, split_seed=split_seed, tta=True, model_kwargs=kwargs, epochs=1, precision=precision
+        )
+        res = SimpleNamespace(
+            model=model, history=[{"epoch": 1, "seconds": seconds}], train_seconds=seconds, best_epoch=1, device="cpu",
+            params=sum(p.numel() for p in head.parameters()), precision="fp32", world_size=1,
+            precision_choice={"embedding": [r.get("precision") for r in dec.reports]},
+        )  # fmt: skip
+        val, test = view_logits(head, ds.val_x), view_logits(head, ds.test_x)
+        if calibration == "oof":  # more calibration items: the training photos, each scored by a head that did not see it
+            oof = out_of_fold(ds.train_x, ds.train_y, len(ds.classes), chosen["decay"], seed=split_seed)
+            val = tuple(torch.cat([a, b]) for a, b in zip(oof, val))
+            ds.val_x, ds.val_y = torch.cat([ds.train_x, ds.val_x]), torch.cat([ds.train_y, ds.val_y])
+        side = model.image_size
+        extra = {
+            "input": {"channels": 3, "height": side, "width": side, "kind": "rgb-letterbox"},
+            "trainer": {"kind": "embedded-head", "store": str(Path(store).resolve()), "store_spec": st.spec, **chosen},
+            "calibration_items": "validation" if calibration == "val" else "validation + out-of-fold training photos (5 folds)",
+        }
+        metrics = score_and_save(cfg, ds, out, res, overwrite, extra, unknown_share, promise, scored=(val, test))
+    metrics["embedding"] = dec.reports
+    metrics["skipped"] = skipped
+    return metrics
+
+
+def _open(store: str | Path) -> tuple[EmbeddingStore, FrozenLites]:
+    """An existing store with the backbones it was made with, or a new one with the default set."""
+    spec = read_spec(store)
+    return open_store(store, spec["backbones"], spec["image_size"]) if spec else open_store(store)

@@ -1,0 +1,163 @@
+"""The embedding store and heads on it: content-hash keys, resume after a kill, two writers, refusals, runs that serve.
+
+The stores here hold Lite0 alone at 64 px so the tests stay fast; the default set is measured in
+docs/results/embed-once.md, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_class_folder
+
+from fashionclf.data.folders import letterbox
+from fashionclf.data.images import load_rgb
+from fashionclf.embed.extract import embed_files, embed_paths, features, open_store
+from fashionclf.embed.store import SHARDS, SPEC, EmbeddingStore, StoreError
+
+SMALL = {"backbones": "lite0", "image_size": 64}
+CLI = [sys.executable, "-m", "fashionclf"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_class_folder(tmp_path_factory.mktemp("photos"), per_class=12)  # pants: a vertical bar, shirt: a horizontal one
+
+
+def _vectors(store: Path, files) -> np.ndarray:
+    st = EmbeddingStore(store)
+    try:
+        return st.vectors(st.hashes(list(files)))
+    finally:
+        st.close()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def test_vectors_are_the_served_networks_features_kept_by_content(photos, tmp_path):
+    st, model = open_store(tmp_path / "s", **SMALL)
+    files = _files(photos)
+    r = embed_files(st, model, files, batch_size=5, precision="fp32")
+    assert (r["embedded"], r["already"]) == (len(files), 0)
+    x = torch.from_numpy(np.stack([letterbox(load_rgb(f), 64).transpose(2, 0, 1) for f in files[:4]]))
+    want = features(model, x, None, False)
+    got = st.vectors(st.hashes(files[:4]))
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)  # stored as float16
+    assert got.shape == (4, 2, 1280) and not np.allclose(got[:, 0], got[:, 1])  # the photo and its mirror
+    # A renamed copy and a second run cost nothing: the key is the content.
+    shutil.copy(files[0], tmp_path / "renamed.png")
+    again = embed_files(st, model, [*files, tmp_path / "renamed.png"], precision="fp32")
+    assert (again["embedded"], again["already"], again["unique"]) == (0, len(files), len(files))
+    np.testing.assert_array_equal(st.vectors(st.hashes([tmp_path / "renamed.png"])), got[:1])
+    st.close()
+
+
+def test_another_recipe_a_damaged_spec_and_a_pickled_shard_are_refused(photos, tmp_path):
+    st, model = open_store(tmp_path / "s", **SMALL)
+    embed_files(st, model, _files(photos)[:3], precision="fp32")
+    st.close()
+    with pytest.raises(ValueError, match="holds lite0 at 64 px"):
+        embed_paths([photos], tmp_path / "s", backbones="lite1")
+    with pytest.raises(StoreError, match="other settings"):
+        open_store(tmp_path / "s", "lite0", 96)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not an embedding store"):
+        open_store(tmp_path / "x", **SMALL)
+    assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+    # A shard replaced by a pickled object array: numpy refuses to unpickle, the store says it is damaged.
+    shard = next((tmp_path / "s" / SHARDS).iterdir())
+    np.save(shard, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(StoreError, match="damaged"):
+        _vectors(tmp_path / "s", _files(photos)[:1])
+    (tmp_path / "s" / SPEC).write_text("{not json")
+    with pytest.raises(StoreError, match="damaged"):
+        EmbeddingStore(tmp_path / "s")
+
+
+def _embed_cmd(photos: Path, store: Path, batch: int = 2) -> list[str]:
+    return [*CLI, "embed", str(photos), "--store", str(store), "--backbones", "lite0", "--image-size", "64", "--batch-size", str(batch)]
+
+
+def test_a_killed_embed_resumes_to_the_vectors_of_an_uninterrupted_one(photos, tmp_path):
+    files = _files(photos)
+    whole = tmp_path / "whole"
+    subprocess.run(_embed_cmd(photos, whole), check=True, capture_output=True)
+    store = tmp_path / "killed"
+    p = subprocess.Popen(_embed_cmd(photos, store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (store / SHARDS).is_dir() or len(os.listdir(store / SHARDS)) < 2:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    st = EmbeddingStore(store)
+    done = len(st)
+    st.close()
+    assert 0 < done < len(files), "the kill should land mid-way"
+    out = subprocess.run([*_embed_cmd(photos, store), "--json"], check=True, capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert report["already"] == done and report["embedded"] == len(files) - done
+    np.testing.assert_allclose(_vectors(store, files), _vectors(whole, files), rtol=0, atol=1e-2)
+
+
+def test_two_writers_at_once_leave_one_vector_per_photo(photos, tmp_path):
+    files = _files(photos)
+    store = tmp_path / "s"
+    subprocess.run([*_embed_cmd(photos, store), "--json"], check=True, capture_output=True)  # made first: both open it
+    shutil.rmtree(store / SHARDS)
+    (store / SHARDS).mkdir()
+    (store / "index.sqlite").unlink()
+    procs = [subprocess.Popen([*_embed_cmd(photos, store), "--json"], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    reports = [json.loads(p.communicate()[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert all(r["embedded"] + r["already"] == len(files) for r in reports)
+    st = EmbeddingStore(store)
+    assert len(st) == len(files)
+    assert np.isfinite(st.vectors(st.hashes(files))).all()
+    st.close()
+
+
+def test_embed_and_train_store_errors_are_one_clear_line(photos, tmp_path):
+    r = subprocess.run([*CLI, "embed", str(tmp_path / "nowhere"), "--store", str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([*CLI, "train", "--store", str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--store fits a head" in r.stderr
+    r = subprocess.run(
+        [*CLI, "train", "--data", str(photos), "--store", str(tmp_path / "s"), "--model", "mlp"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "leave out --model" in r.stderr
+
+
+def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_says(photos, tmp_path):
+    from fashionclf import api
+    from fashionclf.training.embedded import view_logits
+
+    files = _files(photos)
+    st, model = open_store(tmp_path / "s", **SMALL)
+    embed_files(st, model, files, precision="fp32")
+    st.close()
+    run = api.train_on_store(photos, tmp_path / "run", tmp_path / "s", test_fraction=0.25, val_fraction=0.25, precision="fp32")
+    m, meta = run.metrics, run.meta
+    assert meta["trainer"]["kind"] == "embedded-head" and meta["input"]["kind"] == "rgb-letterbox"
+    assert m["test_accuracy"] >= 0.8 and m["precision_choice"]["train"]["embedding"] == [None]  # nothing embedded again
+    rows = run.predict(files)
+    assert {r["label"] for r in rows if not r["unknown"]} == {"pants", "shirt"}  # None: "none of these"
+    # The served network (backbones + head, from the run folder) and the head on the stored vectors agree.
+    with torch.no_grad():
+        served = torch.tensor([r["confidence"] for r in rows])
+        logits, _ = view_logits(run.model.head, torch.from_numpy(_vectors(tmp_path / "s", files)))
+        temperature = m["calibration"]["temperature"] if m.get("calibration") else 1.0
+        stored = (logits / temperature).softmax(1).max(1).values
+    np.testing.assert_allclose(served, stored, atol=0.02)
