@@ -138,6 +138,21 @@ def test_embed_and_train_store_errors_are_one_clear_line(photos, tmp_path):
         [*CLI, "train", "--data", str(photos), "--store", str(tmp_path / "s"), "--model", "mlp"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "leave out --model" in r.stderr
+    r = subprocess.run([*CLI, "train", "--data", str(photos), "--calibrate-on", "oof"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--calibrate-on goes with --store" in r.stderr
+
+
+def test_train_store_on_the_command_line_embeds_what_is_missing_and_says_what_it_fitted(photos, tmp_path):
+    store, out = tmp_path / "s", tmp_path / "run"
+    subprocess.run([*_embed_cmd(photos, store), "--quiet"], check=True, capture_output=True)
+    r = subprocess.run([*CLI, "train", "--data", str(photos), "--store", str(store), "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "frozen_lites (lite0): test accuracy" in r.stdout and "chosen on validation" in r.stdout
+    assert "validation + out-of-fold training photos" in r.stdout and "embedding:" not in r.stderr  # nothing new to embed
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["model"] == "frozen_lites" and meta["trainer"]["store_spec"]["backbones"] == "lite0"
+    r = subprocess.run([*CLI, "predict", str(out), str(photos / "pants" / "0.png")], capture_output=True, text=True)
+    assert r.returncode == 0 and "pants" in r.stdout
 
 
 def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_says(photos, tmp_path):

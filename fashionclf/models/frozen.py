@@ -1,6 +1,7 @@
 """Frozen ImageNet features of several EfficientNet-Lites, concatenated, and one linear head: the embed-once route.
 
-The backbones never learn here. Each sees the photo at its own native side (Lite0 224, Lite1 240, Lite2 260 px),
+The backbones never learn here. Each sees the photo at its own native side (Lite0 224, Lite1 240, Lite2 260 px;
+at the input's side where that is smaller),
 its globally pooled features (1280 numbers each) are concatenated, and a linear head maps them to the classes.
 `fashionclf embed` stores the features of every photo once (fashionclf/embed/), and a head fitted on the stored
 vectors in seconds (fashionclf/training/embedded.py) is put into this module, so that a run folder holds an
@@ -35,7 +36,7 @@ class FrozenLites(nn.Module):
     def __init__(self, backbones: str = DEFAULT_BACKBONES, num_classes: int = 10, pretrained: bool = True, image_size: int = 260):
         super().__init__()
         self.keys = backbone_keys(backbones)
-        self.sides = [variant(k).native_size for k in self.keys]
+        self.sides = [min(variant(k).native_size, image_size) for k in self.keys]  # never upsampled past the input
         self.nets = nn.ModuleList(create_lite(k, 1, 3, pretrained) for k in self.keys)
         for net in self.nets:
             net.classifier = nn.Identity()  # the features are what is kept; the head below replaces every classifier

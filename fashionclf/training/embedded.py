@@ -144,7 +144,7 @@ def train_on_store(
     unknown_share: float = DEFAULT_KNOWN_SHARE,
     on_embed: Callable[[int, int], None] | None = None,
     precision: str = "auto",
-    calibration: str = "val",
+    calibration: str = "oof",
 ) -> dict:
     """Fit a head on the store's vectors of `data` (embedding what is missing) into the run folder `out`.
     precision: how the run's network computes when it predicts ("auto": measured; "fp32"). calibration: the items the
@@ -173,17 +173,17 @@ def train_on_store(
             precision_choice={"embedding": [r.get("precision") for r in dec.reports]},
         )  # fmt: skip
         val, test = view_logits(head, ds.val_x), view_logits(head, ds.test_x)
+        items = None
         if calibration == "oof":  # more calibration items: the training photos, each scored by a head that did not see it
             oof = out_of_fold(ds.train_x, ds.train_y, len(ds.classes), chosen["decay"], seed=split_seed)
-            val = tuple(torch.cat([a, b]) for a, b in zip(oof, val))
-            ds.val_x, ds.val_y = torch.cat([ds.train_x, ds.val_x]), torch.cat([ds.train_y, ds.val_y])
+            items = (*(torch.cat([a, b]) for a, b in zip(oof, val)), torch.cat([ds.train_y, ds.val_y]))
         side = model.image_size
         extra = {
             "input": {"channels": 3, "height": side, "width": side, "kind": "rgb-letterbox"},
             "trainer": {"kind": "embedded-head", "store": str(Path(store).resolve()), "store_spec": st.spec, **chosen},
             "calibration_items": "validation" if calibration == "val" else "validation + out-of-fold training photos (5 folds)",
         }
-        metrics = score_and_save(cfg, ds, out, res, overwrite, extra, unknown_share, promise, scored=(val, test))
+        metrics = score_and_save(cfg, ds, out, res, overwrite, extra, unknown_share, promise, scored=(val, test), calibration_items=items)
     metrics["embedding"] = dec.reports
     metrics["skipped"] = skipped
     return metrics

@@ -131,10 +131,12 @@ def score_and_save(
     unknown_share: float,
     promise: Promise,
     scored: tuple | None = None,
+    calibration_items: tuple | None = None,
 ) -> dict:
     """Score a fitted model on validation and test, fit its review and unknown rules, write the run folder.
     scored: ((val logits, raw), (test logits, raw)) where they were computed without the images (a head on stored
-    embeddings, training/embedded.py); inference speed is then not measured here."""
+    embeddings, training/embedded.py); inference speed is then not measured here. calibration_items: (logits, raw,
+    labels) the temperature, review rule and unknown rule are fitted on, where more than validation (the default)."""
     device, inf, speed = torch.device(res.device), None, None
     if scored is None:
         inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
@@ -146,11 +148,12 @@ def score_and_save(
         speed = measure_inference(res.model, data.test_x, device, amp, cl, cfg.tta)
     (val_logits, val_raw), (test_logits, test_raw) = scored
     val_rep = classification_report(val_logits, data.val_y, data.classes)
+    cal_logits, cal_raw, cal_y = calibration_items or (val_logits, val_raw, data.val_y)
     test_rep = classification_report(test_logits, data.test_y, data.classes)
     # Temperature and the guaranteed review rule from the validation split; the test set only reports what they do.
-    calibration = usable_calibration(calibrate(val_logits, data.val_y, promise.target, promise.delta)) if len(data.val_y) else None
+    calibration = usable_calibration(calibrate(cal_logits, cal_y, promise.target, promise.delta)) if len(cal_y) else None
     temperature = (calibration or {}).get("temperature", 1.0)
-    unknown = fit_unknown(val_logits if len(data.val_y) else None, temperature, list(data.classes), unknown_share, raw=val_raw)
+    unknown = fit_unknown(cal_logits if len(cal_y) else None, temperature, list(data.classes), unknown_share, raw=cal_raw)
     metrics = {
         "model": cfg.model,
         "seed": cfg.seed,
@@ -173,13 +176,13 @@ def score_and_save(
         "test_confusion_matrix": test_rep["confusion_matrix"],
         "calibration": calibration,
         "unknown": usable_unknown(unknown),
-        **crossfit_review(val_logits, data.val_y, promise.target, delta=promise.delta),  # the rule on items it was not fitted on
+        **crossfit_review(cal_logits, cal_y, promise.target, delta=promise.delta),  # the rule on items it was not fitted on
     }
     if calibration is not None:
         metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
     if metrics["unknown"] is not None and len(data.test_y):  # about unknown_share on new photos of the classes
         metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, test_raw)}
-    predictions = {"logits": test_logits, "labels": data.test_y, "val_logits": val_logits, "val_labels": data.val_y}
+    predictions = {"logits": test_logits, "labels": data.test_y, "val_logits": cal_logits, "val_labels": cal_y}
     shape = tuple(data.train_x.shape[1:])
     if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default
         extra_meta = {"input": {"channels": shape[0], "height": shape[1], "width": shape[2], "kind": "rgb-letterbox"}, **(extra_meta or {})}

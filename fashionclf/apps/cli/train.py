@@ -60,6 +60,12 @@ def add_parser(sub) -> None:
         help="fit a linear head on the frozen backbones' features of --data kept in this embedding store (`fashionclf embed`; "
         "photos it lacks are embedded first): seconds instead of minutes, model frozen_lites",
     )
+    s.add_argument(
+        "--calibrate-on",
+        choices=("oof", "val"),
+        help="with --store, the photos the review rule is fitted on: oof (default: validation plus every training photo, "
+        "scored by one of five heads that did not see it) or val (validation alone)",
+    )
     options.add_train_options(s)
     options.add_promise_options(s.add_argument_group("review rule"), fitted_here=True)
     options.add_track_options(s)
@@ -164,6 +170,8 @@ def _train(args, quiet: bool) -> Path:
         raise ValueError("--teacher needs --unlabelled FOLDER: the photos whose soft labels the teachers give the student")
     if args.store:
         return _train_on_store(args, quiet)
+    if args.calibrate_on:
+        raise ValueError("--calibrate-on goes with --store (a head on stored embeddings); other runs calibrate on validation")
     resume = bool(args.resume)
     if resume:
         cfg, data = _resumed(args)
@@ -203,7 +211,8 @@ def _train(args, quiet: bool) -> Path:
         accs = ", ".join(f"{t['model']} {t['test_accuracy']:.4f}" for t in ds["teachers"])
         left = f"{ds['unknown']} unknown, {ds['unreadable']} unreadable"
         print(f"teachers (test accuracy): {accs}; soft labels on {ds['kept']} of {ds['considered']} photos ({left})")
-    print(f"review rule: {(m.get('calibration') or {}).get('promise', 'none: no validation split to fit it on')}")
+    items = (m.get("calibration") or {}).get("calibration_items")
+    print(f"review rule ({items} calibration photos, {run.meta['calibration_items']}): {(m.get('calibration') or {}).get('promise')}")
     print(f"run folder: {out}")
     return out
 
@@ -229,12 +238,14 @@ def _train_on_store(args, quiet: bool) -> Path:
     run = api.train_on_store(
         args.data, out, args.store, val_data=args.val_data, split_seed=args.split_seed or 0, overwrite=args.overwrite,
         promise=options.promise(args) or Promise(), unknown_share=args.unknown_share, on_embed=None if quiet else progress,
+        calibration=args.calibrate_on or "oof",
     )  # fmt: skip
     m, t = run.metrics, run.meta["trainer"]
     print(
         f"frozen_lites ({t['store_spec']['backbones']}): test accuracy {m['test_accuracy']:.4f}  val accuracy {m['val_accuracy']:.4f}  "
         f"head fitted in {m['train_seconds']:.1f}s (L2 {t['decay']:g}, chosen on validation)"
     )
-    print(f"review rule: {(m.get('calibration') or {}).get('promise', 'none: no validation split to fit it on')}")
+    items = (m.get("calibration") or {}).get("calibration_items")
+    print(f"review rule ({items} calibration photos, {run.meta['calibration_items']}): {(m.get('calibration') or {}).get('promise')}")
     print(f"run folder: {out}")
     return out
