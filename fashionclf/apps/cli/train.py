@@ -211,8 +211,7 @@ def _train(args, quiet: bool) -> Path:
         accs = ", ".join(f"{t['model']} {t['test_accuracy']:.4f}" for t in ds["teachers"])
         left = f"{ds['unknown']} unknown, {ds['unreadable']} unreadable"
         print(f"teachers (test accuracy): {accs}; soft labels on {ds['kept']} of {ds['considered']} photos ({left})")
-    items = (m.get("calibration") or {}).get("calibration_items")
-    print(f"review rule ({items} calibration photos, {run.meta['calibration_items']}): {(m.get('calibration') or {}).get('promise')}")
+    print(f"review rule: {(m.get('calibration') or {}).get('promise', 'none: no validation split to fit it on')}")
     print(f"run folder: {out}")
     return out
 
