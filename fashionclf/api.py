@@ -71,7 +71,16 @@ class Run(runs.LoadedRun):
         allow_download: bool = True,
     ) -> dict:
         """Accuracy, loss, per-class figures, confusion matrix and calibration on: labelled photos in class
-        folders (data), a folder of t10k IDX files (data_dir), given arrays, or the Fashion-MNIST test set."""
+        folders (data), a folder of t10k IDX files (data_dir), given arrays, or the Fashion-MNIST test set. The ready
+        model (several runs asked together) is evaluated on labelled photos as `predict` answers them."""
+        if self.partners and data is not None and images is None:
+            rep = ready.evaluate_photos(self, data, class_map, method)
+            return {
+                "run": str(self.path),
+                "model": "ready model: " + ", ".join(r.meta["model"] for r in [self, *self.partners]),
+                "data": str(data),
+                **rep,
+            }
         ready.one_run(self, "evaluate")
         from fashionclf.data.fashion_mnist import DataError, load_split
         from fashionclf.study.compare import evaluate_run

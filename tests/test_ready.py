@@ -110,6 +110,24 @@ def test_a_bundle_answers_as_its_runs_together(bundle):
         run.predict(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
 
+def test_evaluate_scores_a_bundle_on_labelled_photos_as_predict_answers(bundle, tmp_path):
+    out, root = bundle
+    run = fashionclf.load_run(out)
+    rep = run.evaluate(root)
+    rows = run.predict(root)
+    truth = [Path(r["file"]).parent.name for r in rows]
+    assert rep["n"] == len(rows) and rep["accuracy"] == pytest.approx(
+        sum(r["top_k"][0]["label"] == t for r, t in zip(rows, truth)) / len(rows)
+    )
+    auto = [r for r in rows if not r["needs_review"]]
+    cov = next(iter(rep["coverage_at_precision"].values()))
+    assert cov["coverage"] == pytest.approx(len(auto) / len(rows))
+    assert cov["precision"] == pytest.approx(sum(r["label"] == Path(r["file"]).parent.name for r in auto) / len(auto))
+    assert rep["members"] == [str(out / "one"), str(out / "two")] and rep["model"].startswith("ready model")
+    with pytest.raises(ValueError, match="evaluate takes one run"):
+        run.evaluate()  # Fashion-MNIST's test set: one run's report
+
+
 def test_one_changed_byte_or_a_bad_ready_json_is_refused(bundle, tmp_path):
     out, _ = bundle
     copy = shutil.copytree(out, tmp_path / "copy")

@@ -134,6 +134,36 @@ def one_run(run: LoadedRun, what: str) -> None:
         )
 
 
+def evaluate_photos(run: LoadedRun, folder: str | Path, class_map: dict | None = None, method: str = "grabcut") -> dict:
+    """A ready model (several runs asked together) on labelled photos in class folders: evaluate's report for one
+    run, from the bundle's joint probabilities and its own review rule, as `predict` decides them."""
+    from fashionclf.data.fashion_mnist import DataError
+    from fashionclf.data.folders import mapped_items
+    from fashionclf.evaluation.metrics import classification_report
+    from fashionclf.infer.predict import predict_files
+
+    items = mapped_items(folder, run.classes, class_map)
+    rows = list(predict_files(run, [p for p, _ in items], top_k=len(run.classes), method=method))
+    kept = [(r, y) for r, (_, y) in zip(rows, items) if "error" not in r]
+    if not kept:
+        raise DataError(f"{folder}: none of the photos could be read")
+    probs = torch.zeros(len(kept), len(run.classes))
+    for i, (r, _) in enumerate(kept):
+        for k in r["top_k"]:
+            probs[i, k["index"]] = k["confidence"]
+    y = torch.tensor([label for _, label in kept])
+    report = classification_report(probs.clamp_min(1e-12).log(), y, run.classes)
+    auto = torch.tensor([not r["needs_review"] for r, _ in kept])
+    right = probs.argmax(1) == y
+    rule = run.review or {}
+    realised = right[auto].float().mean().item() if auto.any() else None
+    report["coverage_at_precision"] = {str(rule.get("target_precision")): {"coverage": auto.float().mean().item(), "precision": realised}}
+    report["promise"] = rule.get("promise", "no review rule: every photo goes to a person")
+    report["members"] = [str(r.path) for r in [run, *run.partners]]
+    report["skipped"] = [f"{r['file']}: {r['error']}" for r in rows if "error" in r]
+    return report
+
+
 def write_bundle(out: str | Path, members: dict[str, str | Path], review: dict | None, extra: dict | None = None) -> Path:
     """Copy each member run's files into out/<name>/ and write ready.json with their checksums; out appears
     complete or not at all, and an existing out is never replaced."""
