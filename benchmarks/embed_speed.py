@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=320)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--backbones", default="lite0+lite1+lite2")
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out")
     args = p.parse_args()
     files = find_images([args.photos])[: args.n]
@@ -43,6 +44,7 @@ def main() -> None:
         for r in range(args.repeat):
             store = Path(d) / f"store{r}"
             cmd = [sys.executable, "-m", "fashionclf", "embed", str(folder), "--store", str(store), "--backbones", args.backbones, "--json"]
+            cmd += ["--batch-size", str(args.batch_size)]
             start = time.perf_counter()
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             runs.append({**json.loads(out), "wall_s": time.perf_counter() - start})

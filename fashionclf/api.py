@@ -375,7 +375,7 @@ def export_labels(catalogue: str | Path, out: str | Path) -> dict:
     return export(catalogue, out)
 
 
-def embed(paths, store, backbones=None, image_size=None, batch_size=32, workers=2, on_batch=None) -> dict:
+def embed(paths, store, backbones=None, image_size=None, batch_size=16, workers=2, on_batch=None) -> dict:
     """Embed the photos of folders and manifests into an embedding store (made where missing): embed/extract.py."""
     from fashionclf.embed.extract import embed_paths
 

@@ -59,8 +59,8 @@ def features(model: FrozenLites, x_u8: torch.Tensor, dtype, channels_last: bool)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(torch.device("cpu"), dtype):
-        views = [model.features(x), model.features(x.flip(-1))]
-    return torch.stack([v.float() for v in views], 1).numpy()
+        both = model.features(torch.cat([x, x.flip(-1)]))  # both views in one pass per backbone
+    return torch.stack(both.float().chunk(2), 1).numpy()
 
 
 def _decode(path: Path, side: int) -> np.ndarray | str:
@@ -74,7 +74,7 @@ def embed_files(
     store: EmbeddingStore,
     model: FrozenLites,
     files: list[Path],
-    batch_size: int = 32,
+    batch_size: int = 16,
     workers: int = 2,
     precision: str = "auto",
     on_batch: Callable[[int, int], None] | None = None,
@@ -131,7 +131,7 @@ def files_of(paths: list[str | Path]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def embed_paths(paths, store, backbones=None, image_size=None, batch_size=32, workers=2, on_batch=None) -> dict:
+def embed_paths(paths, store, backbones=None, image_size=None, batch_size=16, workers=2, on_batch=None) -> dict:
     """Embed every photo of paths into the store (made with backbones and image_size where it is new)."""
     from fashionclf.embed.store import read_spec, store_size
 

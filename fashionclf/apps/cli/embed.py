@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         help=f"for a new store: EfficientNet-Lite variants joined by '+' (default {DEFAULT_BACKBONES}); an existing store keeps its own",
     )
     s.add_argument("--image-size", type=int, default=None, help="for a new store: the letterboxed side photos are read at (default 260)")
-    s.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
+    s.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16: measured faster than 32 and 64)")
     s.add_argument("--workers", type=int, default=2, help="threads decoding photos while the backbones run (default 2)")
     s.add_argument("--json", action="store_true", help="the report as one JSON object")
     s.add_argument("--quiet", action="store_true", help="no progress line")
