@@ -129,30 +129,38 @@ def test_two_writers_at_once_leave_one_vector_per_photo(photos, tmp_path):
     st.close()
 
 
-def test_embed_and_train_store_errors_are_one_clear_line(photos, tmp_path):
-    r = subprocess.run([*CLI, "embed", str(tmp_path / "nowhere"), "--store", str(tmp_path / "s")], capture_output=True, text=True)
-    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([*CLI, "train", "--store", str(tmp_path / "s")], capture_output=True, text=True)
-    assert r.returncode == 2 and "--store fits a head" in r.stderr
-    r = subprocess.run(
-        [*CLI, "train", "--data", str(photos), "--store", str(tmp_path / "s"), "--model", "mlp"], capture_output=True, text=True
-    )
-    assert r.returncode == 2 and "leave out --model" in r.stderr
-    r = subprocess.run([*CLI, "train", "--data", str(photos), "--calibrate-on", "oof"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--calibrate-on goes with --store" in r.stderr
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    """The command line in this process (main() as the console script calls it): its status, stdout and stderr."""
+    from fashionclf.apps.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_train_store_on_the_command_line_embeds_what_is_missing_and_says_what_it_fitted(photos, tmp_path):
+def test_embed_and_train_store_errors_are_one_clear_line(photos, tmp_path, capsys):
+    code, _, err = _cli(capsys, "embed", tmp_path / "nowhere", "--store", tmp_path / "s")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    code, _, err = _cli(capsys, "train", "--store", tmp_path / "s")
+    assert code == 2 and "--store fits a head" in err
+    code, _, err = _cli(capsys, "train", "--data", photos, "--store", tmp_path / "s", "--model", "mlp")
+    assert code == 2 and "leave out --model" in err
+    code, _, err = _cli(capsys, "train", "--data", photos, "--calibrate-on", "oof")
+    assert code == 2 and "--calibrate-on goes with --store" in err
+
+
+def test_train_store_on_the_command_line_embeds_what_is_missing_and_says_what_it_fitted(photos, tmp_path, capsys):
     store, out = tmp_path / "s", tmp_path / "run"
-    subprocess.run([*_embed_cmd(photos, store), "--quiet"], check=True, capture_output=True)
-    r = subprocess.run([*CLI, "train", "--data", str(photos), "--store", str(store), "--out", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "frozen_lites (lite0): test accuracy" in r.stdout and "chosen on validation" in r.stdout
-    assert "validation + out-of-fold training photos" in r.stdout and "embedding:" not in r.stderr  # nothing new to embed
+    code, _, _ = _cli(capsys, *_embed_cmd(photos, store)[3:], "--quiet")  # the same flags as the processes above
+    assert code == 0
+    code, stdout, err = _cli(capsys, "train", "--data", photos, "--store", store, "--out", out)
+    assert code == 0, err
+    assert "frozen_lites (lite0): test accuracy" in stdout and "chosen on validation" in stdout
+    assert "validation + out-of-fold training photos" in stdout and "embedding:" not in err  # nothing new to embed
     meta = json.loads((out / "meta.json").read_text())
     assert meta["config"]["model"] == "frozen_lites" and meta["trainer"]["store_spec"]["backbones"] == "lite0"
-    r = subprocess.run([*CLI, "predict", str(out), str(photos / "pants" / "0.png")], capture_output=True, text=True)
-    assert r.returncode == 0 and "pants" in r.stdout
+    code, stdout, _ = _cli(capsys, "predict", out, photos / "pants" / "0.png")
+    assert code == 0 and "pants" in stdout
 
 
 def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_says(photos, tmp_path):
