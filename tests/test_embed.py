@@ -98,7 +98,7 @@ def test_a_killed_embed_resumes_to_the_vectors_of_an_uninterrupted_one(photos, t
     store = tmp_path / "killed"
     p = subprocess.Popen(_embed_cmd(photos, store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (store / SHARDS).is_dir() or len(os.listdir(store / SHARDS)) < 2:
+    while time.time() < deadline and not ((store / SHARDS).is_dir() and len(os.listdir(store / SHARDS)) >= 2):
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()

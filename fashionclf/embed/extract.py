@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashionclf.data.fashion_mnist import MEAN, STD
 from fashionclf.data.folders import letterbox
 from fashionclf.data.images import ImageError, load_rgb
 from fashionclf.embed.store import EmbeddingStore
 from fashionclf.engine.device import autocast, inference_precision
+from fashionclf.engine.inference import to_input
 from fashionclf.models import create_model
 from fashionclf.models.frozen import DEFAULT_BACKBONES, FrozenLites
 
@@ -48,16 +48,10 @@ def open_store(root: str | Path, backbones: str = DEFAULT_BACKBONES, image_size:
     return EmbeddingStore(root, store_spec(model)), model
 
 
-def to_input(x_u8: torch.Tensor) -> torch.Tensor:
-    return (x_u8.float() / 255 - MEAN) / STD
-
-
 @torch.no_grad()
 def features(model: FrozenLites, x_u8: torch.Tensor, dtype, channels_last: bool) -> np.ndarray:
     """(n, views, dim) for (n, 3, S, S) uint8 photos: each view's pooled backbone features."""
-    x = to_input(x_u8)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = to_input(x_u8, torch.device("cpu"), channels_last)
     with autocast(torch.device("cpu"), dtype):
         both = model.features(torch.cat([x, x.flip(-1)]))  # both views in one pass per backbone
     return torch.stack(both.float().chunk(2), 1).numpy()
@@ -78,11 +72,13 @@ def embed_files(
     workers: int = 2,
     precision: str = "auto",
     on_batch: Callable[[int, int], None] | None = None,
+    hashes: list[str] | None = None,
 ) -> dict:
-    """Embed the files the store lacks; returns what was done (counts, seconds, photos/s, skipped files)."""
+    """Embed the files the store lacks; returns what was done (counts, seconds, photos/s, skipped files).
+    hashes: the files' content hashes where the caller has them already (store.hashes)."""
     start = time.perf_counter()
     model.eval()
-    hashes = store.hashes(files)
+    hashes = store.hashes(files) if hashes is None else hashes
     first = dict(zip(reversed(hashes), reversed(files)))  # one file per content: the first with it
     todo = [(h, first[h]) for h in store.missing(hashes)]
     skipped: list[str] = []

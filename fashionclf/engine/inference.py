@@ -29,6 +29,11 @@ def to_input(x_u8: torch.Tensor, device: torch.device, channels_last: bool = Tru
     return normalize(to_unit(x_u8, device), channels_last)
 
 
+def average_views(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(views, N, classes) logits -> (the log of the views' mean softmax: still logits, the views' mean raw logits)."""
+    return views.log_softmax(-1).logsumexp(0) - math.log(len(views)), views.mean(0)
+
+
 @torch.no_grad()
 def infer(
     model: nn.Module,
@@ -55,9 +60,8 @@ def infer(
         with autocast(device, amp_dtype):
             logits = model(x).float()
             if tta:
-                both = torch.stack([logits, model(x.flip(-1)).float()])
-                logits = both.log_softmax(-1).logsumexp(0) - math.log(2)
-                means.append(both.mean(0).cpu())
+                logits, mean = average_views(torch.stack([logits, model(x.flip(-1)).float()]))
+                means.append(mean.cpu())
         out.append(logits.cpu())
     logits = torch.cat(out) if out else torch.empty(0, 10)
     return (logits, torch.cat(means) if means else logits) if raw else logits

@@ -12,11 +12,9 @@ predict, serve, evaluate and export treat it as any other run.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -26,10 +24,12 @@ from fashionclf.data.folders import load_image_folder
 from fashionclf.data.images import ImageError
 from fashionclf.embed.extract import embed_files, open_store
 from fashionclf.embed.store import EmbeddingStore, read_spec
+from fashionclf.engine.inference import average_views
 from fashionclf.engine.runs import claim
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.models.frozen import FrozenLites
+from fashionclf.training.loop import FitResult
 from fashionclf.training.supervised import score_and_save
 
 DECAYS = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # L2 weights tried, per feature after standardising
@@ -48,14 +48,15 @@ class StoreDecoder:
         missing = [p for p in files if not p.is_file()]
         if missing:
             raise DataError(f"{missing[0]} is listed but missing; restore it or remove it from the data")
-        report = embed_files(self.store, self.model, files, on_batch=self.on_batch)
+        hashes = self.store.hashes(files)
+        report = embed_files(self.store, self.model, files, on_batch=self.on_batch, hashes=hashes)
         self.reports.append(report)
-        bad = {s.split(": ", 1)[0] for s in report["skipped"]}
-        kept = [(p, y) for p, y in items if str(p) not in bad]
+        unread = set(self.store.missing(hashes))  # photos that could not be decoded (report["skipped"] says why)
+        kept = [i for i, h in enumerate(hashes) if h not in unread]
         if not kept:
             raise DataError("none of the images could be read: " + "; ".join(report["skipped"][:3]))
-        x = torch.from_numpy(self.store.vectors(self.store.hashes([p for p, _ in kept])))
-        return x, torch.tensor([y for _, y in kept], dtype=torch.long), report["skipped"]
+        x = torch.from_numpy(self.store.vectors([hashes[i] for i in kept]))
+        return x, torch.tensor([items[i][1] for i in kept], dtype=torch.long), report["skipped"]
 
     def take(self, x, y, idx, pool):
         return x[idx], y[idx]
@@ -65,10 +66,10 @@ def view_logits(head: torch.nn.Linear, v: torch.Tensor, tta: bool = True) -> tup
     """(logits, raw) of (n, views, dim) vectors as engine.inference.infer gives them for the run: with TTA the log
     of the views' mean softmax, and the views' mean raw logits for the "none of these" scores."""
     with torch.no_grad():
-        both = torch.stack([head(v[:, i]) for i in range(v.shape[1] if tta else 1)])
-    if not tta:
-        return both[0], both[0]
-    return both.log_softmax(-1).logsumexp(0) - math.log(len(both)), both.mean(0)
+        if not tta:
+            logits = head(v[:, 0])
+            return logits, logits
+        return average_views(head(v).transpose(0, 1))
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, init: torch.nn.Linear | None = None) -> torch.nn.Linear:
@@ -167,10 +168,9 @@ def train_on_store(
         cfg = TrainConfig(
             model="frozen_lites", seed=split_seed, split_seed=split_seed, tta=True, model_kwargs=kwargs, epochs=1, precision=precision
         )
-        res = SimpleNamespace(
-            model=model, history=[{"epoch": 1, "seconds": seconds}], train_seconds=seconds, best_epoch=1, device="cpu",
-            params=sum(p.numel() for p in head.parameters()), precision="fp32", world_size=1,
-            precision_choice={"embedding": [r.get("precision") for r in dec.reports]},
+        res = FitResult(
+            model, [{"epoch": 1, "seconds": seconds}], seconds, best_epoch=1, params=sum(p.numel() for p in head.parameters()),
+            device="cpu", precision="fp32", precision_choice={"embedding": [r.get("precision") for r in dec.reports]},
         )  # fmt: skip
         val, test = view_logits(head, ds.val_x), view_logits(head, ds.test_x)
         items = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from fashionclf.apps.cli import options
+
 ORDER = 17  # place in `fashionclf --help`: after `data`, before training
 
 
@@ -40,9 +42,7 @@ def run(args) -> int:
     if args.image_size is not None and not 64 <= args.image_size <= 512:
         raise ValueError(f"--image-size {args.image_size}: expected 64-512 pixels")
 
-    def progress(done: int, todo: int) -> None:
-        print(f"embedding: {done}/{todo} photos", file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n")
-
+    progress = options.embedding_progress
     r = embed(args.paths, args.store, args.backbones, args.image_size, args.batch_size, args.workers, None if args.quiet else progress)
     for msg in r["skipped"]:
         print(f"fashionclf: left out {msg}", file=sys.stderr)

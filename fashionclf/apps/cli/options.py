@@ -106,6 +106,11 @@ def model_kwargs(args, model: str) -> dict | None:
     return kw(model, bool(args.data), args.image_size, args.drop_path) or None
 
 
+def embedding_progress(done: int, todo: int) -> None:
+    """`embed` and `train --store`: photos embedded so far, one line rewritten on a terminal, a line each in logs."""
+    print(f"embedding: {done}/{todo} photos", file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n")
+
+
 class Progress(Callbacks):
     """What the commands show while training: one tqdm bar per epoch with running loss and accuracy on a terminal,
     one line per epoch in logs (CI, nohup), nothing with --quiet; `started(cfg, run_dir)` gives the line printed

@@ -231,9 +231,7 @@ def _train_on_store(args, quiet: bool) -> Path:
         raise ValueError(f"--store trains model frozen_lites on the store's features; leave out {', '.join(given)}")
     out = Path(args.out) if args.out else Path(f"runs/frozen_lites-s{args.split_seed or 0}-{datetime.now():%Y%m%d-%H%M%S}")
 
-    def progress(done: int, todo: int) -> None:
-        print(f"embedding: {done}/{todo} photos", file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n")
-
+    progress = options.embedding_progress
     run = api.train_on_store(
         args.data, out, args.store, val_data=args.val_data, split_seed=args.split_seed or 0, overwrite=args.overwrite,
         promise=options.promise(args) or Promise(), unknown_share=args.unknown_share, on_embed=None if quiet else progress,
