@@ -413,6 +413,42 @@ def run_malloc_ab(run: str, rounds: int = 3, requests: int = 1000, big: int = 16
             stop_server(proc)
 
 
+def run_big_burst(run: str, n: int = 16, width: int = 4000, height: int = 3999, rounds: int = 2) -> dict:
+    """n photos of width x height (a textured JPEG just under the 16-megapixel limit) sent at once, one per
+    request on n client threads: every status, the p50, and the server's RSS before, at its peak and 2 s after."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(235, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    img[height // 5 : -height // 5, width // 3 : -width // 3] //= 4
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    body = multipart(buf.getvalue(), "photo.jpg")
+    port = free_port()
+    proc = start_server(run, port)
+    try:
+        load(port, *multipart(default_image()[0]), 5, 1)
+        rows = []
+        for r in range(rounds):
+            before = rss_mb(proc.pid)
+            with RssSampler(proc.pid) as s:
+                res = load(port, *body, n, n)
+            time.sleep(2)
+            rows.append({"round": r, "rss_mb_before": before, "rss_mb_peak": s.peak, "rss_mb_after_2s": rss_mb(proc.pid), **res})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "latencies_ms"}), file=sys.stderr)
+        return {
+            **_header(run),
+            "photos": n,
+            "size": f"{width}x{height}",
+            "jpeg_bytes": len(buf.getvalue()),
+            "rows": rows,
+            "rss_mb_peak": max(x["rss_mb_peak"] for x in rows),
+            "healthy_after": health(port),
+        }
+    finally:
+        stop_server(proc)
+
+
 def print_soak(res: dict) -> None:
     head = f"{res['backend']} backend, {res['image']} ({res['image_bytes']:,d} bytes)"
     print(f"{head}; RSS after warm-up {res['rss_mb_after_warmup']:.0f} MB")
@@ -437,11 +473,16 @@ def main(argv=None) -> int:
     ap.add_argument("--chunked-mb", type=int, default=200, help="--attacks: MB offered in the chunked upload")
     ap.add_argument("--malloc-ab", action="store_true", help="compare FASHIONCLF_SERVE_MALLOC=keep, release and trim instead")
     ap.add_argument("--rounds", type=int, default=3, help="--malloc-ab: rounds of the three")
+    ap.add_argument("--big-burst", type=int, metavar="N", help="send N photos of 4000x3999 at once instead; peak RSS")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/load_test.json"), help="write the JSON result here")
     args = ap.parse_args(argv)
     if args.attacks:
         res = run_attacks(args.run, args.chunked_mb)
         bad = not (res["all_as_expected"] and res["healthy_after"])
+    elif args.big_burst:
+        res = run_big_burst(args.run, args.big_burst)
+        print(f"{res['photos']} x {res['size']} JPEG ({res['jpeg_bytes']:,d} bytes) at once: peak RSS {res['rss_mb_peak']:.0f} MB")
+        bad = any(r["errors"] for r in res["rows"]) or not res["healthy_after"]
     elif args.malloc_ab:
         res = run_malloc_ab(args.run, args.rounds)
         print(json.dumps(res["median"], indent=1))

@@ -1,12 +1,13 @@
 """Decoding every listed format and mode, and the photo -> Fashion-MNIST conversion, on generated images."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fashionclf.data.images import ImageError, find_images, load_rgb
+from fashionclf.data.images import ImageError, decode_cost, find_images, load_rgb
 from fashionclf.data.photos import to_fashion_mnist
 
 
@@ -186,3 +187,70 @@ def test_an_empty_file_is_one_wording_as_a_path_and_as_bytes(tmp_path):
         with pytest.raises(ImageError, match=r"the file is empty \(0 bytes\)") as e:
             load_rgb(source)
         assert e.value.kind == "empty"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_gives_pillows_own_picture(orientation):
+    """load_rgb turns the decoded image in place (no copy of a large photo); the pixels are Pillow's exif_transpose."""
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(Image.fromarray(_photo(size=(30, 50), box=(5, 4, 20, 30))), "JPEG", exif=exif.tobytes(), quality=95)
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    np.testing.assert_array_equal(load_rgb(data), want)
+
+
+DECODE_PROBE = r"""
+import gc, io, sys
+import numpy as np
+from PIL import Image
+from fashionclf.data.images import decode_cost, load_rgb
+
+fmt, mode, side = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = np.random.default_rng(0)
+a = np.clip(rng.normal(180, 40, (side, side, 4)), 0, 255).astype(np.uint8)
+im = {"I;16": lambda: Image.fromarray(a[..., 0].astype(np.uint16) * 257), "P+t": lambda: Image.fromarray(a[..., :3]).convert("P")}
+im = im.get(mode, lambda: Image.fromarray(a).convert(mode))()
+kw = {"transparency": 0} if mode == "P+t" else {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
+def encode(img):
+    buf = io.BytesIO(); img.save(buf, format=fmt, **kw); return buf.getvalue()
+blob, small = encode(im), encode(im.resize((8, 8)))
+del a, im
+load_rgb(small)  # the codec loaded
+gc.collect()
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS now
+base = status("VmRSS")
+out = load_rgb(blob)
+print(status("VmHWM") - base, decode_cost(blob))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs to measure a peak")
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "LA"), ("PNG", "P+t")]
+    + [("PNG", "I;16"), ("WEBP", "RGB"), ("TIFF", "RGB"), ("BMP", "RGB"), ("PNG", "L"), ("PNG", "1"), ("TIFF", "F"), ("GIF", "P")],
+)
+def test_decode_cost_bounds_what_decoding_really_takes(fmt, mode):
+    """The header-only estimate a service budgets with is at least the peak memory load_rgb reaches, measured in a
+    fresh process (Linux resets its high-water mark on request), and not wildly above it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", DECODE_PROBE, fmt, mode, "1500"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak, cost = map(int, done.stdout.split())
+    assert peak <= cost, f"{fmt} {mode}: decoding took {peak / 2**20:.1f} MB, estimated {cost / 2**20:.1f} MB"
+    assert cost <= 3 * peak + 8 * 2**20, f"{fmt} {mode}: estimate {cost / 2**20:.1f} MB for a peak of {peak / 2**20:.1f} MB"
+
+
+def test_decode_cost_follows_the_draft_scale():
+    big = _encode(Image.new("RGB", (1600, 1200), (200, 180, 160)), "JPEG", quality=90)
+    assert decode_cost(big) == 1600 * 1200 * 11
+    assert decode_cost(big, at_least=200) == 400 * 300 * 11  # decoded at 1/4 (1/8 would be under 200), as load_rgb does
+    assert load_rgb(big, at_least=200).shape == (300, 400, 3)
+    with pytest.raises(ImageError, match="empty"):
+        decode_cost(b"")

@@ -123,24 +123,27 @@ def test_decompression_bombs_are_refused_from_the_header_before_decoding(run, mo
 
 
 def test_freed_memory_is_given_back_when_the_workers_fall_idle_after_photos(run, monkeypatch):
-    from fashionclf.apps.serving import limits
+    from fashionclf.apps.serving import memory
 
     calls = []
-    monkeypatch.setattr(limits, "trim_heap", lambda: calls.append(1) or True)
+    monkeypatch.setattr(memory, "trim_heap", lambda: calls.append(1) or True)
     c = TestClient(create_app(run=run))
     for _ in range(3):
         assert c.post("/v1/predict", files=_files(SMALL)).status_code == 200
     time.sleep(0.2)
     assert calls == []  # thumbnails: nothing worth a trim
-    assert c.post("/v1/predict", files=_files(_png(2100, 2000, (200, 200, 200)))).status_code == 200  # 4.2 MP
+    assert c.post("/v1/predict", files=_files(*[_png(1100, 1000, (200, 200, 200))] * 4)).status_code == 200  # 4 x 1.1 MP
     deadline = time.time() + 10
     while not calls and time.time() < deadline:
         time.sleep(0.01)
-    assert calls == [1]
+    assert calls == [1]  # once, when the workers fell idle (each decode was below the size trimmed at once)
+    assert c.post("/v1/predict", files=_files(*[_png(1500, 1100, (200, 200, 200))] * 2)).status_code == 200  # 2 x 1.65 MP
+    time.sleep(0.2)
+    assert calls == [1, 1, 1]  # after each large decode, before the next could start beside it; nothing owed at idle
     c2 = TestClient(create_app(run=run, trim_memory=False))
     assert c2.post("/v1/predict", files=_files(_png(2100, 2000, (200, 200, 200)))).status_code == 200
     time.sleep(0.5)
-    assert calls == [1]
+    assert calls == [1, 1, 1]
 
 
 def test_a_multipart_part_above_the_cap_is_413(run):
@@ -350,6 +353,66 @@ def test_real_server_process_stays_bounded_under_attack(run):
                 sock.settimeout(10)
                 head = sock.recv(4096)
             assert head.startswith(b"HTTP/1.1 400 "), head  # the app's "empty request", or uvicorn's own refusal
+        assert lt.health(port) and proc.poll() is None
+    finally:
+        lt.stop_server(proc)
+
+
+def test_decodes_share_one_memory_budget_waiting_for_room(run):
+    """Images whose decoding would pass --max-decode-mb together wait for each other; one that alone needs more is
+    413 before anything is decoded; one that finds no room within --timeout-s is 503."""
+    from fashionclf.apps.serving.limits import MB, Gate, Limits, RequestError
+
+    gate = Gate(Limits(max_decode_mb=10, timeout_s=5))
+    held, most, lock = [0], [0], threading.Lock()
+
+    def decode(cost):
+        with gate.decoding(cost, 0):
+            with lock:
+                held[0] += cost
+                most[0] = max(most[0], held[0])
+            time.sleep(0.05)
+            with lock:
+                held[0] -= cost
+
+    threads = [threading.Thread(target=decode, args=(6 * MB,)) for _ in range(4)] + [threading.Thread(target=decode, args=(MB,))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 6 * MB <= most[0] <= 10 * MB and gate.decode_bytes == 0
+    with pytest.raises(RequestError) as e, gate.decoding(11 * MB, 3):
+        pass
+    assert e.value.status == 413 and "image 3" in e.value.message and "--max-decode-mb 10" in e.value.message
+    quick = Gate(Limits(max_decode_mb=10, timeout_s=0.2))
+    with quick.decoding(8 * MB, 0), pytest.raises(RequestError) as e, quick.decoding(8 * MB, 1):
+        pass
+    assert e.value.status == 503 and e.value.headers["Retry-After"] and quick.decode_bytes == 0
+    # through the app: a 1000x1000 PNG (about 10.5 MB to decode) against a 5 MB budget, nothing else changed
+    r = TestClient(create_app(run=run, max_decode_mb=5)).post("/v1/predict", files=_files(_png(1000, 1000)))
+    _error(r, 413, "--max-decode-mb 5")
+
+
+@pytest.mark.slow
+def test_sixteen_photos_at_the_pixel_limit_stay_under_the_stated_memory_ceiling(run):
+    """`fashionclf serve` as its own process states its memory ceiling at start; 16 concurrent 4000x3999 photos
+    (decoded at full size: a PNG) all get answers and its resident memory never passes that ceiling. The body
+    limits are set low (the photos are small files), so the ceiling leaves room for one decode only."""
+    lt = _load_test()
+    port = lt.free_port()
+    proc = lt.start_server(str(run.path), port, args=["--max-body-mb", "1", "--max-buffered-mb", "4"])
+    try:
+        line = next(line for line in proc.stderr if line.startswith("memory:"))
+        ceiling = float(line.split("at most about ")[1].split()[0])
+        y, x = np.mgrid[0:3999, 0:4000]
+        img = np.stack([x % 256, y % 256, (x + y) % 256], axis=2).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        body = lt.multipart(buf.getvalue(), "big.png")
+        with lt.RssSampler(proc.pid) as s:
+            res = lt.load(port, *body, 16, 16)
+        assert res["statuses"] == {"200": 16}, res
+        assert s.peak <= ceiling, (s.start, s.peak, ceiling)
         assert lt.health(port) and proc.poll() is None
     finally:
         lt.stop_server(proc)

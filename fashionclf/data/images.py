@@ -53,6 +53,28 @@ def image_size(source: str | Path | bytes) -> tuple[int, int]:
         return im.size
 
 
+# What decoding costs at its peak, in bytes per decoded pixel: the decoder's own image (4 bytes a pixel for RGB),
+# numpy's copy (3), the bytes it is copied through, and what a mode conversion or alpha compositing adds. Measured
+# by tests/test_images.py::test_decode_cost_bounds_what_decoding_really_takes (VmHWM around load_rgb in a fresh
+# process; 2026-12-07: RGB JPEG/PNG/TIFF/BMP 9.9-10.0, L 10.8-10.9, 1 10.7, P 9.9, CMYK 13.9, F 15.9, P with
+# transparency 19.0, RGBA/LA 22.9, WebP 19.7, I;16 29.9), then rounded up; that test fails if one is passed.
+# Anything not listed is charged the most.
+DECODE_BYTES_PER_PIXEL = {"RGB": 11, "YCbCr": 11, "L": 12, "1": 12, "P": 12, "CMYK": 16, "F": 18, "transparent-P": 22}
+DECODE_BYTES_PER_PIXEL |= {m: 26 for m in ("RGBA", "LA", "PA", "RGBa", "La", "WEBP")}
+DECODE_BYTES_WORST = 34  # 16-bit and 32-bit integer images go through float64
+
+
+def decode_cost(source: str | Path | bytes, at_least: int | None = None) -> int:
+    """The most memory, in bytes, load_rgb(source, at_least=at_least) holds while decoding, from the header alone
+    (nothing is decoded; a JPEG's draft scale is taken into account). A service budgets concurrent decodes with it."""
+    with _open(source) as im:
+        if at_least and isinstance(im, JpegImagePlugin.JpegImageFile):
+            im.draft(im.mode, (at_least, at_least))  # as load_rgb does: only the size changes, nothing is decoded
+        w, h = im.size
+        key = "WEBP" if im.format == "WEBP" else "transparent-P" if im.mode == "P" and "transparency" in im.info else im.mode
+        return w * h * DECODE_BYTES_PER_PIXEL.get(key, DECODE_BYTES_WORST)
+
+
 def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, at_least: int | None = None) -> np.ndarray:
     """An (H, W, 3) uint8 RGB array from a file path or bytes; ImageError says why it could not be read.
 
@@ -69,7 +91,7 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, at_least:
         im.seek(0)  # first frame of an animation
         if at_least and isinstance(im, JpegImagePlugin.JpegImageFile):  # JPEG, and a phone's MPO (a JPEG subclass)
             im.draft(im.mode, (at_least, at_least))  # both sides stay >= at_least; the same scale whatever the orientation
-        im = ImageOps.exif_transpose(im)  # phone photos: orientation lives in EXIF
+        ImageOps.exif_transpose(im, in_place=True)  # phone photos: orientation lives in EXIF (in place: no copy)
         return _to_rgb(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"truncated or damaged image data ({e})") from None
@@ -90,6 +112,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         im = im.convert("RGBA")
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, im).convert("RGB"))
+    if im.mode == "RGB":  # convert() would copy the whole decoded image once more (4 bytes a pixel) for nothing
+        return np.asarray(im)
     return np.asarray(im.convert("RGB"))
 
 

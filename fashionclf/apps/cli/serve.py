@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 
@@ -139,6 +140,12 @@ def _serve_memory() -> str:
     return mode
 
 
+# a 28x28 mid-grey PNG: one prediction before the port opens, so the memory stated at start is the warmed-up size
+WARM_UP_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAFklEQVR4nGNsYMANmPDIjUqOSo4wSQDxiwC4Zvu+UwAAAABJRU5ErkJggg=="
+)
+
+
 def serve(args) -> int:
     import dataclasses
 
@@ -148,6 +155,7 @@ def serve(args) -> int:
     from fashionclf.apps.serving.app import create_app
     from fashionclf.apps.serving.guard import startup_warnings
     from fashionclf.apps.serving.limits import Limits
+    from fashionclf.apps.serving.memory import resident_mb
     from fashionclf.infer.predict import with_promise
 
     key = api_key(args)
@@ -159,6 +167,11 @@ def serve(args) -> int:
     app = create_app(
         args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, run=run, audit_share=args.audit_share, **limits
     )
+    app.state.predictor.predict([WARM_UP_PNG])  # the first forward's allocations belong to the resident size below
+    rss = resident_mb()
+    if rss is not None:  # what the limits allow on top of the loaded run (docs/serve-export.md#limits)
+        ceiling = Limits(**limits).ceiling_mb(rss)
+        print(f"memory: {rss:.0f} MB with the run loaded; at most about {ceiling:.0f} MB under these limits", file=sys.stderr)
     for line in startup_warnings(args.host, key):
         print(f"fashionclf: {line}", file=sys.stderr)
     routes = "/ (page), /v1/predict, /v1/models[/NAME[:predict]], /v2/... (Open Inference Protocol), /metrics, /health, /openapi.json"

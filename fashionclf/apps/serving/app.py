@@ -15,6 +15,7 @@ schemas.py, and add its test.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import threading
@@ -28,7 +29,7 @@ from fastapi.responses import HTMLResponse
 from fashionclf.api import load_run
 from fashionclf.apps.serving import guard, metrics, protocols, schemas
 from fashionclf.apps.serving.limits import STATUS, Gate, Limits, RequestError, admitted, check_pixels, read_images
-from fashionclf.data.images import ImageError, load_rgb
+from fashionclf.data.images import ImageError, decode_cost, load_rgb
 from fashionclf.engine.runs import LoadedRun
 from fashionclf.evaluation.calibrate import promise
 from fashionclf.infer.predict import convert_for_runs, decode_side, png_bytes, predict_converted, rule_of
@@ -58,15 +59,17 @@ class Predictor:
         elif backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
 
-    def prepare(self, blob: bytes, index: int) -> list[np.ndarray]:
-        """The photo as each run takes it: the same path as `fashionclf predict`."""
+    def prepare(self, blob: bytes, index: int, budget=None) -> list[np.ndarray]:
+        """The photo as each run takes it: the same path as `fashionclf predict`. budget(cost, index): a context that
+        holds the decode's memory (Gate.decoding) until the full-size image is freed."""
         try:
-            return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels, self.decode_side))
+            with budget(decode_cost(blob, self.decode_side), index) if budget else contextlib.nullcontext():
+                return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels, self.decode_side))
         except ImageError as e:
             raise RequestError(STATUS.get(e.kind, 422), f"image {index}: {e}") from None
 
-    def predict(self, blobs: list[bytes], top_k: int = 3, preprocessed: bool = False) -> list[dict]:
-        images = [self.prepare(b, i) for i, b in enumerate(blobs)]
+    def predict(self, blobs: list[bytes], top_k: int = 3, preprocessed: bool = False, budget=None) -> list[dict]:
+        images = [self.prepare(b, i, budget) for i, b in enumerate(blobs)]
         with self.lock, torch.inference_mode():
             results = predict_converted(self.runs, images, top_k, backend=self.backend, review=self.run.review)
         if preprocessed:
@@ -189,7 +192,7 @@ def _work(predictor: Predictor, gate: Gate, blobs: list[bytes], top_k: int, prep
     pixels = check_pixels(blobs, gate.limits)
     with gate.lock:
         gate.decoded += pixels
-    results = predictor.predict(blobs, top_k, preprocessed)
+    results = predictor.predict(blobs, top_k, preprocessed, budget=gate.decoding)
     if observe is not None:
         observe(results)
     return results

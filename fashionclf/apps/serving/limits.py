@@ -21,10 +21,12 @@ import dataclasses
 import json
 import math
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from fashionclf.apps.serving import memory
 from fashionclf.data.images import ImageError, image_size
 
 MB = 1024 * 1024
@@ -46,7 +48,13 @@ class Limits:
     workers: int = _limit(2, "threads that decode, preprocess and classify (inference itself runs one at a time)", 1)
     queue: int = _limit(32, "requests that may wait for a worker; more get 503 with Retry-After", 0)
     timeout_s: float = _limit(30.0, "seconds a request may take from its first byte to its answer (408 reading, 504 after)", 0.01)
-    max_buffered_mb: float = _limit(128.0, "request bodies held in memory at once, all requests together (503 past it)", 0.001)
+    max_buffered_mb: float = _limit(112.0, "request bodies held in memory at once, all requests together (503 past it)", 0.001)
+    max_decode_mb: float = _limit(
+        180.0,
+        "memory for decoding images, all workers together, from each image's header and format (an image waits "
+        "for room; 413 for one that alone needs more)",
+        1,
+    )
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -61,6 +69,13 @@ class Limits:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * MB)
+
+    def ceiling_mb(self, resident_mb: float) -> float:
+        """The most memory the service can hold, given its resident size with the run loaded and warmed up: every body
+        held at once, one more copy of the largest while its multipart parts are joined, the decoding budget, and
+        what each worker's heap may keep of decodes too small to be trimmed after (Gate.decoding)."""
+        kept = self.workers * memory.TRIM_AFTER_DECODE_MB
+        return resident_mb + self.max_buffered_mb + self.max_body_mb + self.max_decode_mb + kept
 
 
 def flag(name: str) -> str:
@@ -79,25 +94,10 @@ def busy(message: str) -> RequestError:
     return RequestError(503, f"{message}; retry shortly", {"Retry-After": "1"})
 
 
-TRIM_AFTER_PIXELS = 4_000_000  # decoded since the last trim: below this, what the heap keeps is not worth a call
-
-
-def trim_heap() -> bool:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim); False where there is no glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        return bool(name and ctypes.CDLL(name).malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 class Gate:
-    """The worker pool and the two bounds in front of it: queued jobs, and body bytes held in memory.
+    """The worker pool and the bounds in front of it: queued jobs, body bytes held in memory, and decoding memory.
 
-    trim: when the pool falls idle after jobs that decoded at least TRIM_AFTER_PIXELS, hand the freed heap
+    trim: when the pool falls idle after jobs that decoded at least memory.TRIM_AFTER_PIXELS, hand the freed heap
     back to the system (a burst's decode buffers would otherwise stay resident; docs/serve-export.md).
     """
 
@@ -109,6 +109,38 @@ class Gate:
         self.lock = threading.Lock()
         self.jobs = 0
         self.buffered = 0
+        self.decode_bytes = 0  # what the images being decoded now may cost (decode_cost), under --max-decode-mb
+        self.room = threading.Condition(self.lock)  # notified when a decode ends
+
+    @contextlib.contextmanager
+    def decoding(self, cost: int, index: int):
+        """Hold `cost` bytes of the decoding budget while one image is decoded and converted: wait for room (a photo
+        at the pixel limit decodes alone), 503 when none comes within --timeout-s, 413 for an image that alone
+        needs more than the whole budget."""
+        lim = self.limits
+        if cost > lim.max_decode_mb * MB:
+            raise RequestError(
+                413,
+                f"image {index}: decoding it takes about {cost / MB:.0f} MB (its size, format and colour mode), above "
+                f"--max-decode-mb {lim.max_decode_mb:g}; send it smaller or as an 8-bit JPEG, or raise --max-decode-mb",
+            )
+        deadline = time.monotonic() + lim.timeout_s
+        with self.room:
+            while self.decode_bytes + cost > lim.max_decode_mb * MB:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.room.wait(left):
+                    raise busy(f"other images are being decoded (--max-decode-mb {lim.max_decode_mb:g})")
+            self.decode_bytes += cost
+        try:
+            yield
+        finally:
+            if self.trim and cost >= memory.TRIM_AFTER_DECODE_MB * MB:
+                # before the next decode starts: on another worker thread it would take another malloc arena,
+                # and this one's freed pages would stay resident beside it (measured: two decodes' worth)
+                memory.trim_heap()
+            with self.room:
+                self.decode_bytes -= cost
+                self.room.notify_all()
 
     def submit(self, fn, *args):
         with self.lock:
@@ -158,12 +190,12 @@ class Ticket:
         def done(_):
             with g.lock:
                 g.jobs -= 1
-                trim = g.trim and g.jobs == 0 and g.decoded >= TRIM_AFTER_PIXELS
+                trim = g.trim and g.jobs == 0 and g.decoded >= memory.TRIM_AFTER_PIXELS
                 if trim:
                     g.decoded = 0
             self._release()
             if trim:
-                trim_heap()  # on the worker thread that finished last
+                memory.trim_heap()  # on the worker thread that finished last
 
         self.phase = "waiting for a worker or being processed"
         try:
