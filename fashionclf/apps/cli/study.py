@@ -31,6 +31,12 @@ def add_parser(sub) -> None:
     s.add_argument("--seeds", type=int, default=1, help="seeds per model (0..N-1)")
     s.add_argument("--out", default="study", help="output folder (default: study)")
     s.add_argument(
+        "--quick",
+        action="store_true",
+        help="the seed study in minutes (`make run`): each model for fewer epochs than its recipe (study/plan.py's QUICK, "
+        "chosen by measurement: docs/results/quick-study.md); the report says so",
+    )
+    s.add_argument(
         "--robustness",
         type=int,
         metavar="N",
@@ -104,11 +110,23 @@ def compare(args) -> int:
     kwargs = {n: options.model_kwargs(args, n) for n, _ in plan}  # checked once per model, not per seed
     given = options.overrides(args if args.extra_photos else argparse.Namespace(**{**vars(args), "class_map": None}))
     configs = [c for n, k in plan for c in api.study_configs([(n, k)], model_kwargs=kwargs[n], **given)]
+    study = None
+    if args.quick:
+        from fashionclf.study.plan import quick, quick_record
+
+        full, configs = configs, quick(configs)
+        study = quick_record(full, configs)
     out = Path(args.out)
     options.check_tracking(args)
     data = options.load_data(args, configs[0])
-    progress = options.Progress(args.quiet, lambda cfg, run_dir: f"== {cfg.model} seed {cfg.seed} -> {run_dir}")
-    results, paths = api.compare(configs, data, out, args.overwrite, args.robustness, progress, args.photos, photo_map, args.choose_by)
+    timed = api.plan_study(configs, data, out, args.overwrite, args.robustness)
+    if not args.quiet:
+        print_plan(timed)
+    progress = StudyProgress(args.quiet, timed)
+    results, paths = api.compare(
+        configs, data, out, args.overwrite, args.robustness, progress, args.photos, photo_map, args.choose_by, study
+    )
+    progress.close()
     options.track(args, [out / "runs" / f"{run_label(c).replace('@', '-')}-s{c.seed}" for c in configs], [out / "results.json", *paths])
     for msg in results.get("photos", {}).get("left_out", []):
         print(f"fashionclf: left out {msg}", file=sys.stderr)
@@ -121,6 +139,68 @@ def compare(args) -> int:
         )
     print("report: " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def print_plan(timed) -> None:
+    """The plan before anything trains: each run's epochs and estimated time, and the study's in all."""
+    from fashionclf.study.plan import clock_text
+
+    print("plan (times estimated from the step cost measured on this machine):", file=sys.stderr)
+    for p in timed:
+        what = "finished before: reused" if p.reused else f"{p.epochs:3d} epochs  about {clock_text(p.seconds)}"
+        print(f"  {p.model:14s} seed {p.seed}  {what}", file=sys.stderr)
+    print(f"  in all about {clock_text(sum(p.seconds for p in timed))}", file=sys.stderr)
+
+
+class StudyProgress(options.Progress):
+    """The commands' progress, plus one line for the whole study: elapsed and remaining time (study/plan.py's clock),
+    a tqdm bar on a terminal, a line after each epoch in logs."""
+
+    def __init__(self, quiet: bool, timed):
+        from fashionclf.study.plan import StudyClock
+
+        super().__init__(quiet, lambda cfg, run_dir: f"== {cfg.model} seed {cfg.seed} -> {run_dir}")
+        self.clock, self.study_bar, self.n_batches = StudyClock(timed), None, 1
+        if self.bars:
+            from tqdm import tqdm
+
+            self.study_bar = tqdm(total=1000, position=0, file=sys.stderr, bar_format="study {bar} {desc}", dynamic_ncols=True)
+
+    def on_run_start(self, cfg, run_dir) -> None:
+        super().on_run_start(cfg, run_dir)
+        self.clock.run_started(cfg.model, cfg.seed)
+
+    def on_epoch_start(self, epoch: int, n_batches: int) -> None:
+        super().on_epoch_start(epoch, n_batches)
+        self.n_batches = max(1, n_batches)
+
+    def on_batch_end(self, batch: int, loss: float, accuracy: float) -> None:
+        super().on_batch_end(batch, loss, accuracy)
+        if batch % 20 == 0:
+            self._show((batch + 1) / self.n_batches)
+
+    def on_epoch_end(self, row: dict) -> None:
+        super().on_epoch_end(row)
+        self.clock.epoch_done()
+        self._show(0.0)
+        if not self.quiet and self.study_bar is None:
+            print(f"study: {self._text()}", file=sys.stderr)
+
+    def _text(self, part: float = 0.0) -> str:
+        from fashionclf.study.plan import clock_text
+
+        left = self.clock.remaining(part)
+        return f"{clock_text(self.clock.elapsed())} elapsed, about {clock_text(left)} left"
+
+    def _show(self, part: float) -> None:
+        if self.study_bar is not None:
+            elapsed, left = self.clock.elapsed(), self.clock.remaining(part)
+            self.study_bar.n = round(1000 * elapsed / max(elapsed + left, 1e-9))
+            self.study_bar.set_description_str(self._text(part))
+
+    def close(self) -> None:
+        if self.study_bar is not None:
+            self.study_bar.close()
 
 
 def int_list(text: str, flag: str) -> list[int]:
