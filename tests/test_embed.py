@@ -184,3 +184,24 @@ def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_say
         temperature = m["calibration"]["temperature"] if m.get("calibration") else 1.0
         stored = (logits / temperature).softmax(1).max(1).values
     np.testing.assert_allclose(served, stored, atol=0.02)
+
+
+def test_hashes_follow_content_not_path_and_read_only_changed_files(tmp_path, monkeypatch):
+    """Known files (same size and mtime) are not read again; a file changed in place is; a path given twice is one
+    file; more paths than one query holds (500) are answered in order."""
+    from fashionclf.embed import store as store_module
+
+    st = EmbeddingStore(tmp_path / "s", {"backbones": "test"})
+    files = []
+    for i in range(1203):
+        f = tmp_path / f"f{i}.bin"
+        f.write_bytes(f"photo {i % 600}".encode())  # contents repeat: 600 distinct hashes
+        files.append(f)
+    first = st.hashes([*files, files[0]])
+    assert len(first) == 1204 and first[600] == first[0] and first[-1] == first[0] and len(set(first)) == 600
+    read = []
+    monkeypatch.setattr(store_module, "file_hash", lambda p: read.append(p) or "x" * 64)
+    assert st.hashes(files) == first[:-1] and read == []
+    files[5].write_bytes(b"changed, and longer than before")
+    again = st.hashes(files)
+    assert read == [files[5]] and again[5] == "x" * 64 and again[:5] == first[:5]

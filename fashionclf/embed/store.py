@@ -82,17 +82,21 @@ class EmbeddingStore:
         return self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
 
     def hashes(self, paths: list[Path]) -> list[str]:
-        """Content hashes of files; unchanged files (same size and mtime) are not read again."""
-        out = []
-        rows = []
-        for p in paths:
-            st = p.stat()
-            key = str(p.resolve())
-            got = self.db.execute(
-                "SELECT hash FROM files WHERE path=? AND size=? AND mtime_ns=?", (key, st.st_size, st.st_mtime_ns)
-            ).fetchone()
-            h = got[0] if got else file_hash(p)
-            if not got:
+        """Content hashes of files; unchanged files (same size and mtime) are not read again. The index is asked in
+        chunks of 500 paths, not once per file (a catalogue of 100,000 photos)."""
+        stats = [(str(p.resolve()), p.stat()) for p in paths]
+        known: dict[str, tuple[int, int, str]] = {}
+        keys = list(dict.fromkeys(k for k, _ in stats))
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT path, size, mtime_ns, hash FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+            known |= {path: (size, mtime, h) for path, size, mtime, h in self.db.execute(q, chunk)}
+        out, rows = [], []
+        for p, (key, st) in zip(paths, stats):
+            size, mtime, h = known.get(key, (None, None, None))
+            if (size, mtime) != (st.st_size, st.st_mtime_ns):
+                h = file_hash(p)
+                known[key] = (st.st_size, st.st_mtime_ns, h)
                 rows.append((key, st.st_size, st.st_mtime_ns, h))
             out.append(h)
         if rows:
