@@ -206,13 +206,15 @@ def default_image() -> tuple[bytes, str]:
     return png(255 - d.test_x[0].numpy()), "fmnist-test-0.png"
 
 
-def photo_like(side: int, seed: int = 0) -> bytes:
-    """A side x side JPEG with texture (costs what a photo costs to decode): a dark item on a light ground."""
+def photo_like(side: int, seed: int = 0, height: int | None = None) -> bytes:
+    """A side x side (or side x height) JPEG with texture (costs what a photo costs to decode): a dark item on a
+    light ground."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    img = np.clip(rng.normal(235, 12, (side, side, 3)), 0, 255).astype(np.uint8)
-    img[side // 5 : -side // 5, side // 3 : -side // 3] //= 4
+    h = height or side
+    img = np.clip(rng.normal(235, 12, (h, side, 3)), 0, 255).astype(np.uint8)
+    img[h // 5 : -h // 5, side // 3 : -side // 3] //= 4
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -416,14 +418,8 @@ def run_malloc_ab(run: str, rounds: int = 3, requests: int = 1000, big: int = 16
 def run_big_burst(run: str, n: int = 16, width: int = 4000, height: int = 3999, rounds: int = 2) -> dict:
     """n photos of width x height (a textured JPEG just under the 16-megapixel limit) sent at once, one per
     request on n client threads: every status, the p50, and the server's RSS before, at its peak and 2 s after."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    img = np.clip(rng.normal(235, 12, (height, width, 3)), 0, 255).astype(np.uint8)
-    img[height // 5 : -height // 5, width // 3 : -width // 3] //= 4
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=90)
-    body = multipart(buf.getvalue(), "photo.jpg")
+    jpeg = photo_like(width, height=height)
+    body = multipart(jpeg, "photo.jpg")
     port = free_port()
     proc = start_server(run, port)
     try:
@@ -440,7 +436,7 @@ def run_big_burst(run: str, n: int = 16, width: int = 4000, height: int = 3999, 
             **_header(run),
             "photos": n,
             "size": f"{width}x{height}",
-            "jpeg_bytes": len(buf.getvalue()),
+            "jpeg_bytes": len(jpeg),
             "rows": rows,
             "rss_mb_peak": max(x["rss_mb_peak"] for x in rows),
             "healthy_after": health(port),

@@ -26,6 +26,16 @@ def assert_close_across_kernels(got: torch.Tensor, want: torch.Tensor, rtol: flo
     assert diff <= rtol * scale, f"max |difference| {diff:.3g} above {rtol:g} x scale {scale:.3g}"
 
 
+def load_script(path: Path, name: str):
+    """A script outside the package (benchmarks/, tools/) as a module, for tests that call its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_class_folder(root, per_class=12, classes=("pants", "shirt"), size=(40, 30), seed=0):
     """Class 0: a vertical dark bar; class 1: a horizontal dark bar; on light noisy backgrounds."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,6 @@ FASHIONCLF_CONTAINER_TEST=1 (what `make container-check` does through tools/cont
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,16 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "container_check.py"
 
 
 def _check_module():
-    spec = importlib.util.spec_from_file_location("container_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "container_check")
 
 
 @pytest.mark.slow

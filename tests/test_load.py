@@ -1,12 +1,12 @@
 """The short version of benchmarks/load_test.py that CI runs: a real server process under concurrent load."""
 
-import importlib.util
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 from PIL import Image
 
 from fashionclf.engine.runs import save_run
@@ -18,9 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
 
 @pytest.mark.slow
 def test_300_requests_at_concurrency_16_without_errors(tmp_path):
-    spec = importlib.util.spec_from_file_location("load_test", SCRIPT)
-    load_test = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load_test)
+    load_test = load_script(SCRIPT, "load_test")
 
     cfg = resolve_config("tuned_cnn", None)
     torch.manual_seed(0)

@@ -2,7 +2,6 @@
 a bounded queue, timeouts, the API key, one error shape, and a real server process's memory."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -19,7 +18,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from conftest import assert_error as _error
 from fastapi.testclient import TestClient  # noqa: E402
-from helpers import live_server  # noqa: E402
+from helpers import live_server, load_script  # noqa: E402
 
 from fashionclf.apps.serving import app as app_module  # noqa: E402
 from fashionclf.apps.serving.app import create_app  # noqa: E402
@@ -316,10 +315,7 @@ def test_binding_beyond_loopback_without_a_key_warns(run, monkeypatch, capsys, t
 
 
 def _load_test():
-    spec = importlib.util.spec_from_file_location("load_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "load_test")
 
 
 @pytest.mark.slow
@@ -358,7 +354,7 @@ def test_real_server_process_stays_bounded_under_attack(run):
         lt.stop_server(proc)
 
 
-def test_decodes_share_one_memory_budget_waiting_for_room(run):
+def test_decodes_share_one_memory_budget_waiting_for_room(run, monkeypatch):
     """Images whose decoding would pass --max-decode-mb together wait for each other; one that alone needs more is
     413 before anything is decoded; one that finds no room within --timeout-s is 503."""
     from fashionclf.apps.serving.limits import MB, Gate, Limits, RequestError
@@ -391,6 +387,13 @@ def test_decodes_share_one_memory_budget_waiting_for_room(run):
     # through the app: a 1000x1000 PNG (about 10.5 MB to decode) against a 5 MB budget, nothing else changed
     r = TestClient(create_app(run=run, max_decode_mb=5)).post("/v1/predict", files=_files(_png(1000, 1000)))
     _error(r, 413, "--max-decode-mb 5")
+    # refused from the headers before any image of the request is decoded, as the pixel limits are
+    decoded = []
+    real = app_module.load_rgb
+    monkeypatch.setattr(app_module, "load_rgb", lambda *a: decoded.append(1) or real(*a))
+    r = TestClient(create_app(run=run, max_decode_mb=5)).post("/v1/predict", files=_files(_png(20, 20), _png(1000, 1000)))
+    _error(r, 413, "image 1", "--max-decode-mb 5")
+    assert decoded == []
 
 
 @pytest.mark.slow

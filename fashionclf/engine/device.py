@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 
@@ -82,6 +83,21 @@ def agreed(prec: autotune.Precision, device: torch.device) -> autotune.Precision
     return dataclasses.replace(prec, dtype=torch.bfloat16 if got["bf16"] else None, channels_last=bool(got["cl"]))
 
 
+@functools.cache
+def glibc():
+    """The C library as ctypes sees it on Linux (found once: find_library runs a subprocess), or None elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Stop glibc from returning big freed blocks to the OS after every batch; True where it applied.
 
@@ -90,20 +106,16 @@ def keep_freed_memory() -> bool:
     images/s instead of 36k here (benchmarks/inference_speed.py). Raising the mmap and trim thresholds keeps those
     pages in the heap for the next batch; the cost is that the process's RSS stays at its peak.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
+    libc = glibc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         # Older glibc caps the mmap threshold at 32 MiB: fall back to that rather than leave it dynamic.
         mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) or libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
         trim_ok = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
         return bool(mmap_ok and trim_ok)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+    except AttributeError:  # not glibc (musl): nothing to tune
         return False
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import sys
 
@@ -121,34 +120,27 @@ def _serve_memory() -> str:
     trim (default): keep that setting, and give the freed heap back whenever the workers fall idle after photos.
     keep: keep it and never give back.  release: fixed 256 KiB thresholds, every big buffer unmapped when freed.
     """
-    import ctypes
-    import ctypes.util
+    from fashionclf.engine.device import glibc
 
     mode = os.environ.get(MALLOC_ENV, "trim")
     if mode not in ("trim", "keep", "release"):
         raise ValueError(f"${MALLOC_ENV}={mode!r}: expected trim, keep or release")
-    name = ctypes.util.find_library("c")
-    if mode != "release" or not name or not sys.platform.startswith("linux"):
+    libc = glibc()
+    if mode != "release" or libc is None:
         return mode
     try:
-        libc = ctypes.CDLL(name)
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
         libc.mallopt(M_TRIM_THRESHOLD, 256 << 10)
-    except (OSError, AttributeError):  # not glibc: nothing was changed either
+    except AttributeError:  # not glibc: nothing was changed either
         pass
     return mode
-
-
-# a 28x28 mid-grey PNG: one prediction before the port opens, so the memory stated at start is the warmed-up size
-WARM_UP_PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAFklEQVR4nGNsYMANmPDIjUqOSo4wSQDxiwC4Zvu+UwAAAABJRU5ErkJggg=="
-)
 
 
 def serve(args) -> int:
     import dataclasses
 
+    import numpy as np
     import uvicorn
 
     from fashionclf.api import load_run
@@ -156,7 +148,7 @@ def serve(args) -> int:
     from fashionclf.apps.serving.guard import startup_warnings
     from fashionclf.apps.serving.limits import Limits
     from fashionclf.apps.serving.memory import resident_mb
-    from fashionclf.infer.predict import with_promise
+    from fashionclf.infer.predict import png_bytes, with_promise
 
     key = api_key(args)
     limits = {f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}
@@ -167,7 +159,9 @@ def serve(args) -> int:
     app = create_app(
         args.run, backend=args.backend, api_key=key, docs=args.docs, trim_memory=trim, run=run, audit_share=args.audit_share, **limits
     )
-    app.state.predictor.predict([WARM_UP_PNG])  # the first forward's allocations belong to the resident size below
+    # one prediction of a 28x28 mid-grey image before the port opens: the first forward's allocations belong to the
+    # resident size stated below
+    app.state.predictor.predict([png_bytes(np.full((28, 28), 128, np.uint8))])
     rss = resident_mb()
     if rss is not None:  # what the limits allow on top of the loaded run (docs/serve-export.md#limits)
         ceiling = Limits(**limits).ceiling_mb(rss)

@@ -96,7 +96,7 @@ def model_seeds(text: str, default: int) -> list[tuple[str, int]]:
 def compare(args) -> int:
     from fashionclf import api
     from fashionclf.data.folders import parse_class_map
-    from fashionclf.study.compare import DEFAULT_MODELS, run_label
+    from fashionclf.study.compare import DEFAULT_MODELS, run_folder
     from fashionclf.study.report import summarize
 
     if args.seeds < 1:
@@ -127,7 +127,7 @@ def compare(args) -> int:
         configs, data, out, args.overwrite, args.robustness, progress, args.photos, photo_map, args.choose_by, study
     )
     progress.close()
-    options.track(args, [out / "runs" / f"{run_label(c).replace('@', '-')}-s{c.seed}" for c in configs], [out / "results.json", *paths])
+    options.track(args, [run_folder(out, c) for c in configs], [out / "results.json", *paths])
     for msg in results.get("photos", {}).get("left_out", []):
         print(f"fashionclf: left out {msg}", file=sys.stderr)
     shown = (("corrupted", "corrupted"), ("photo", "photos"), ("val_auto", "automatic (val, cross-fitted)"))
@@ -184,19 +184,18 @@ class StudyProgress(options.Progress):
         self.clock.epoch_done()
         self._show(0.0)
         if not self.quiet and self.study_bar is None:
-            print(f"study: {self._text()}", file=sys.stderr)
+            print(f"study: {self._text(self.clock.elapsed(), self.clock.remaining())}", file=sys.stderr)
 
-    def _text(self, part: float = 0.0) -> str:
+    def _text(self, elapsed: float, left: float) -> str:
         from fashionclf.study.plan import clock_text
 
-        left = self.clock.remaining(part)
-        return f"{clock_text(self.clock.elapsed())} elapsed, about {clock_text(left)} left"
+        return f"{clock_text(elapsed)} elapsed, about {clock_text(left)} left"
 
     def _show(self, part: float) -> None:
         if self.study_bar is not None:
             elapsed, left = self.clock.elapsed(), self.clock.remaining(part)
             self.study_bar.n = round(1000 * elapsed / max(elapsed + left, 1e-9))
-            self.study_bar.set_description_str(self._text(part))
+            self.study_bar.set_description_str(self._text(elapsed, left))
 
     def close(self) -> None:
         if self.study_bar is not None:

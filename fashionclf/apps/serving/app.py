@@ -59,17 +59,29 @@ class Predictor:
         elif backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
 
-    def prepare(self, blob: bytes, index: int, budget=None) -> list[np.ndarray]:
-        """The photo as each run takes it: the same path as `fashionclf predict`. budget(cost, index): a context that
-        holds the decode's memory (Gate.decoding) until the full-size image is freed."""
+    def _cost(self, blob: bytes, index: int) -> int:
         try:
-            with budget(decode_cost(blob, self.decode_side), index) if budget else contextlib.nullcontext():
+            return decode_cost(blob, self.decode_side)
+        except ImageError as e:
+            raise RequestError(STATUS.get(e.kind, 422), f"image {index}: {e}") from None
+
+    def prepare(self, blob: bytes, index: int, hold=None) -> list[np.ndarray]:
+        """The photo as each run takes it: the same path as `fashionclf predict`. hold: a context that holds the
+        decode's memory (Gate.decoding) until the full-size image is freed."""
+        try:
+            with hold or contextlib.nullcontext():
                 return convert_for_runs(self.runs, load_rgb(blob, self.max_pixels, self.decode_side))
         except ImageError as e:
             raise RequestError(STATUS.get(e.kind, 422), f"image {index}: {e}") from None
 
-    def predict(self, blobs: list[bytes], top_k: int = 3, preprocessed: bool = False, budget=None) -> list[dict]:
-        images = [self.prepare(b, i, budget) for i, b in enumerate(blobs)]
+    def predict(self, blobs: list[bytes], top_k: int = 3, preprocessed: bool = False, gate: Gate | None = None) -> list[dict]:
+        """gate: decode under its memory budget; an image that alone needs more is refused before any is decoded."""
+        if gate is None:
+            images = [self.prepare(b, i) for i, b in enumerate(blobs)]
+        else:
+            costs = [self._cost(b, i) for i, b in enumerate(blobs)]
+            gate.check_decodes(costs)
+            images = [self.prepare(b, i, gate.decoding(c, i)) for i, (b, c) in enumerate(zip(blobs, costs))]
         with self.lock, torch.inference_mode():
             results = predict_converted(self.runs, images, top_k, backend=self.backend, review=self.run.review)
         if preprocessed:
@@ -192,7 +204,7 @@ def _work(predictor: Predictor, gate: Gate, blobs: list[bytes], top_k: int, prep
     pixels = check_pixels(blobs, gate.limits)
     with gate.lock:
         gate.decoded += pixels
-    results = predictor.predict(blobs, top_k, preprocessed, budget=gate.decoding)
+    results = predictor.predict(blobs, top_k, preprocessed, gate=gate)
     if observe is not None:
         observe(results)
     return results

@@ -112,18 +112,24 @@ class Gate:
         self.decode_bytes = 0  # what the images being decoded now may cost (decode_cost), under --max-decode-mb
         self.room = threading.Condition(self.lock)  # notified when a decode ends
 
+    def check_decodes(self, costs: list[int], first: int = 0) -> None:
+        """413 for the first image (numbered from `first`) whose decoding alone needs more than --max-decode-mb."""
+        lim = self.limits
+        for index, cost in enumerate(costs, first):
+            if cost > lim.max_decode_mb * MB:
+                raise RequestError(
+                    413,
+                    f"image {index}: decoding it takes about {cost / MB:.0f} MB (its size, format and colour mode), above "
+                    f"--max-decode-mb {lim.max_decode_mb:g}; send it smaller or as an 8-bit JPEG, or raise --max-decode-mb",
+                )
+
     @contextlib.contextmanager
     def decoding(self, cost: int, index: int):
         """Hold `cost` bytes of the decoding budget while one image is decoded and converted: wait for room (a photo
         at the pixel limit decodes alone), 503 when none comes within --timeout-s, 413 for an image that alone
         needs more than the whole budget."""
         lim = self.limits
-        if cost > lim.max_decode_mb * MB:
-            raise RequestError(
-                413,
-                f"image {index}: decoding it takes about {cost / MB:.0f} MB (its size, format and colour mode), above "
-                f"--max-decode-mb {lim.max_decode_mb:g}; send it smaller or as an 8-bit JPEG, or raise --max-decode-mb",
-            )
+        self.check_decodes([cost], index)
         deadline = time.monotonic() + lim.timeout_s
         with self.room:
             while self.decode_bytes + cost > lim.max_decode_mb * MB:

@@ -7,19 +7,18 @@ workers fall idle (docs/serve-export.md#memory-keep_freed_memory-and-serve).
 
 from __future__ import annotations
 
+from fashionclf.engine.device import glibc
+
 TRIM_AFTER_PIXELS = 4_000_000  # decoded since the last trim: below this, what the heap keeps is not worth a call
 TRIM_AFTER_DECODE_MB = 16  # one decode that may have held this much is trimmed after at once (Gate.decoding)
 
 
 def trim_heap() -> bool:
     """Give the C heap's free pages back to the system (glibc's malloc_trim); False where there is no glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
+    libc = glibc()
     try:
-        return bool(name and ctypes.CDLL(name).malloc_trim(0))
-    except (OSError, AttributeError):
+        return bool(libc is not None and libc.malloc_trim(0))
+    except AttributeError:
         return False
 
 
