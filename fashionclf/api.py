@@ -258,11 +258,11 @@ def train(
     (finished runs) for distillation: their soft labels on those photos teach the student (distill.py)."""
     from fashionclf.engine import distributed
     from fashionclf.engine.runs import check_writable
-    from fashionclf.training.distill import trainer
+    from fashionclf.training.base import Job
     from fashionclf.training.supervised import resume_plan
+    from fashionclf.training.trainer import trainer_for
 
-    if not 0 < unknown_share <= 1:
-        raise ValueError(f"unknown_share {unknown_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
+    job = Job(Path(out or "."), overwrite, resume, callbacks, unknown_share, promise)  # checks unknown_share first
     if resume:
         if out is None:
             raise ValueError("resume=True continues the training in `out`: give that folder")
@@ -276,8 +276,8 @@ def train(
     check_writable(out, overwrite, resume)
     if not isinstance(data, FashionMNIST):
         data, _ = load_data(cfg, data, **data_options)
-    fit = trainer(unlabelled, [teachers] if isinstance(teachers, str | Path) else teachers)
-    fit(cfg, data, out, overwrite, callbacks, resume=resume, unknown_share=unknown_share, promise=promise)
+    trainer = trainer_for(unlabelled, [teachers] if isinstance(teachers, str | Path) else teachers)
+    trainer.train(cfg, data, job.but(out=out))
     return load_run(out) if distributed.is_main() else None
 
 

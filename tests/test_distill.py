@@ -17,8 +17,10 @@ from fashionclf.engine.runs import load_run
 from fashionclf.infer.predict import convert_rgb, predict_converted, predict_scored
 from fashionclf.models import build_model
 from fashionclf.training import distill
+from fashionclf.training.base import Job
 from fashionclf.training.loop import train_one_epoch
 from fashionclf.training.selftrain import STUDENT_NOISE
+from fashionclf.training.trainer import trainer_for
 
 BASE = ["--model", "mlp", "--epochs", "6", "--batch-size", "16", "--quiet"]
 
@@ -87,8 +89,8 @@ def test_teacher_classes_are_put_in_the_students_order(tmp_path, monkeypatch):
     rotated.classes = ("b", "c", "a")  # data class j is the teacher's class order[j] = (1, 2, 0)[j]
     rotated.train_y = (data.train_y + 2) % 3
     seen = {}
-    monkeypatch.setattr(distill, "train_and_save", lambda cfg, d, *a, **k: seen.update(data=d, meta=a[3]) or {})
-    distill.train_distilled(TrainConfig(model="mlp"), rotated, tmp_path / "s", unlabelled=unlabelled, teachers=[teacher])
+    monkeypatch.setattr(distill.Supervised, "train", lambda self, cfg, d, job: seen.update(data=d, meta=job.meta) or {})
+    distill.Distillation(unlabelled, [teacher]).train(TrainConfig(model="mlp"), rotated, Job(tmp_path / "s"))
     y, n = seen["data"].train_y, len(data.train_y)
     run = load_run(teacher)
     images = [[convert_rgb(load_rgb(q), "grabcut", run)] for q in find_images([unlabelled])]
@@ -100,7 +102,7 @@ def test_teacher_classes_are_put_in_the_students_order(tmp_path, monkeypatch):
     # the same files with the same split: same_data; another split of them: not
     assert seen["meta"]["distillation"]["teachers"][0]["same_data"] is True
     resplit, _ = load_image_folder(labelled, image_size=32, split_seed=1)
-    distill.train_distilled(TrainConfig(model="mlp"), resplit, tmp_path / "s2", unlabelled=unlabelled, teachers=[teacher])
+    distill.Distillation(unlabelled, [teacher]).train(TrainConfig(model="mlp"), resplit, Job(tmp_path / "s2"))
     assert seen["meta"]["distillation"]["teachers"][0]["same_data"] is False
 
 
@@ -109,7 +111,7 @@ def test_one_process_only(monkeypatch):
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ValueError, match="without torchrun"):
-        distill.trainer("photos/", ["runs/big"])
+        trainer_for("photos/", ["runs/big"])
 
 
 def test_soft_targets_train_as_hard_labels_when_one_hot():

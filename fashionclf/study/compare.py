@@ -162,7 +162,7 @@ def compare(
         else:
             resume = not overwrite and _resumable(run_dir, cfg, data)  # a run killed mid-training continues
             overwrite_dir = run_dir.exists() and not resume
-            metrics = train_and_save(cfg, data, run_dir, overwrite_dir, callbacks, resume=resume)
+            metrics = train_and_save(cfg, data, run_dir, overwrite=overwrite_dir, callbacks=callbacks, resume=resume)
         row = {**{k: metrics.get(k) for k in RESULT_KEYS}, "name": run_label(cfg), "resolution": cfg.resolution}
         if robustness_images:
             row["robustness"] = run_robustness(run_dir, data, robustness_images)["mean"]

@@ -24,7 +24,6 @@ and split are the student's.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -39,11 +38,10 @@ from fashionclf.core.config import TrainConfig
 from fashionclf.core.io import to_json
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
 from fashionclf.engine.runs import LoadedRun, load_run
-from fashionclf.evaluation.calibrate import Promise
 from fashionclf.infer.predict import class_order, convert_rgb, joint_results, predict_scored, results_from_probs
-from fashionclf.training.callbacks import NONE, Callbacks
+from fashionclf.training.base import Job, Trainer
 from fashionclf.training.selftrain import STUDENT_NOISE, converted_batches, student_config, unlabelled_photos, with_photos
-from fashionclf.training.supervised import train_and_save
+from fashionclf.training.supervised import Supervised, data_info
 
 
 def student_converter(data: FashionMNIST, method: str = "grabcut") -> Callable[[np.ndarray], np.ndarray]:
@@ -98,8 +96,6 @@ def soft_labels(teachers: list[LoadedRun], paths: list[Path], to_student: Callab
 
 
 def _teacher_record(t: LoadedRun, data: FashionMNIST) -> dict:
-    from fashionclf.training.supervised import data_info
-
     # as compare() decides a finished run saw the same data: files, sizes and split, wherever they now lie
     same = {**t.meta.get("data", {}), "source": None} == json.loads(to_json({**data_info(data), "source": None}))
     return {
@@ -110,25 +106,33 @@ def _teacher_record(t: LoadedRun, data: FashionMNIST) -> dict:
     }
 
 
-def train_distilled(
-    cfg: TrainConfig,
-    data: FashionMNIST,
-    out: str | Path,
-    overwrite: bool = False,
-    callbacks: Callbacks = NONE,
-    *,
-    unlabelled: str | Path,
-    teachers: list[str | Path],
-    resume: bool = False,
-    unknown_share: float | None = None,
-    method: str = "grabcut",
-    promise: Promise | None = None,
-) -> dict:
-    """The student into out, trained on data's labelled split and the teachers' soft labels on `unlabelled`;
-    returns its metrics. Called as study.train_and_save is (fashionclf.api.train)."""
-    why = "--teacher first labels the unlabelled photos, then trains; --resume continues one training: leave out one of them"
-    folder, paths = unlabelled_photos(unlabelled, resume, why)
-    runs = [load_run(t) for t in teachers]
+class Distillation(Trainer):
+    """The student into job.out, trained by Supervised on the data's labelled split and the soft labels `teachers`
+    (finished runs) give the photos in `unlabelled`."""
+
+    kind = "distillation"
+
+    def __init__(self, unlabelled: str | Path, teachers: list[str | Path], method: str = "grabcut"):
+        self.unlabelled, self.teachers, self.method = unlabelled, list(teachers), method
+
+    def train(self, cfg: TrainConfig, data: FashionMNIST, job: Job) -> dict:
+        """Returns the student's metrics."""
+        why = "--teacher first labels the unlabelled photos, then trains; --resume continues one training: leave out one of them"
+        folder, paths = unlabelled_photos(self.unlabelled, job.resume, why)
+        runs = [load_run(t) for t in self.teachers]
+        order = teachers_order(runs, data)
+        x, probs, counts = soft_labels(runs, paths, student_converter(data, self.method), self.method)
+        student = copy.copy(data)
+        student.train_y = F.one_hot(data.train_y, len(data.classes)).float()
+        # teachers[0]'s class order into the data's: data class j is teacher column order[j]
+        student = with_photos(student, x, probs[:, order] if x is not None else None, paths, "the student's copies of the photos")
+        info = {"teachers": [_teacher_record(t, data) for t in runs], "unlabelled": str(folder.absolute()), "method": self.method, **counts}
+        info["noise"] = dict(STUDENT_NOISE)
+        return Supervised().train(student_config(cfg), student, job.but(meta={**job.meta, "distillation": info}))
+
+
+def teachers_order(runs: list[LoadedRun], data: FashionMNIST) -> list[int]:
+    """Where each of the data's classes is among the first teacher's; a DataError unless every teacher knows them."""
     try:
         order = class_order(runs[0], SimpleNamespace(classes=data.classes, path=Path(f"the data ({data.source})")))
         for t in runs[1:]:
@@ -138,29 +142,4 @@ def train_distilled(
         raise DataError(
             f"--teacher: every teacher must know the data's classes ({', '.join(data.classes)}), named alike in any order; {names}"
         ) from None
-    x, probs, counts = soft_labels(runs, paths, student_converter(data, method), method)
-    student = copy.copy(data)
-    student.train_y = F.one_hot(data.train_y, len(data.classes)).float()
-    # teachers[0]'s class order into the data's: data class j is teacher column order[j]
-    student = with_photos(student, x, probs[:, order] if x is not None else None, paths, "the student's copies of the photos")
-    info = {"teachers": [_teacher_record(t, data) for t in runs], "unlabelled": str(folder.absolute()), "method": method, **counts}
-    info["noise"] = dict(STUDENT_NOISE)
-    kw = ({} if unknown_share is None else {"unknown_share": unknown_share}) | ({} if promise is None else {"promise": promise})
-    return train_and_save(student_config(cfg), student, out, overwrite, callbacks, {"distillation": info}, **kw)
-
-
-def trainer(unlabelled: str | Path | None, teachers: list[str | Path] = ()) -> Callable:
-    """What trains a run, called as study.train_and_save is: that, self-training (unlabelled photos alone,
-    selftrain.py) or distillation (unlabelled photos and teachers)."""
-    from fashionclf.engine import distributed
-    from fashionclf.training.selftrain import train_with_unlabelled
-
-    if unlabelled is not None and distributed.world_size() > 1:  # each rank would label the photos on its own
-        raise ValueError("--unlabelled labels the photos, then trains, in one process: run it without torchrun")
-    if teachers and unlabelled is None:
-        raise ValueError("--teacher needs --unlabelled FOLDER: the photos whose soft labels the teachers give the student")
-    if unlabelled is None:
-        return train_and_save
-    if teachers:
-        return functools.partial(train_distilled, unlabelled=unlabelled, teachers=list(teachers))
-    return functools.partial(train_with_unlabelled, unlabelled=unlabelled)
+    return order

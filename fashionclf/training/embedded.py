@@ -29,6 +29,7 @@ from fashionclf.engine.runs import claim
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.models.frozen import FrozenLites
+from fashionclf.training.base import Job
 from fashionclf.training.loop import FitResult
 from fashionclf.training.supervised import score_and_save
 
@@ -183,7 +184,8 @@ def train_on_store(
             "trainer": {"kind": "embedded-head", "store": str(Path(store).resolve()), "store_spec": st.spec, **chosen},
             "calibration_items": "validation" if calibration == "val" else "validation + out-of-fold training photos (5 folds)",
         }
-        metrics = score_and_save(cfg, ds, out, res, overwrite, extra, unknown_share, promise, scored=(val, test), calibration_items=items)
+        job = Job(Path(out), overwrite, unknown_share=unknown_share, promise=promise, meta=extra)
+        metrics = score_and_save(cfg, ds, res, job, scored=(val, test), calibration_items=items)
     metrics["embedding"] = dec.reports
     metrics["skipped"] = skipped
     return metrics

@@ -35,10 +35,9 @@ from fashionclf.core.config import TrainConfig, replace
 from fashionclf.data.fashion_mnist import DataError, FashionMNIST
 from fashionclf.data.images import ImageError, find_images, load_rgb
 from fashionclf.engine.runs import META, LoadedRun, load_run
-from fashionclf.evaluation.calibrate import Promise
 from fashionclf.infer.predict import convert_rgb, predict_converted
-from fashionclf.training.callbacks import NONE, Callbacks
-from fashionclf.training.supervised import train_and_save
+from fashionclf.training.base import Job, Trainer
+from fashionclf.training.supervised import Supervised
 
 # The student's noise: each augmentation at least this (a config that asks for more keeps its own).
 STUDENT_NOISE = {"erase": 0.25, "cutmix": 0.5}
@@ -114,32 +113,26 @@ def student_config(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, augment=True, **raised)
 
 
-def train_with_unlabelled(
-    cfg: TrainConfig,
-    data: FashionMNIST,
-    out: str | Path,
-    overwrite: bool = False,
-    callbacks: Callbacks = NONE,
-    *,
-    unlabelled: str | Path,
-    resume: bool = False,
-    unknown_share: float | None = None,
-    method: str = "grabcut",
-    promise: Promise | None = None,
-) -> dict:
-    """Teacher into <out>-teacher, pseudo-labels on `unlabelled`, student into out; returns the student's metrics.
-    Called as study.train_and_save is (fashionclf.api.train)."""
-    folder, paths = unlabelled_photos(
-        unlabelled, resume, "--unlabelled trains a teacher, then a student; --resume continues one training: leave out one of them"
-    )
-    kw = ({} if unknown_share is None else {"unknown_share": unknown_share}) | ({} if promise is None else {"promise": promise})
-    tdir = teacher_folder(out)
-    if overwrite or not (tdir / META).exists():
-        train_and_save(cfg, data, tdir, overwrite, callbacks, **kw)
-    teacher = load_run(tdir)
-    x, y, counts = pseudo_label(teacher, paths, method)
-    student = with_photos(data, x, y, paths, "pseudo-labelled images")
-    info = {"teacher": str(tdir.absolute()), "unlabelled": str(folder.absolute()), "method": method, **counts}
-    info["teacher_test_accuracy"] = teacher.metrics.get("test_accuracy")
-    info["noise"] = dict(STUDENT_NOISE)
-    return train_and_save(student_config(cfg), student, out, overwrite, callbacks, {"self_training": info}, **kw)
+class SelfTraining(Trainer):
+    """A teacher into <out>-teacher (reused when finished), its confident labels on `unlabelled`, and the student into
+    job.out: both trained by Supervised. method: how a photo becomes a 28x28 scan for gray runs (predict's)."""
+
+    kind = "self-training"
+
+    def __init__(self, unlabelled: str | Path, method: str = "grabcut"):
+        self.unlabelled, self.method = unlabelled, method
+
+    def train(self, cfg: TrainConfig, data: FashionMNIST, job: Job) -> dict:
+        """Returns the student's metrics."""
+        why = "--unlabelled trains a teacher, then a student; --resume continues one training: leave out one of them"
+        folder, paths = unlabelled_photos(self.unlabelled, job.resume, why)
+        tdir = teacher_folder(job.out)
+        if job.overwrite or not (tdir / META).exists():
+            Supervised().train(cfg, data, job.but(out=tdir))
+        teacher = load_run(tdir)
+        x, y, counts = pseudo_label(teacher, paths, self.method)
+        student = with_photos(data, x, y, paths, "pseudo-labelled images")
+        info = {"teacher": str(tdir.absolute()), "unlabelled": str(folder.absolute()), "method": self.method, **counts}
+        info["teacher_test_accuracy"] = teacher.metrics.get("test_accuracy")
+        info["noise"] = dict(STUDENT_NOISE)
+        return Supervised().train(student_config(cfg), student, job.but(meta={**job.meta, "self_training": info}))

@@ -34,47 +34,47 @@ from fashionclf.engine.runs import (
     claim,
     save_run,
 )
-from fashionclf.evaluation.calibrate import Promise, calibrate, calibration_report, crossfit_review
+from fashionclf.evaluation.calibrate import calibrate, calibration_report, crossfit_review
 from fashionclf.evaluation.metrics import classification_report
-from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, fit_unknown
+from fashionclf.evaluation.unknown import fit_unknown
 from fashionclf.evaluation.unknown import known_share as unknown_known_share
-from fashionclf.training.callbacks import NONE, Callbacks
+from fashionclf.training.base import Job, Trainer
 from fashionclf.training.loop import fit
 
 
-def train_and_save(
-    cfg: TrainConfig,
-    data: FashionMNIST,
-    out: str | Path,
-    overwrite: bool = False,
-    callbacks: Callbacks = NONE,
-    extra_meta: dict | None = None,
-    resume: bool = False,
-    unknown_share: float = DEFAULT_KNOWN_SHARE,
-    promise: Promise = Promise(),
-) -> dict:
-    """Fit cfg on data, score it on the test set, write the run folder; return its metrics.
+class Supervised(Trainer):
+    """The loop (loop.py) on labelled data, then the run scored and saved: what every other trainer ends with."""
 
-    `out` is claimed (locked) before training and holds the checkpoint of the last finished epoch until the
-    run replaces it; resume=True continues from that checkpoint (the same config and data, else a RunError).
-    How the data were loaded (`data.load_options`, set by fashionclf.api.load_data) is recorded with it, so
-    `train --resume` can load them again. unknown_share: the share of validation images the "none of these"
-    score counts known (evaluation/unknown.py); promise: the precision and confidence the review rule guarantees.
-    """
-    # Rank 0 holds the folder; the other ranks of a torchrun job only read the checkpoint to resume.
-    held = claim(out, overwrite, resume) if distributed.is_main() else contextlib.nullcontext(Path(out) / CHECKPOINT)
-    with held as checkpoint:
-        if distributed.is_main():  # announced once the folder is held: a refused training says nothing first
-            callbacks.on_run_start(cfg, Path(out))
-        same = {**data_info(data), "source": None, "sha256": data_digest(data)}  # what a resumed run must train on again
-        if resume:
-            check_resumable(checkpoint, cfg, same)
-        extra = {"data": same, "data_options": getattr(data, "load_options", None)}
-        xy = (data.train_x, data.train_y, data.val_x, data.val_y)
-        res = fit(cfg, *xy, len(data.classes), callbacks, checkpoint=checkpoint, resume=resume, checkpoint_extra=extra)
-        if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
-            return {}
-        return score_and_save(cfg, data, out, res, overwrite, extra_meta, unknown_share, promise)
+    kind = "supervised"
+
+    def train(self, cfg: TrainConfig, data: FashionMNIST, job: Job) -> dict:
+        """Fit cfg on data, score it on the test set, write job.out; return its metrics.
+
+        job.out is claimed (locked) before training and holds the checkpoint of the last finished epoch until the
+        run replaces it; job.resume continues from that checkpoint (the same config and data, else a RunError).
+        How the data were loaded (`data.load_options`, set by fashionclf.api.load_data) is recorded with it, so
+        `train --resume` can load them again."""
+        out = job.out
+        # Rank 0 holds the folder; the other ranks of a torchrun job only read the checkpoint to resume.
+        held = claim(out, job.overwrite, job.resume) if distributed.is_main() else contextlib.nullcontext(out / CHECKPOINT)
+        with held as checkpoint:
+            if distributed.is_main():  # announced once the folder is held: a refused training says nothing first
+                job.callbacks.on_run_start(cfg, out)
+            same = {**data_info(data), "source": None, "sha256": data_digest(data)}  # what a resumed run must train on again
+            if job.resume:
+                check_resumable(checkpoint, cfg, same)
+            extra = {"data": same, "data_options": getattr(data, "load_options", None)}
+            xy = (data.train_x, data.train_y, data.val_x, data.val_y)
+            res = fit(cfg, *xy, len(data.classes), job.callbacks, checkpoint=checkpoint, resume=job.resume, checkpoint_extra=extra)
+            if not distributed.is_main():  # the other ranks of a torchrun job only helped train; rank 0 scores and saves
+                return {}
+            return score_and_save(cfg, data, res, job)
+
+
+def train_and_save(cfg: TrainConfig, data: FashionMNIST, out: str | Path, **job) -> dict:
+    """Supervised training of cfg on data into out; job: the other fields of a `Job` (overwrite, resume, callbacks,
+    unknown_share, promise, meta). Returns the run's metrics."""
+    return Supervised().train(cfg, data, Job(Path(out), **job))
 
 
 def data_digest(data: FashionMNIST) -> str:
@@ -122,22 +122,14 @@ def usable_unknown(unknown: dict | None) -> dict | None:
 
 
 def score_and_save(
-    cfg: TrainConfig,
-    data: FashionMNIST,
-    out,
-    res,
-    overwrite: bool,
-    extra_meta: dict | None,
-    unknown_share: float,
-    promise: Promise,
-    scored: tuple | None = None,
-    calibration_items: tuple | None = None,
+    cfg: TrainConfig, data: FashionMNIST, res, job: Job, scored: tuple | None = None, calibration_items: tuple | None = None
 ) -> dict:
-    """Score a fitted model on validation and test, fit its review and unknown rules, write the run folder.
+    """Score a fitted model (res: loop.FitResult) on validation and test, fit its review and unknown rules, write
+    job.out (already claimed by the caller).
     scored: ((val logits, raw), (test logits, raw)) where they were computed without the images (a head on stored
     embeddings, training/embedded.py); inference speed is then not measured here. calibration_items: (logits, raw,
     labels) the temperature, review rule and unknown rule are fitted on, where more than validation (the default)."""
-    device, inf, speed = torch.device(res.device), None, None
+    device, inf, speed, promise = torch.device(res.device), None, None, job.promise
     if scored is None:
         inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
         amp, cl = inf.dtype, inf.channels_last
@@ -153,7 +145,7 @@ def score_and_save(
     # Temperature and the guaranteed review rule from the validation split; the test set only reports what they do.
     calibration = usable_calibration(calibrate(cal_logits, cal_y, promise.target, promise.delta)) if len(cal_y) else None
     temperature = (calibration or {}).get("temperature", 1.0)
-    unknown = fit_unknown(cal_logits if len(cal_y) else None, temperature, list(data.classes), unknown_share, raw=cal_raw)
+    unknown = fit_unknown(cal_logits if len(cal_y) else None, temperature, list(data.classes), job.unknown_share, raw=cal_raw)
     metrics = {
         "model": cfg.model,
         "seed": cfg.seed,
@@ -183,20 +175,20 @@ def score_and_save(
     if metrics["unknown"] is not None and len(data.test_y):  # about unknown_share on new photos of the classes
         metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, test_raw)}
     predictions = {"logits": test_logits, "labels": data.test_y, "val_logits": cal_logits, "val_labels": cal_y}
-    shape = tuple(data.train_x.shape[1:])
+    shape, extra_meta = tuple(data.train_x.shape[1:]), job.meta
     if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default
-        extra_meta = {"input": {"channels": shape[0], "height": shape[1], "width": shape[2], "kind": "rgb-letterbox"}, **(extra_meta or {})}
+        extra_meta = {"input": {"channels": shape[0], "height": shape[1], "width": shape[2], "kind": "rgb-letterbox"}, **extra_meta}
     save_run(
-        out,
+        job.out,
         res.model,
         cfg,
         metrics,
         res.history,
         data.classes,
         data_info(data),
-        overwrite=overwrite,
+        overwrite=job.overwrite,
         predictions=predictions,
-        extra_meta=extra_meta,
+        extra_meta=extra_meta or None,
         claimed=True,
     )
     return metrics
