@@ -20,6 +20,7 @@ import torch
 from fashionclf.core.config import DEFAULT_FOLDER_MODEL, DEFAULT_RECIPE, TrainConfig
 from fashionclf.core.io import check_new_file  # noqa: F401  (the CLI's, kept here)
 from fashionclf.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from fashionclf.data.load import load_data  # noqa: F401  (re-exported: fashionclf.load_data)
 from fashionclf.engine import runs
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
@@ -180,46 +181,6 @@ def load_run(path: str | Path = "default", device: str | torch.device = "cpu") -
 def recipe(name: str, **overrides) -> TrainConfig:
     """A recipe's config by name (a model's defaults or a preset), with overrides, e.g. seed=1, aug_rotation=15."""
     return resolve_config(base=load_recipe(name).config, **overrides)
-
-
-def load_data(
-    cfg: TrainConfig,
-    data: str | Path | None = None,
-    val_data: str | Path | None = None,
-    image_size: int | None = None,
-    data_dir: str | Path | None = None,
-    allow_download: bool = True,
-    train_limit: int | None = None,
-    data_cache: str = "auto",
-) -> tuple[FashionMNIST, list[str]]:
-    """The dataset a config trains on: an image folder (data, any layout; its pixels in memory or mapped
-    from disk as data_cache says, fashionclf.data.store) or Fashion-MNIST (with cfg.extra_photos mixed in).
-    Returns it and one message per file left out."""
-    if train_limit is not None and train_limit < 1:
-        raise ValueError(f"--train-limit {train_limit}: expected a positive number of images")
-    if data is not None:
-        from fashionclf.data.folders import load_image_folder
-
-        if cfg.extra_photos:
-            raise ValueError("--extra-photos mixes photos into Fashion-MNIST training; with --data the photos are the dataset already")
-        ds, skipped = load_image_folder(data, val_data, image_size or 128, split_seed=cfg.split_seed, cache=data_cache)
-    else:
-        if val_data is not None or image_size:
-            raise ValueError("--val-data and --image-size go with --data FOLDER (an image-folder dataset)")
-        ds = load_fashion_mnist(data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, allow_download=allow_download)
-        skipped = []
-    if train_limit:
-        # The official order is already shuffled, so a prefix is close to class-balanced.
-        ds.train_x, ds.train_y = ds.train_x[:train_limit], ds.train_y[:train_limit]
-    if data is None and cfg.extra_photos:
-        from fashionclf.data.folders import add_converted_photos
-
-        skipped += add_converted_photos(ds, cfg.extra_photos, cfg.extra_class_map, cfg.extra_repeat)
-    # How they were loaded, kept with a training's checkpoint so that `train --resume` loads them again.
-    where = {k: v if v is None else str(Path(v).absolute()) for k, v in (("data", data), ("val_data", val_data), ("data_dir", data_dir))}
-    more = {"image_size": image_size, "allow_download": allow_download, "train_limit": train_limit, "data_cache": data_cache}
-    ds.load_options = {**where, **more}
-    return ds, skipped
 
 
 def as_config(config: TrainConfig | str | Path | None, **overrides) -> TrainConfig:

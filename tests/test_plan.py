@@ -78,7 +78,20 @@ def test_quick_compare_prints_its_plan_and_one_study_line_and_the_report_says_so
     from fashionclf.apps.cli import main
 
     out = tmp_path / "study"
-    args = ["compare", "--quick", "--models", "mlp,simple_cnn", "--train-limit", "600", "--val-size", "300", "--robustness", "0"]
+    args = [
+        "compare",
+        "--quick",
+        "--models",
+        "mlp,simple_cnn",
+        "--train-limit",
+        "600",
+        "--val-size",
+        "300",
+        "--robustness",
+        "0",
+        "--test-limit",
+        "1000",
+    ]
     args += ["--out", str(out), "--data-dir", str(real_data_dir)]
     assert main(args) == 0
     err = capsys.readouterr().err

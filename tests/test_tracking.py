@@ -14,7 +14,7 @@ from fashionclf.apps.cli import main  # noqa: E402
 def test_train_and_compare_track_params_metrics_artifacts_and_model(tmp_path, monkeypatch, real_data_dir):
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact store is relative to the working directory
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = ["--epochs", "2", "--train-limit", "3000", "--quiet", "--track", uri, "--experiment", "t"]
+    common = ["--epochs", "2", "--train-limit", "3000", "--test-limit", "1000", "--quiet", "--track", uri, "--experiment", "t"]
     assert main(["train", "--model", "mlp", "--out", "r1", *common, "--register", "shop-mlp"]) == 0
 
     client = MlflowClient(tracking_uri=uri)

@@ -94,13 +94,16 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, ini
     return head
 
 
-def fit_head(train_v, train_y, val_v, val_y, classes: int, decays=DECAYS) -> tuple[torch.nn.Linear, dict]:
-    """The head on raw features (standardisation folded in) and how it was chosen: every decay's val log-loss."""
+def fit_head(
+    train_v, train_y, val_v, val_y, classes: int, decays=DECAYS, init: torch.nn.Linear | None = None
+) -> tuple[torch.nn.Linear, dict]:
+    """The head on raw features (standardisation folded in) and how it was chosen: every decay's val log-loss.
+    init: a head on raw features to start from (a refit after a few more labels converges in a few steps)."""
     views = train_v.shape[1]
     rows = train_v.reshape(-1, train_v.shape[2])
     mean, std = rows.mean(0), rows.std(0).clamp_min(1e-6)
     xs, ys = (rows - mean) / std, train_y.repeat_interleave(views)
-    scored, head, prev = {}, None, None
+    scored, head, prev = {}, None, None if init is None else _unfold(init, mean, std)
     for d in sorted(decays, reverse=True):  # strongest first; each fit starts from the last (warm start)
         h = fit_linear(xs, ys, classes, d, init=prev)
         prev = h
@@ -112,14 +115,15 @@ def fit_head(train_v, train_y, val_v, val_y, classes: int, decays=DECAYS) -> tup
     return head[1], {"decay": head[0], "val_log_loss": {str(k): round(v, 5) for k, v in sorted(scored.items())}}
 
 
-def out_of_fold(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, folds: int = 5, seed: int = 0):
-    """(logits, raw) of every row of x from the one of `folds` heads (same decay) whose fit left that row out."""
+def out_of_fold(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, folds: int = 5, seed: int = 0, init=None):
+    """(logits, raw) of every row of x from the one of `folds` heads (same decay) whose fit left that row out.
+    init: a head to start each fold's fit from (fit_head's)."""
     part = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)) % folds
     logits, raw = torch.empty(len(y), classes), torch.empty(len(y), classes)
     none = torch.empty(0, *x.shape[1:]), torch.empty(0, dtype=torch.long)
     for k in range(folds):
         held = part == k
-        head, _ = fit_head(x[~held], y[~held], *none, classes, decays=(decay,))
+        head, _ = fit_head(x[~held], y[~held], *none, classes, decays=(decay,), init=init)
         logits[held], raw[held] = view_logits(head, x[held])
     return logits, raw
 
@@ -130,6 +134,15 @@ def _fold(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn
     with torch.no_grad():
         out.weight.copy_(h.weight / std)
         out.bias.copy_(h.bias - out.weight @ mean)
+    return out
+
+
+def _unfold(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+    """_fold's inverse: the map of a head on raw features, on standardised ones (W = W' std, b = b' + W' mean)."""
+    out = torch.nn.Linear(h.in_features, h.out_features)
+    with torch.no_grad():
+        out.weight.copy_(h.weight * std)
+        out.bias.copy_(h.bias + h.weight @ mean)
     return out
 
 

@@ -58,6 +58,7 @@ def add_train_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ())
     )
     g.add_argument("--no-download", action="store_true", help="fail instead of downloading when the data are not found")
     g.add_argument("--train-limit", type=int, help="train on the first N training images only (quick checks)")
+    g.add_argument("--test-limit", type=int, help="score on the first N test images only (quick checks: the test figures are of those N)")
     groups["pretrained"].add_argument(
         "--drop-path", type=float, help="models that take it (efficientnet_lite0): stochastic depth rate, e.g. 0.1"
     )
@@ -88,6 +89,7 @@ def data_options(args) -> dict:
         "allow_download": not args.no_download,
         "train_limit": args.train_limit,
         "data_cache": args.data_cache,
+        "test_limit": args.test_limit,
     }
 
 

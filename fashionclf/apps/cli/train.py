@@ -94,7 +94,20 @@ def resolve(args):
 
 
 # What --resume takes from the checkpoint instead: giving any of these with it is refused.
-NOT_WITH_RESUME = ("model", "preset", "config", "seed", "out", "data", "val_data", "image_size", "train_limit", "drop_path", "class_map")
+NOT_WITH_RESUME = (
+    "model",
+    "preset",
+    "config",
+    "seed",
+    "out",
+    "data",
+    "val_data",
+    "image_size",
+    "train_limit",
+    "test_limit",
+    "drop_path",
+    "class_map",
+)
 
 
 def check_resume_args(args) -> None:
