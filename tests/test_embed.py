@@ -175,6 +175,13 @@ def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_say
     m, meta = run.metrics, run.meta
     assert meta["trainer"]["kind"] == "embedded-head" and meta["input"]["kind"] == "rgb-letterbox"
     assert m["test_accuracy"] >= 0.8 and m["precision_choice"]["train"]["embedding"] == [None]  # nothing embedded again
+    # labelled.json: every training and validation photo by content, with its class (what the desk refits on)
+    from fashionclf.embed.store import file_hash
+
+    lab = json.loads((tmp_path / "run" / "labelled.json").read_text())
+    assert len(lab["hashes"]) == len(lab["labels"]) == meta["data"]["train"] + meta["data"]["val"]
+    folder_of = {file_hash(f): f.parent.name for f in files}
+    assert [folder_of[h] for h in lab["hashes"]] == [meta["classes"][k] for k in lab["labels"]]
     rows = run.predict(files)
     assert {r["label"] for r in rows if not r["unknown"]} == {"pants", "shirt"}  # None: "none of these"
     # The served network (backbones + head, from the run folder) and the head on the stored vectors agree.

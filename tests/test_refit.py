@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fashionclf.training.embedded import _fold, _unfold, fit_head, view_logits
-from fashionclf.training.refit import refit
+from fashionclf.training.embedded import fit_head, fit_linear, to_raw, to_standardised, view_logits
+from fashionclf.training.refit import ReviewHead, fit_heads
 
 
 def _vectors(n_per_class=60, classes=3, dim=16, seed=0, spread=1.0):
@@ -18,7 +18,7 @@ def _vectors(n_per_class=60, classes=3, dim=16, seed=0, spread=1.0):
 def test_fold_and_unfold_are_inverse():
     h = torch.nn.Linear(8, 3)
     mean, std = torch.randn(8), torch.rand(8) + 0.5
-    back = _unfold(_fold(h, mean, std), mean, std)
+    back = to_standardised(to_raw(h, mean, std), mean, std)
     torch.testing.assert_close(back.weight, h.weight)
     torch.testing.assert_close(back.bias, h.bias, atol=1e-5, rtol=1e-5)
 
@@ -26,8 +26,8 @@ def test_fold_and_unfold_are_inverse():
 def test_a_refit_learns_the_decisions_and_keeps_its_promise_on_new_rows():
     x, y = _vectors(n_per_class=300)  # the guaranteed rule needs a few hundred calibration items to label anything
     held = torch.arange(len(y)) % 3 == 0
-    fit = refit(x[~held], y[~held], 3, 1e-3)
-    assert fit.rule["temperature"] > 0 and fit.seconds > 0
+    fit = ReviewHead(x[~held], y[~held], 3, 1e-3)
+    assert fit.rule["temperature"] > 0 and fit.seconds > 0 and len(fit.cal_logits) == (~held).sum()
     new_x, new_y = x[held], y[held]
     pred, conf, auto = fit.decide(new_x)
     assert (pred == new_y).float().mean() > 0.95
@@ -47,6 +47,48 @@ def test_a_warm_start_reaches_the_cold_fit():
 def test_decisions_that_do_not_match_their_vectors_are_refused():
     x, y = _vectors()
     with pytest.raises(ValueError, match="n labels"):
-        refit(x, y[:-1], 3, 1e-3)
+        ReviewHead(x, y[:-1], 3, 1e-3)
     with pytest.raises(ValueError, match="n labels"):
-        refit(x[:, 0], y, 3, 1e-3)
+        ReviewHead(x[:, 0], y, 3, 1e-3)
+    head = ReviewHead(x, y, 3, 1e-3)
+    with pytest.raises(ValueError, match="class indices 0..2"):
+        head.add(x[:2], torch.tensor([0, 3]))
+    assert len(head.labels) == len(y)  # a refused decision changes nothing
+
+
+def test_decisions_train_every_head_but_never_become_calibration_items():
+    """The desk's decided photos are a sample the model chose (its least sure): they train, and the rule stays
+    calibrated on the run's own photos, each scored by the fold head that left it out and learned the decisions."""
+    x, y = _vectors(n_per_class=100, spread=4.0)
+    first, rest = torch.arange(len(y)) % 5 != 0, torch.arange(len(y)) % 5 == 0
+    head = ReviewHead(x[first], y[first], 3, 1e-3)
+    before = head.cal_logits.clone()
+    head.add(x[rest][:20], y[rest][:20])
+    assert len(head.labels) == first.sum() + 20 and len(head.cal_logits) == first.sum()
+    assert not torch.equal(head.cal_logits, before)  # the fold heads learned the decisions
+    # fold 0's logits are those of a head fitted without fold 0's photos, with the decisions (warm start: same optimum),
+    # on features standardised by the run's rows
+    out = head.part == 0
+    xs = torch.cat([x[first][~out], x[rest][:20]]).reshape(-1, 16)
+    ys = torch.cat([y[first][~out], y[rest][:20]]).repeat_interleave(2)
+    fresh = to_raw(fit_linear((xs - head.mean) / head.std, ys, 3, 1e-3), head.mean, head.std)
+    torch.testing.assert_close(head.cal_logits[out], view_logits(fresh, x[first][out])[0], atol=2e-3, rtol=1e-3)
+    # and the head is the fit on all rows (on the same standardisation)
+    xs = torch.cat([x[first], x[rest][:20]]).reshape(-1, 16)
+    ys = torch.cat([y[first], y[rest][:20]]).repeat_interleave(2)
+    cold = to_raw(fit_linear((xs - head.mean) / head.std, ys, 3, 1e-3), head.mean, head.std)
+    torch.testing.assert_close(view_logits(head.head, x)[0], view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)
+    assert 0 < head.head_seconds <= head.seconds
+
+
+def test_heads_fitted_together_are_each_heads_own_fit():
+    """fit_heads shares one L-BFGS among heads with their own rows; each must end where fitting it alone ends."""
+    x, y = _vectors(spread=6.0)
+    rows, ys = x.reshape(-1, 16), y.repeat_interleave(2)
+    xs = (rows - rows.mean(0)) / rows.std(0)
+    every = torch.arange(len(ys))
+    masks = torch.stack([every >= 0, every % 3 != 0, every % 10 < 4])  # each head sees every class
+    together = fit_heads(xs, ys, masks, 1e-2, torch.zeros(3, 3, 17))
+    for k in range(3):
+        alone = fit_linear(xs[masks[k]], ys[masks[k]], 3, 1e-2)
+        torch.testing.assert_close(together[k, :, :-1] @ xs.T + together[k, :, -1:], alone(xs).T, atol=2e-3, rtol=1e-3)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
 import tempfile
@@ -78,3 +80,14 @@ def check_new_file(path: Path, option: str = "--out") -> None:
         raise ValueError(f"{option} {path} already exists; choose another file (results are never overwritten)")
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"{option} {path}: {path.parent} is a file, not a folder")
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Rows of one shape (the first row's keys) as CSV text with a header; "" for none."""
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()

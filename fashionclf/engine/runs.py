@@ -10,9 +10,7 @@ a damaged or out-of-range field is one RunError naming the file, the field and w
 from __future__ import annotations
 
 import contextlib
-import csv
 import inspect
-import io
 import json
 import math
 import os
@@ -31,7 +29,7 @@ from torch import nn
 
 from fashionclf.core import __version__
 from fashionclf.core.config import TrainConfig, config_from_dict, config_to_dict
-from fashionclf.core.io import UMASK, to_json, try_lock
+from fashionclf.core.io import UMASK, csv_text, to_json, try_lock
 from fashionclf.data.fashion_mnist import MEAN, STD
 from fashionclf.engine import distributed
 from fashionclf.engine.card import hub_mismatch, write_hub_files
@@ -117,16 +115,6 @@ def claim(out: str | Path, overwrite: bool = False, resume: bool = False):
         os.close(fd)
 
 
-def history_csv(history: list[dict]) -> str:
-    if not history:
-        return ""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    return buf.getvalue()
-
-
 def save_run(
     out: str | Path,
     model: nn.Module,
@@ -139,9 +127,11 @@ def save_run(
     extra_meta: dict | None = None,
     predictions: dict[str, torch.Tensor] | None = None,
     claimed: bool = False,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write a run folder complete, then rename it into place. claimed: the caller holds `out` (claim) and has
-    checked it; what it holds (a checkpoint, an old run with overwrite) is replaced."""
+    checked it; what it holds (a checkpoint, an old run with overwrite) is replaced. files: more text files of the
+    run by plain name (a store run's labelled.json), written with the rest."""
     out = Path(out)
     if not claimed:
         check_writable(out, overwrite)
@@ -167,9 +157,11 @@ def save_run(
         safetensors.torch.save_file(state, str(tmp / WEIGHTS), metadata={"model": cfg.model, "format": "fashionclf-1"})
         (tmp / META).write_text(to_json(meta))
         (tmp / METRICS).write_text(to_json(metrics))
-        (tmp / HISTORY).write_text(history_csv(history))
+        (tmp / HISTORY).write_text(csv_text(history))
         if predictions is not None:
             safetensors.torch.save_file({k: v.contiguous().clone() for k, v in predictions.items()}, str(tmp / PREDICTIONS))
+        for name, text in (files or {}).items():
+            (tmp / Path(name).name).write_text(text)
         write_hub_files(tmp, name=out.name)  # config.json (id2label, input, normalisation) and the model card README.md
         for f in tmp.iterdir():  # durable before the rename makes the run visible
             os.chmod(f, 0o666 & ~UMASK)  # safetensors creates its files 0600; every file as open() would make it

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from fashionclf.core.config import TrainConfig
+from fashionclf.core.io import to_json
 from fashionclf.data.fashion_mnist import DataError
 from fashionclf.data.folders import load_image_folder
 from fashionclf.data.images import ImageError
@@ -33,6 +34,7 @@ from fashionclf.training.base import Job
 from fashionclf.training.loop import FitResult
 from fashionclf.training.supervised import score_and_save
 
+LABELLED = "labelled.json"  # in a store run's folder: StoreDecoder.labelled
 DECAYS = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # L2 weights tried, per feature after standardising
 
 
@@ -43,6 +45,7 @@ class StoreDecoder:
 
     def __init__(self, store: EmbeddingStore, model: FrozenLites, on_batch: Callable[[int, int], None] | None = None):
         self.store, self.model, self.on_batch, self.reports = store, model, on_batch, []
+        self.rows: dict[int, list[str]] = {}  # id(vectors) -> the content hash of each row: which photos a split holds
 
     def decode(self, items):
         files = [p for p, _ in items]
@@ -57,10 +60,19 @@ class StoreDecoder:
         if not kept:
             raise DataError("none of the images could be read: " + "; ".join(report["skipped"][:3]))
         x = torch.from_numpy(self.store.vectors([hashes[i] for i in kept]))
+        self.rows[id(x)] = [hashes[i] for i in kept]
         return x, torch.tensor([items[i][1] for i in kept], dtype=torch.long), report["skipped"]
 
     def take(self, x, y, idx, pool):
-        return x[idx], y[idx]
+        out = x[idx]
+        self.rows[id(out)] = [self.rows[id(x)][i] for i in idx.tolist()]
+        return out, y[idx]
+
+    def labelled(self, ds) -> dict:
+        """labelled.json of a store run: the content hash and class of every training and validation photo, so
+        that the review desk can refit the head on them and a person's decisions (training/refit.py)."""
+        hashes = self.rows[id(ds.train_x)] + self.rows[id(ds.val_x)]
+        return {"format": 1, "hashes": hashes, "labels": torch.cat([ds.train_y, ds.val_y]).tolist()}
 
 
 def view_logits(head: torch.nn.Linear, v: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +106,46 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, ini
     return head
 
 
+def fit_heads(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, decay: float, start: torch.Tensor) -> torch.Tensor:
+    """K multinomial logistic regressions at once: head k minimises the mean cross-entropy over the rows of x
+    (standardised) where masks[k] holds, + decay * |W_k|^2 (fit_linear's objective, on its rows).
+
+    start and the result: (K, classes, dim + 1), each head's weights with its bias last. The objective is the sum of
+    the K heads' own, and they share no parameter, so its minimum is each head's own minimum; one L-BFGS runs them
+    together because the fit is bound by reading x from memory, and one pass over x serves every head's logits and
+    gradients (K heads cost about what one costs, not K times)."""
+    k, classes = start.shape[:2]
+    weights = masks.float() / masks.sum(1, keepdim=True).clamp_min(1)  # (K, rows): each head's mean
+    p = start.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([p], lr=1, max_iter=300, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure():
+        opt.zero_grad()
+        w, b = p[:, :, :-1], p[:, :, -1]
+        logits = (x @ w.reshape(k * classes, -1).T + b.reshape(-1)).reshape(len(x), k, classes)
+        nll = -logits.log_softmax(2).gather(2, y[:, None, None].expand(-1, k, 1)).squeeze(2)  # (rows, K)
+        loss = (nll * weights.T).sum() + decay * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return p.detach()
+
+
+def stacked(h: torch.nn.Linear) -> torch.Tensor:
+    """A head as one (classes, dim + 1) tensor, its bias last: fit_heads' form of it."""
+    return torch.cat([h.weight, h.bias[:, None]], 1).detach()
+
+
+def to_linear(p: torch.Tensor) -> torch.nn.Linear:
+    """stacked's inverse."""
+    out = torch.nn.Linear(p.shape[1] - 1, p.shape[0])
+    with torch.no_grad():
+        out.weight.copy_(p[:, :-1])
+        out.bias.copy_(p[:, -1])
+    return out
+
+
 def fit_head(
     train_v, train_y, val_v, val_y, classes: int, decays=DECAYS, init: torch.nn.Linear | None = None
 ) -> tuple[torch.nn.Linear, dict]:
@@ -103,11 +155,11 @@ def fit_head(
     rows = train_v.reshape(-1, train_v.shape[2])
     mean, std = rows.mean(0), rows.std(0).clamp_min(1e-6)
     xs, ys = (rows - mean) / std, train_y.repeat_interleave(views)
-    scored, head, prev = {}, None, None if init is None else _unfold(init, mean, std)
+    scored, head, prev = {}, None, None if init is None else to_standardised(init, mean, std)
     for d in sorted(decays, reverse=True):  # strongest first; each fit starts from the last (warm start)
         h = fit_linear(xs, ys, classes, d, init=prev)
         prev = h
-        folded = _fold(h, mean, std)
+        folded = to_raw(h, mean, std)
         loss = torch.nn.functional.cross_entropy(view_logits(folded, val_v)[0], val_y).item() if len(val_y) else float(d)
         scored[d] = loss
         if head is None or loss < scored[head[0]]:
@@ -116,19 +168,23 @@ def fit_head(
 
 
 def out_of_fold(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, folds: int = 5, seed: int = 0, init=None):
-    """(logits, raw) of every row of x from the one of `folds` heads (same decay) whose fit left that row out.
-    init: a head to start each fold's fit from (fit_head's)."""
+    """(logits, raw) of every row of x from the one of `folds` heads (same decay) whose fit left that row out; the
+    heads fit together (fit_heads), on features standardised by all of x (no label enters the statistics).
+    init: a head on raw features to start each fold's fit from (fit_head's)."""
     part = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)) % folds
+    views, rows = x.shape[1], x.reshape(-1, x.shape[2])
+    mean, std = rows.mean(0), rows.std(0).clamp_min(1e-6)
+    masks = part.repeat_interleave(views)[None, :] != torch.arange(folds)[:, None]
+    start = torch.zeros(classes, x.shape[2] + 1) if init is None else stacked(to_standardised(init, mean, std))
+    heads = fit_heads((rows - mean) / std, y.repeat_interleave(views), masks, decay, start.expand(folds, -1, -1))
     logits, raw = torch.empty(len(y), classes), torch.empty(len(y), classes)
-    none = torch.empty(0, *x.shape[1:]), torch.empty(0, dtype=torch.long)
     for k in range(folds):
         held = part == k
-        head, _ = fit_head(x[~held], y[~held], *none, classes, decays=(decay,), init=init)
-        logits[held], raw[held] = view_logits(head, x[held])
+        logits[held], raw[held] = view_logits(to_raw(to_linear(heads[k]), mean, std), x[held])
     return logits, raw
 
 
-def _fold(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+def to_raw(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
     """The same map on unstandardised features: W' = W / std, b' = b - W' mean."""
     out = torch.nn.Linear(h.in_features, h.out_features)
     with torch.no_grad():
@@ -137,8 +193,8 @@ def _fold(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn
     return out
 
 
-def _unfold(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
-    """_fold's inverse: the map of a head on raw features, on standardised ones (W = W' std, b = b' + W' mean)."""
+def to_standardised(h: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+    """to_raw's inverse: the map of a head on raw features, on standardised ones (W = W' std, b = b' + W' mean)."""
     out = torch.nn.Linear(h.in_features, h.out_features)
     with torch.no_grad():
         out.weight.copy_(h.weight * std)
@@ -198,7 +254,8 @@ def train_on_store(
             "calibration_items": "validation" if calibration == "val" else "validation + out-of-fold training photos (5 folds)",
         }
         job = Job(Path(out), overwrite, unknown_share=unknown_share, promise=promise, meta=extra)
-        metrics = score_and_save(cfg, ds, res, job, scored=(val, test), calibration_items=items)
+        labelled = {LABELLED: to_json(dec.labelled(ds))}
+        metrics = score_and_save(cfg, ds, res, job, scored=(val, test), calibration_items=items, files=labelled)
     metrics["embedding"] = dec.reports
     metrics["skipped"] = skipped
     return metrics

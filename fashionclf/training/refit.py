@@ -1,29 +1,95 @@
 """The next model after a review: a store run's head refitted on the stored vectors plus a person's decisions.
 
 A person's decision on a photo is a label as good as any in the training data, and the photo's vectors are already
-in the store, so the next model costs a linear fit, not a training. `refit` takes every labelled row (the run's
-training photos and the decided ones), starts from the current head with the L2 weight chosen when the run was
-fitted, and refits the review rule on out-of-fold logits of all of them (each row scored by one of five heads that
-did not see it), as `train --store --calibrate-on oof` does. experiments/review_loop/ measures what it gains per
-100 decisions and how long it takes at 10,000 photos (docs/results/review-loop.md).
+in the store, so the next model costs a linear fit, not a training. `ReviewHead` keeps what a refit needs between
+decisions: the run's labelled photos, the decided ones, the current head and five fold heads, each refitted from its
+own last state (with the L2 weight chosen when the run was fitted, a refit converges in a few dozen steps). The six
+heads fit together (fit_heads): the fit is bound by reading the vectors from memory, and one pass serves all six.
+
+The guaranteed review rule needs calibration items exchangeable with the photos it will judge. The run's labelled
+photos are (the usual assumption); the decided photos are not: the desk shows a person the photos the model was
+least sure of, a sample chosen by the model. So decided photos only train, and the calibration items stay the run's
+labelled photos, each scored by the fold head that left it out (cross-fitting) and learned every decision: the rule
+follows the better head without counting the desk's chosen photos as a random sample. experiments/review_loop/
+measures the gain per 100 decisions and the seconds at 10,000 photos (docs/results/review-loop.md).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
 from fashionclf.evaluation.calibrate import Promise, calibrate
-from fashionclf.training.embedded import fit_head, out_of_fold, view_logits
+from fashionclf.training.embedded import fit_heads, stacked, to_linear, to_raw, to_standardised, view_logits
 
 
-@dataclass
-class Refit:
-    head: torch.nn.Linear  # on raw stored vectors, as FrozenLites.head
-    rule: dict  # calibrate()'s: temperature, threshold and what it promises
-    seconds: float
+class ReviewHead:
+    """The head and review rule over labelled stored vectors, refitted as decisions arrive.
+
+    vectors (n, views, dim) and labels (n,): the run's labelled rows (also the calibration items); decay: the run's L2
+    weight (meta.json's trainer.decay); init: its head, where the first fit starts. The features are standardised once,
+    by the run's rows (decisions are a few dozen rows among thousands: they move the statistics by nothing that matters,
+    and fixed statistics keep each refit's start where the last one ended). After each fit, `head_seconds` is the fit of
+    the head and its fold heads together (what re-ranking a queue waits for) and `seconds` all of it, the rule included."""
+
+    def __init__(
+        self,
+        vectors: torch.Tensor,
+        labels: torch.Tensor,
+        classes: int,
+        decay: float,
+        init: torch.nn.Linear | None = None,
+        promise: Promise = Promise(),
+        seed: int = 0,
+        folds: int = 5,
+    ):
+        _check(vectors, labels)
+        self.classes, self.decay, self.promise, self.views = classes, decay, promise, vectors.shape[1]
+        rows = vectors.reshape(-1, vectors.shape[2])
+        self.mean, self.std = rows.mean(0), rows.std(0).clamp_min(1e-6)
+        self.base, self.labels_base = vectors, labels
+        self.xs = (rows - self.mean) / self.std  # every row a head learns, standardised: the run's, then the decided
+        self.ys = labels.repeat_interleave(self.views)
+        self.part = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)) % folds
+        # head 0 learns every row; head k (1..folds) every row but the run's photos of fold k-1 (decided rows: all)
+        held = self.part.repeat_interleave(self.views)[None, :] == torch.arange(folds)[:, None]
+        self.masks = torch.cat([torch.zeros(1, len(self.ys), dtype=torch.bool), held]).logical_not()
+        start = torch.zeros(classes, rows.shape[1] + 1) if init is None else stacked(to_standardised(init, self.mean, self.std))
+        self.params = start.expand(folds + 1, -1, -1).clone()  # (heads, classes, dim + 1): weights and bias
+        self._fit_all()
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every row the head learned: the run's, then the decided ones."""
+        return self.ys[:: self.views]
+
+    def _fit_all(self) -> None:
+        start = time.perf_counter()
+        self.params = fit_heads(self.xs, self.ys, self.masks, self.decay, self.params)
+        self.head = to_raw(to_linear(self.params[0]), self.mean, self.std)
+        self.head_seconds = time.perf_counter() - start
+        logits = torch.empty(len(self.labels_base), self.classes)
+        for k in range(len(self.params) - 1):
+            out = self.part == k
+            logits[out] = view_logits(to_raw(to_linear(self.params[k + 1]), self.mean, self.std), self.base[out])[0]
+        self.cal_logits = logits
+        self.rule = calibrate(logits, self.labels_base, self.promise.target, self.promise.delta)
+        self.seconds = time.perf_counter() - start
+
+    def add(self, vectors: torch.Tensor, labels: torch.Tensor) -> ReviewHead:
+        """A person's decisions on these rows: they join every head's training rows; the heads refit from their last
+        state and the rule refits on the calibration items' new cross-fitted logits."""
+        _check(vectors, labels)
+        if len(labels) == 0:
+            return self
+        if labels.min() < 0 or labels.max() >= self.classes:
+            raise ValueError(f"decided labels must be class indices 0..{self.classes - 1}; got {labels.min()}..{labels.max()}")
+        rows = (vectors.reshape(-1, vectors.shape[2]) - self.mean) / self.std
+        self.xs, self.ys = torch.cat([self.xs, rows]), torch.cat([self.ys, labels.repeat_interleave(self.views)])
+        self.masks = torch.cat([self.masks, torch.ones(len(self.masks), len(rows), dtype=torch.bool)], 1)
+        self._fit_all()
+        return self
 
     def decide(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(predicted class, calibrated confidence, labelled with no person) for (n, views, dim) stored vectors."""
@@ -34,22 +100,6 @@ class Refit:
         return pred, conf, auto
 
 
-def refit(
-    vectors: torch.Tensor,
-    labels: torch.Tensor,
-    classes: int,
-    decay: float,
-    init: torch.nn.Linear | None = None,
-    promise: Promise = Promise(),
-    seed: int = 0,
-) -> Refit:
-    """The head and review rule for every labelled row: vectors (n, views, dim) from the store, labels (n,).
-    decay: the run's L2 weight (its meta.json, trainer.decay); init: its head, where the refit starts."""
-    if len(labels) != len(vectors) or vectors.dim() != 3:
-        raise ValueError(f"refit takes (n, views, dim) vectors and n labels; got {tuple(vectors.shape)} and {len(labels)}")
-    start = time.perf_counter()
-    none = torch.empty(0, *vectors.shape[1:]), torch.empty(0, dtype=torch.long)
-    head, _ = fit_head(vectors, labels, *none, classes, decays=(decay,), init=init)
-    logits, _ = out_of_fold(vectors, labels, classes, decay, seed=seed, init=head)
-    rule = calibrate(logits, labels, promise.target, promise.delta)
-    return Refit(head, rule, time.perf_counter() - start)
+def _check(vectors: torch.Tensor, labels: torch.Tensor) -> None:
+    if vectors.dim() != 3 or len(labels) != len(vectors):
+        raise ValueError(f"expected (n, views, dim) vectors and n labels; got {tuple(vectors.shape)} and {len(labels)}")

@@ -122,13 +122,14 @@ def usable_unknown(unknown: dict | None) -> dict | None:
 
 
 def score_and_save(
-    cfg: TrainConfig, data: FashionMNIST, res, job: Job, scored: tuple | None = None, calibration_items: tuple | None = None
+    cfg: TrainConfig, data: FashionMNIST, res, job: Job, scored: tuple | None = None, calibration_items: tuple | None = None, files=None
 ) -> dict:
     """Score a fitted model (res: loop.FitResult) on validation and test, fit its review and unknown rules, write
     job.out (already claimed by the caller).
     scored: ((val logits, raw), (test logits, raw)) where they were computed without the images (a head on stored
     embeddings, training/embedded.py); inference speed is then not measured here. calibration_items: (logits, raw,
-    labels) the temperature, review rule and unknown rule are fitted on, where more than validation (the default)."""
+    labels) the temperature, review rule and unknown rule are fitted on, where more than validation (the default).
+    files: more text files of the run folder (save_run's)."""
     device, inf, speed, promise = torch.device(res.device), None, None, job.promise
     if scored is None:
         inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
@@ -190,6 +191,7 @@ def score_and_save(
         predictions=predictions,
         extra_meta=extra_meta or None,
         claimed=True,
+        files=files,
     )
     return metrics
 

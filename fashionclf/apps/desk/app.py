@@ -15,6 +15,7 @@ of reviewers and server processes can share one catalogue file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import re
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fashionclf.apps.serving import guard
 from fashionclf.review import audit, db
+from fashionclf.review.learn import EVERY, DeskLearner
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
 
@@ -143,14 +145,22 @@ def _image(item: dict | None, item_id: int, render, media_type: str) -> Response
         return JSONResponse({"error": f"{item['path']}: {e}"}, status_code=404)
 
 
-def create_app(catalogue: str | Path, run=None, method: str = "grabcut", api_key: str | None = None) -> FastAPI:
-    """The review desk over a catalogue file; `run` (a loaded Run) gives heat maps. The service's guards: one error
-    shape {"error": ...} for every refusal, the API key on every route if given, security headers, bodies capped."""
+def create_app(catalogue: str | Path, run=None, method: str = "grabcut", api_key: str | None = None, refit_every: int = EVERY) -> FastAPI:
+    """The review desk over a catalogue file; `run` (a loaded Run) gives heat maps, and where it is a head on an
+    embedding store, refits on the decisions every `refit_every` of them (review/learn.py). The service's guards: one
+    error shape {"error": ...} for every refusal, the API key on every route if given, security headers, bodies capped."""
     catalogue = Path(catalogue)
     db.connect(catalogue).close()  # a clear error now, not on the first request
     maps = HeatMaps(run, method)
-    app = FastAPI(title="fashionclf review", description="Decide the photos the model was unsure of.")
-    app.state.catalogue, app.state.heatmaps = catalogue, maps
+    learner = DeskLearner(run, catalogue, refit_every, model_lock=maps.lock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        learner.close()  # a refit under way finishes; none starts
+
+    app = FastAPI(title="fashionclf review", description="Decide the photos the model was unsure of.", lifespan=lifespan)
+    app.state.catalogue, app.state.heatmaps, app.state.learner = catalogue, maps, learner
 
     local = threading.local()
 
@@ -179,6 +189,7 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut", api_key
             "classes": db.classes(c),
             "heatmap": maps.reason is None,
             "why_no_heatmap": maps.reason,
+            "suggestions": learner.suggestions(item),
         }
 
     @app.get("/api/items/{item_id}/photo", response_class=Response, responses=_image_responses("image/jpeg"))
@@ -196,23 +207,19 @@ def create_app(catalogue: str | Path, run=None, method: str = "grabcut", api_key
     @app.post("/api/items/{item_id}/decision")
     def decision(d: Decision, item_id: int = ItemId):
         c = conn()
-        return {"item": db.decide(c, item_id, d.version, d.action, d.reviewer, d.label), "stats": db.stats(c)}
+        done = db.decide(c, item_id, d.version, d.action, d.reviewer, d.label)
+        learner.decided()
+        return {"item": done, "stats": db.stats(c)}
 
     @app.post("/api/undo")
     def undo(u: Undo):
         c = conn()
-        return {"item": db.undo(c, u.reviewer), "stats": db.stats(c)}
+        item = db.undo(c, u.reviewer)
+        if item is not None:
+            learner.decided()
+        return {"item": item, "stats": db.stats(c)}
 
-    @app.get("/api/recent")
-    def recent(limit: int = Query(20, ge=1, le=200)):
-        c = conn()
-        return {"decisions": db.recent(c, max(1, min(limit, 200)))}
-
-    @app.get("/api/stats")
-    def stats():
-        c = conn()
-        return {**db.stats(c), "audit": audit.stats(c)}
-
+    _add_summary_routes(app, conn, learner)
     _add_audit_routes(app, conn)
     _add_catalogue_errors(app)
     app.add_middleware(guard.BodyCap, max_bytes=MAX_BODY_BYTES)
@@ -236,6 +243,18 @@ def _add_catalogue_errors(app: FastAPI) -> None:
     @app.exception_handler(db.Conflict)
     async def _conflict(request: Request, e: db.Conflict):
         return JSONResponse({"error": str(e)}, status_code=409)
+
+
+def _add_summary_routes(app: FastAPI, conn, learner: DeskLearner) -> None:
+    @app.get("/api/recent")
+    def recent(limit: int = Query(20, ge=1, le=200)):
+        c = conn()
+        return {"decisions": db.recent(c, max(1, min(limit, 200)))}
+
+    @app.get("/api/stats")
+    def stats():
+        c = conn()
+        return {**db.stats(c), "audit": audit.stats(c), "learning": learner.status()}
 
 
 def _add_audit_routes(app: FastAPI, conn) -> None:
