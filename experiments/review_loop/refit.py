@@ -10,7 +10,8 @@ review/db.py) or, for comparison, at random; every 20 decisions (10 to land on 5
 queue re-ranks. After 0, 50, 100, 200 and 400 decisions: held-out top-1, the share labelled with no person and its
 realised precision (auto_precision: averaged over the seeds that labelled any). Last, one refit is timed with
 10,000 photos labelled (the store's photos drawn again with a small jitter): 20 decisions added to a ReviewHead
-over 9,980 (head_s: the head alone, what re-ranking waits for; seconds: with the five fold heads and the rule).
+over 9,980 (head_s: the head and the five fold heads, fitted together, what re-ranking waits for; seconds: with the
+rule; start_s: the first fit, from zeros, which runs to convergence).
 
     .venv/bin/python experiments/review_loop/refit.py --store STORE --photos ../shared/clothing-photos --seeds 0 1 2 \
         --out experiments/review_loop/results/refit.json

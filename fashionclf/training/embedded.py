@@ -106,18 +106,19 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, ini
     return head
 
 
-def fit_heads(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, decay: float, start: torch.Tensor) -> torch.Tensor:
+def fit_heads(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, decay: float, start: torch.Tensor, evals: int = 300) -> torch.Tensor:
     """K multinomial logistic regressions at once: head k minimises the mean cross-entropy over the rows of x
     (standardised) where masks[k] holds, + decay * |W_k|^2 (fit_linear's objective, on its rows).
 
     start and the result: (K, classes, dim + 1), each head's weights with its bias last. The objective is the sum of
     the K heads' own, and they share no parameter, so its minimum is each head's own minimum; one L-BFGS runs them
     together because the fit is bound by reading x from memory, and one pass over x serves every head's logits and
-    gradients (K heads cost about what one costs, not K times)."""
+    gradients (at 20,000 rows x 3,840 features, one evaluation for six heads takes 0.23 s on two cores, one head's
+    0.10 s). evals: at most this many evaluations of the objective (L-BFGS steps and line-search trials)."""
     k, classes = start.shape[:2]
     weights = masks.float() / masks.sum(1, keepdim=True).clamp_min(1)  # (K, rows): each head's mean
     p = start.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([p], lr=1, max_iter=300, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+    opt = torch.optim.LBFGS([p], lr=1, max_iter=evals, max_eval=evals, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
 
     def closure():
         opt.zero_grad()
