@@ -346,11 +346,20 @@ def export_labels(catalogue: str | Path, out: str | Path) -> dict:
     return export(catalogue, out)
 
 
-def embed(paths, store, backbones=None, image_size=None, batch_size=16, workers=2, on_batch=None) -> dict:
-    """Embed the photos of folders and manifests into an embedding store (made where missing): embed/extract.py."""
+def embed(
+    paths, store, backbones=None, image_size=None, batch_size=16, workers=2, on_batch=None, ray=None, actors=1, precision="auto"
+) -> dict:
+    """Embed the photos of folders and manifests into an embedding store (made where missing): embed/extract.py.
+    ray: a Ray address ("local", "auto", "ray://host:port") to embed on `actors` Ray Data actors instead (embed/ray.py).
+    precision: "auto" (bf16 where measured faster on the machine) or "fp32" (the same vectors on every machine)."""
+    if ray is not None:
+        from fashionclf.embed.ray import embed_on_ray
+
+        opts = {"backbones": backbones, "image_size": image_size, "batch_size": batch_size, "concurrency": actors, "precision": precision}
+        return embed_on_ray(paths, store, ray, on_batch=on_batch, **opts)
     from fashionclf.embed.extract import embed_paths
 
-    return embed_paths(paths, store, backbones, image_size, batch_size, workers, on_batch)
+    return embed_paths(paths, store, backbones, image_size, batch_size, workers, on_batch, precision)
 
 
 def train_on_store(data, out, store, **options) -> Run:

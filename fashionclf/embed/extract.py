@@ -42,9 +42,11 @@ def store_spec(model: FrozenLites) -> dict:
     }
 
 
-def open_store(root: str | Path, backbones: str = DEFAULT_BACKBONES, image_size: int = 260) -> tuple[EmbeddingStore, FrozenLites]:
+def open_store(
+    root: str | Path, backbones: str = DEFAULT_BACKBONES, image_size: int = 260, pretrained: bool = True
+) -> tuple[EmbeddingStore, FrozenLites]:
     """The store at root (made where missing) and the model whose features it holds."""
-    model = embedding_model(backbones, image_size)
+    model = embedding_model(backbones, image_size, pretrained)
     return EmbeddingStore(root, store_spec(model)), model
 
 
@@ -57,7 +59,8 @@ def features(model: FrozenLites, x_u8: torch.Tensor, dtype, channels_last: bool)
     return torch.stack(both.float().chunk(2), 1).numpy()
 
 
-def _decode(path: Path, side: int) -> np.ndarray | str:
+def decode_photo(path: Path, side: int) -> np.ndarray | str:
+    """(3, side, side) uint8, letterboxed as a photo run's input is, or why the file could not be used."""
     try:
         return letterbox(load_rgb(path), side).transpose(2, 0, 1)
     except (ImageError, OSError) as e:
@@ -87,7 +90,7 @@ def embed_files(
         return {**report, "seconds": time.perf_counter() - start, "skipped": skipped}
     side = model.image_size
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        decoded = pool.map(lambda item: (item[0], _decode(item[1], side)), todo)
+        decoded = pool.map(lambda item: (item[0], decode_photo(item[1], side)), todo)
         prec, batch = None, []
         for n, (h, img) in enumerate(decoded, 1):
             if isinstance(img, str):
@@ -127,21 +130,31 @@ def files_of(paths: list[str | Path]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def embed_paths(paths, store, backbones=None, image_size=None, batch_size=16, workers=2, on_batch=None) -> dict:
-    """Embed every photo of paths into the store (made with backbones and image_size where it is new)."""
-    from fashionclf.embed.store import read_spec, store_size
+def open_for(store, backbones: str | None = None, image_size: int | None = None, pretrained: bool = True):
+    """(the store, the model whose features it holds): a new store takes backbones and image_size (or the defaults);
+    an existing one keeps its own, and asking it for others is a ValueError. pretrained=False: the model only for its
+    shape (no weights read)."""
+    from fashionclf.embed.store import read_spec
 
     spec = read_spec(store)
     if spec and ((backbones and backbones != spec["backbones"]) or (image_size and image_size != spec["image_size"])):
         raise ValueError(
             f"{store} holds {spec['backbones']} at {spec['image_size']} px; leave out --backbones/--image-size, or use a new --store"
         )
-    files = files_of(paths)
-    st, model = open_store(
-        store, (spec or {}).get("backbones") or backbones or DEFAULT_BACKBONES, (spec or {}).get("image_size") or image_size or 260
+    spec = spec or {}
+    return open_store(
+        store, spec.get("backbones") or backbones or DEFAULT_BACKBONES, spec.get("image_size") or image_size or 260, pretrained
     )
+
+
+def embed_paths(paths, store, backbones=None, image_size=None, batch_size=16, workers=2, on_batch=None, precision="auto") -> dict:
+    """Embed every photo of paths into the store (made with backbones and image_size where it is new)."""
+    from fashionclf.embed.store import store_size
+
+    files = files_of(paths)
+    st, model = open_for(store, backbones, image_size)
     try:
-        report = embed_files(st, model, files, batch_size, workers, on_batch=on_batch)
+        report = embed_files(st, model, files, batch_size, workers, precision=precision, on_batch=on_batch)
         report |= {"stored": len(st), "backbones": "+".join(model.keys), "image_size": model.image_size}
     finally:
         st.close()
