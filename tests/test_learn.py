@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from helpers import make_class_folder
 from PIL import Image
@@ -15,6 +16,7 @@ from PIL import Image
 from fashionclf import api
 from fashionclf.apps.desk.app import create_app
 from fashionclf.embed.extract import embed_files, open_store
+from fashionclf.embed.store import EmbeddingStore
 from fashionclf.review import db
 from fashionclf.review.label import label_folder
 
@@ -82,6 +84,14 @@ def test_decisions_refit_the_head_rerank_the_queue_and_suggest_for_near_duplicat
         learner = client.app.state.learner
         assert len(learner.head.labels) == len(learner.base[1]) + 2
         assert not learner.head.head.weight.equal(head_before)
+        # every photo waiting for a person (audits aside) has the refitted head's confidence as its place in the queue
+        conn = db.connect(cat)
+        waiting = conn.execute("SELECT sha256, queue_key FROM items WHERE status = 'needs_review' AND audit = 0").fetchall()
+        conn.close()
+        st = EmbeddingStore(run.meta["trainer"]["store"])
+        conf = learner.head.decide(torch.from_numpy(st.vectors([r["sha256"] for r in waiting])))[1]
+        st.close()
+        assert torch.allclose(torch.tensor([r["queue_key"] for r in waiting], dtype=torch.float64), conf.double(), atol=1e-6)
 
         # the near-copy of a decided photo is offered with that decision highlighted, and similar photos beside it
         near = _item(cat, original.parent / "near-copy.png")

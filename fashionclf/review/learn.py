@@ -156,13 +156,13 @@ class DeskLearner:
             v = torch.from_numpy(self.store.vectors([h for _, h, _ in new]))
             self.head.add(v, torch.tensor([y for _, _, y in new]))
             self.added |= {i for i, _, _ in new}
-        self.record.update(
+        self._rerank()
+        self.record.update(  # after the queue took the new order: a refit counted is one the desk shows
             refits=self.record["refits"] + 1,
             decisions_learned=len(self.added),
             last_refit_s=round(self.head.seconds, 3),
             last_head_s=round(self.head.head_seconds, 3),
         )
-        self._rerank()
 
     def _rerank(self) -> None:
         """Waiting items take the head's confidence as their queue place; the suggestion index is rebuilt."""
