@@ -469,3 +469,23 @@ def test_real_processes_measure_again_under_another_onednn_isa(tmp_path):
     if how({}) != "cached":
         pytest.skip("the machine was too busy for the first timing to be cached (autotune keeps crowded timings out)")
     assert how({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "measured"
+
+
+def test_large_inputs_are_measured_on_fewer_images_so_that_timing_stays_small(tmp_path):
+    """28 x 28 images keep the 64 a measurement has always taken; photos take fewer, a bounded number of pixels."""
+    sizes = {28: 64, 64: 64, 128: 16, 224: 5, 260: autotune.MIN_MEASURE_BATCH, 512: autotune.MIN_MEASURE_BATCH}
+    for side, n in sizes.items():
+        example = torch.zeros(2, 3, side, side)
+        assert autotune.measure_batch(example) == n and len(autotune._batch(example)) == n
+        assert n * side * side <= autotune.MEASURE_PIXELS or n == autotune.MIN_MEASURE_BATCH
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(len(x))
+            return x.flatten(1)[:, :2]
+
+    autotune.tune(
+        Probe(), torch.zeros(64, 3, 128, 128), train=False, name="probe", prefer_cl=False, cache=tmp_path / "autotune.json", budget=0.0
+    )
+    assert seen and set(seen) == {16}  # every timed step ran on the capped batch

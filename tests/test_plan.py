@@ -51,7 +51,7 @@ def test_an_unplanned_run_moves_nothing():
 
 def test_estimate_measures_each_model_once_and_skips_reused_runs(monkeypatch):
     calls = []
-    monkeypatch.setattr(plan, "step_seconds", lambda cfg, x: calls.append(cfg.model) or 0.064)  # 1 ms an image
+    monkeypatch.setattr(plan, "image_seconds", lambda cfg, x: calls.append(cfg.model) or 0.001)  # 1 ms an image
     data = types.SimpleNamespace(train_y=torch.zeros(6000), val_y=torch.zeros(600), test_y=torch.zeros(1000), train_x=None)
     configs = [resolve_config("mlp", None, seed=s, epochs=3) for s in (0, 1)] + [resolve_config("simple_cnn", None, epochs=2)]
     got = plan.estimate(configs, data, robustness_images=100, reused=lambda c: c.seed == 1)
@@ -63,12 +63,12 @@ def test_estimate_measures_each_model_once_and_skips_reused_runs(monkeypatch):
     assert got[2].seconds == pytest.approx(2 * epoch + after)
 
 
-def test_step_seconds_times_a_real_step(tmp_path, monkeypatch):
+def test_image_seconds_times_a_real_step(tmp_path, monkeypatch):
     monkeypatch.setenv("FASHIONCLF_CACHE", str(tmp_path))
     x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
     for precision in ("fp32", "auto"):  # forced: timed here; auto: the measurement training makes (and caches)
-        s = plan.step_seconds(resolve_config("mlp", None, precision=precision), x)
-        assert 0 < s < 5
+        s = plan.image_seconds(resolve_config("mlp", None, precision=precision), x)
+        assert 0 < s < 5 / 64
 
 
 @pytest.mark.data

@@ -10,7 +10,8 @@ on the CPU times a few steps of the model in each variant and keeps the fastest:
 - the configured variant (fp32 in the config's memory format) is kept unless another is at least MARGIN
   faster, so timing noise cannot flip the choice; bf16 must beat the fp32 pick by MARGIN too;
 - WARMUP untimed steps per variant, then up to ROUNDS timed rounds interleaved (A, B, A, B, ...) on a batch of
-  MEASURE_BATCH, stopping once BUDGET_S seconds have gone; each variant's median step counts;
+  measure_batch() images (MEASURE_BATCH, fewer for large inputs), stopping once BUDGET_S seconds have gone; each
+  variant's median step counts;
 - forward and backward for training, forward only (no grad) for inference; on a deep copy of the model,
   with the global RNG state restored, so a measured run trains exactly as a cached one;
 - the timings are cached in autotune.json under $FASHIONCLF_CACHE (default ~/.cache/fashionclf), keyed by
@@ -49,6 +50,11 @@ MARGIN = 0.10  # a variant other than the configured one must be this much faste
 WARMUP, ROUNDS, BUDGET_S = 2, 3, 3.0
 THREAD_ROUNDS = 25  # thread counts differ by less than variants do: more rounds (within half the budget) for fast steps
 MEASURE_BATCH = 64
+# Fewer images for large inputs: at most this many pixels a measuring batch (64 images of 64 x 64), and at least
+# MIN_MEASURE_BATCH images. Timing three EfficientNet-Lites at 260 px on 64 photos peaked at 5.6 GB in a first
+# `predict` of a store run; 28 x 28 inputs keep their 64.
+MEASURE_PIXELS = 64 * 64 * 64
+MIN_MEASURE_BATCH = 4
 MAX_ENTRIES = 256  # the cache keeps the newest entries
 MIN_CPU_SHARE = 0.5  # a process that got less than half a core while timing shared it with others: not cached
 MAX_OTHERS = 0.5  # other processes busy on more than half a core while timing (/proc/stat): not cached either
@@ -318,10 +324,18 @@ def write_cache(path: Path, entries: dict) -> bool:
 _MEMO: dict[tuple[str, str], dict] = {}  # (cache file, key) -> entry: one file read per process and key
 
 
+def measure_batch(example: torch.Tensor) -> int:
+    """How many images a measuring step takes for inputs shaped like example's (n, ...): MEASURE_BATCH, fewer where
+    they would pass MEASURE_PIXELS, never fewer than MIN_MEASURE_BATCH."""
+    pixels = example.shape[-1] * example.shape[-2] if example.dim() >= 3 else 1
+    return max(MIN_MEASURE_BATCH, min(MEASURE_BATCH, MEASURE_PIXELS // max(1, pixels)))
+
+
 def _batch(example: torch.Tensor) -> torch.Tensor:
-    """MEASURE_BATCH images: the first ones, repeated where fewer."""
-    reps = -(-MEASURE_BATCH // len(example))
-    return example.repeat(reps, *([1] * (example.dim() - 1)))[:MEASURE_BATCH] if reps > 1 else example[:MEASURE_BATCH]
+    """measure_batch(example) images: the first ones, repeated where fewer."""
+    n = measure_batch(example)
+    reps = -(-n // len(example))
+    return example.repeat(reps, *([1] * (example.dim() - 1)))[:n] if reps > 1 else example[:n]
 
 
 def tune(

@@ -76,17 +76,19 @@ class PlannedRun:
         return 0.0 if self.reused else self.epochs * self.epoch_seconds + self.after_seconds
 
 
-def step_seconds(cfg: TrainConfig, example_u8: torch.Tensor) -> float:
-    """Seconds of one training step on autotune.MEASURE_BATCH images, in the precision the training will choose."""
+def image_seconds(cfg: TrainConfig, example_u8: torch.Tensor) -> float:
+    """Seconds of training per image: one training step on autotune.measure_batch images, in the precision the training
+    will choose, divided by those images."""
     device = resolve_device(cfg.device)
     model = build_model(cfg).to(device)
     example = to_input(example_u8[: autotune.MEASURE_BATCH], device, channels_last=False)
+    images = autotune.measure_batch(example)
     prec = choose_precision(cfg.precision, device, model, example, train=True, channels_last=cfg.channels_last, name=cfg.model)
     variant = prec.name + ("+cl" if prec.channels_last else "")
     if variant in prec.timings:
-        return prec.timings[variant]
-    steps = autotune.model_steps(model, example, True, [variant])  # a forced precision is not timed by choose_precision
-    return autotune.measure(steps, time.perf_counter, autotune.BUDGET_S)[variant]
+        return prec.timings[variant] / images
+    steps = autotune.model_steps(model, example[:images], True, [variant])  # a forced precision is not timed by choose_precision
+    return autotune.measure(steps, time.perf_counter, autotune.BUDGET_S)[variant] / images
 
 
 def estimate(configs: list[TrainConfig], data, robustness_images: int = 0, reused: Callable | None = None) -> list[PlannedRun]:
@@ -97,7 +99,7 @@ def estimate(configs: list[TrainConfig], data, robustness_images: int = 0, reuse
     plan = []
     for cfg in configs:
         if cfg.model not in per_image:
-            per_image[cfg.model] = step_seconds(cfg, data.train_x) / autotune.MEASURE_BATCH
+            per_image[cfg.model] = image_seconds(cfg, data.train_x)
         s = per_image[cfg.model]
         epoch = n_train * s + n_val * s * FORWARD_SHARE
         after = (n_test + 2 * n_val + CORRUPTIONS * min(robustness_images, n_val)) * s * FORWARD_SHARE
