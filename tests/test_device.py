@@ -345,6 +345,14 @@ def test_measure_interleaves_variants_and_keeps_to_its_budget():
     assert slow.calls == ["a", "b", "a", "b"]  # one warm-up each past half the budget, then one timed round
 
 
+def test_a_variant_far_slower_after_warming_up_is_not_timed_further():
+    clock = FakeClock({"fp32": 0.1, "bf16": 0.1 * autotune.SLOW * 1.5, "close": 0.1 * autotune.SLOW})
+    t = autotune.measure(clock.steps(), clock, budget=100)
+    assert clock.calls.count("bf16") == autotune.WARMUP  # warmed up, then left out of the timed rounds
+    assert clock.calls.count("fp32") == clock.calls.count("close") == autotune.WARMUP + autotune.ROUNDS  # within SLOW: timed
+    assert t == {"fp32": pytest.approx(0.1), "bf16": pytest.approx(0.45), "close": pytest.approx(0.3)}
+
+
 def test_real_timing_leaves_weights_statistics_and_random_stream_alone():
     torch.manual_seed(0)
     model = tiny_cnn()

@@ -9,9 +9,9 @@ on the CPU times a few steps of the model in each variant and keeps the fastest:
   none of avx512_bf16, amx_bf16, or aarch64's bf16): emulated bf16 is never the fast choice;
 - the configured variant (fp32 in the config's memory format) is kept unless another is at least MARGIN
   faster, so timing noise cannot flip the choice; bf16 must beat the fp32 pick by MARGIN too;
-- WARMUP untimed steps per variant, then up to ROUNDS timed rounds interleaved (A, B, A, B, ...) on a batch of
-  measure_batch() images (MEASURE_BATCH, fewer for large inputs), stopping once BUDGET_S seconds have gone; each
-  variant's median step counts;
+- WARMUP untimed steps per variant (one SLOW times slower than the fastest stops there), then up to ROUNDS timed
+  rounds interleaved (A, B, A, B, ...) on measure_batch() images (MEASURE_BATCH, fewer for large inputs), stopping
+  once BUDGET_S seconds have gone; each variant's median step counts;
 - forward and backward for training, forward only (no grad) for inference; on a deep copy of the model,
   with the global RNG state restored, so a measured run trains exactly as a cached one;
 - the timings are cached in autotune.json under $FASHIONCLF_CACHE (default ~/.cache/fashionclf), keyed by
@@ -47,14 +47,11 @@ from torch import nn
 from fashionclf.core.io import atomic_write_text, to_json
 
 MARGIN = 0.10  # a variant other than the configured one must be this much faster to be chosen
-WARMUP, ROUNDS, BUDGET_S = 2, 3, 3.0
+WARMUP, ROUNDS, BUDGET_S, SLOW = 2, 3, 3.0, 3.0  # SLOW: a variant this much slower after warm-up is not timed further
 THREAD_ROUNDS = 25  # thread counts differ by less than variants do: more rounds (within half the budget) for fast steps
 MEASURE_BATCH = 64
-# Fewer images for large inputs: at most this many pixels a measuring batch (64 images of 64 x 64), and at least
-# MIN_MEASURE_BATCH images. Timing three EfficientNet-Lites at 260 px on 64 photos peaked at 5.6 GB in a first
-# `predict` of a store run; 28 x 28 inputs keep their 64.
-MEASURE_PIXELS = 64 * 64 * 64
-MIN_MEASURE_BATCH = 4
+# Large inputs take fewer images (three Lites at 260 px on 64 photos peaked at 5.6 GB in a store run's first predict)
+MEASURE_PIXELS, MIN_MEASURE_BATCH = 64 * 64 * 64, 4  # pixels a measuring batch at most, images at least
 MAX_ENTRIES = 256  # the cache keeps the newest entries
 MIN_CPU_SHARE = 0.5  # a process that got less than half a core while timing shared it with others: not cached
 MAX_OTHERS = 0.5  # other processes busy on more than half a core while timing (/proc/stat): not cached either
@@ -196,22 +193,26 @@ def at_threads(step: Callable[[], None], n: int) -> Callable[[], None]:
 def measure(
     steps: dict[str, Callable[[], None]], timer: Callable[[], float] = time.perf_counter, budget: float = BUDGET_S, rounds: int = ROUNDS
 ) -> dict[str, float]:
-    """Median seconds per step of each variant: WARMUP untimed steps each, then interleaved timed rounds within budget."""
-    start = timer()
-    for step in steps.values():
+    """Median seconds per step of each variant: WARMUP untimed steps each, then interleaved timed rounds within budget.
+    A variant SLOW times slower than the fastest after warm-up keeps that step as its figure (emulated bf16: 3.6 s/0.2 s)."""
+    start, warm = timer(), {}
+    for name, step in steps.items():
         for i in range(WARMUP):
             if i and timer() - start > budget / 2:  # a slow model: one warm-up step is enough to keep to the budget
                 break
+            t0 = timer()
             step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+            warm[name] = timer() - t0
+    fastest = min(warm.values(), default=0.0)
+    times: dict[str, list[float]] = {name: [] for name in steps if warm[name] <= SLOW * fastest}
     for r in range(rounds):
         if r and timer() - start > budget:
             break
-        for name, step in steps.items():
+        for name in times:
             t0 = timer()
-            step()
+            steps[name]()
             times[name].append(timer() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(times[name]) if name in times else warm[name] for name in steps}
 
 
 def model_steps(model: nn.Module, example: torch.Tensor, train: bool, variants) -> dict[str, Callable[[], None]]:
@@ -325,8 +326,7 @@ _MEMO: dict[tuple[str, str], dict] = {}  # (cache file, key) -> entry: one file 
 
 
 def measure_batch(example: torch.Tensor) -> int:
-    """How many images a measuring step takes for inputs shaped like example's (n, ...): MEASURE_BATCH, fewer where
-    they would pass MEASURE_PIXELS, never fewer than MIN_MEASURE_BATCH."""
+    """Images a measuring step takes for inputs like example's: MEASURE_BATCH, fewer past MEASURE_PIXELS, >= MIN_MEASURE_BATCH."""
     pixels = example.shape[-1] * example.shape[-2] if example.dim() >= 3 else 1
     return max(MIN_MEASURE_BATCH, min(MEASURE_BATCH, MEASURE_PIXELS // max(1, pixels)))
 
