@@ -26,6 +26,30 @@ def assert_close_across_kernels(got: torch.Tensor, want: torch.Tensor, rtol: flo
     assert diff <= rtol * scale, f"max |difference| {diff:.3g} above {rtol:g} x scale {scale:.3g}"
 
 
+def _open_after(barrier, opener, args, results) -> None:
+    barrier.wait()
+    try:
+        opener(*args)
+        results.put("ok")
+    except Exception as e:  # reported to the test, which names it
+        results.put(repr(e))
+
+
+def open_at_once(opener, args: tuple, processes: int = 6) -> list[str]:
+    """Call opener(*args) in several processes released together; each one's "ok" or its error."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # the children touch SQLite only, never torch
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_open_after, args=(barrier, opener, args, results)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    out = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return out
+
+
 def load_script(path: Path, name: str):
     """A script outside the package (benchmarks/, tools/) as a module, for tests that call its functions."""
     import importlib.util

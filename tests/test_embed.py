@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_class_folder
+from helpers import make_class_folder, open_at_once
 
 from fashionclf.data.folders import letterbox
 from fashionclf.data.images import load_rgb
@@ -127,6 +127,23 @@ def test_two_writers_at_once_leave_one_vector_per_photo(photos, tmp_path):
     assert len(st) == len(files)
     assert np.isfinite(st.vectors(st.hashes(files))).all()
     st.close()
+
+
+def _open_and_read(root: Path) -> None:
+    store = EmbeddingStore(root)
+    store.hashes([])
+    store.close()
+
+
+def test_processes_opening_a_new_index_at_once_all_open_it(tmp_path):
+    """Making the index (WAL, tables) takes an exclusive lock that SQLite refuses at once, not after a wait, where
+    several processes try together; each must still open the store. Six at once failed in 2 of 3 rounds before."""
+    for round_ in range(8):
+        root = tmp_path / f"s{round_}"
+        EmbeddingStore(root, {"model": "m", "dim": 4}).close()
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            (root / name).unlink(missing_ok=True)
+        assert open_at_once(_open_and_read, (root,)) == ["ok"] * 6
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:

@@ -20,7 +20,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from helpers import REVIEW_CLASSES, class_folder, fake_catalogue, live_server, write_photos
+from helpers import REVIEW_CLASSES, class_folder, fake_catalogue, live_server, open_at_once, write_photos
 
 import fashionclf  # noqa: E402
 from fashionclf import api  # noqa: E402
@@ -382,6 +382,23 @@ def test_the_runs_none_of_these_verdict_is_kept_and_older_catalogues_gain_it(tmp
     assert db.item(conn, 1)["predicted_unknown"] is False
     assert db.claim_next(conn, "ann")["id"] == 1
     conn.close()
+
+
+def _connect_and_close(path: Path, create: bool) -> None:
+    db.connect(path, create=create).close()
+
+
+def test_processes_opening_one_catalogue_at_once_all_open_it(tmp_path):
+    """New catalogues created by six processes at once, and an older one gaining its columns in six at once: every
+    process opens it (SQLite refuses a second schema change at once rather than waiting) and the columns are added once."""
+    for round_ in range(6):
+        assert open_at_once(_connect_and_close, (tmp_path / f"new{round_}.db", True)) == ["ok"] * 6
+        old = tmp_path / f"old{round_}.db"
+        with sqlite3.connect(old) as c:
+            c.executescript(db.SCHEMA.replace("    predicted_unknown INTEGER NOT NULL DEFAULT 0,\n", ""))
+        assert open_at_once(_connect_and_close, (old, False)) == ["ok"] * 6
+        with sqlite3.connect(old) as c:
+            assert [r[1] for r in c.execute("PRAGMA table_info(items)")].count("predicted_unknown") == 1
 
 
 def test_the_heat_map_is_drawn_from_the_member_that_decided():

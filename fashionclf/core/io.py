@@ -7,7 +7,9 @@ import fcntl
 import io
 import json
 import os
+import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,22 @@ def try_lock(path: str | Path) -> int | None:
             pass
         os.close(fd)
     raise OSError(f"{path} keeps being replaced; cannot lock it")
+
+
+def retry_while_locked(setup, timeout: float):
+    """Run setup() again while SQLite answers "database is locked", for up to `timeout` seconds. Switching a
+    database to WAL or creating its tables takes an exclusive lock, and where two processes open a new database
+    at once SQLite refuses one of them at once instead of calling its busy handler (waiting could deadlock),
+    so the connection's own timeout does not cover it."""
+    deadline, pause = time.monotonic() + timeout, 0.01
+    while True:
+        try:
+            return setup()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
 
 
 def check_new_file(path: Path, option: str = "--out") -> None:

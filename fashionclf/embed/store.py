@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionclf.core.io import atomic_write_bytes, atomic_write_text, to_json
+from fashionclf.core.io import atomic_write_bytes, atomic_write_text, retry_while_locked, to_json
 
 FORMAT = 1
 SPEC, INDEX, SHARDS = "store.json", "index.sqlite", "shards"
@@ -71,6 +71,9 @@ class EmbeddingStore:
             self.spec = {"format": FORMAT, **spec}
             atomic_write_text(found, to_json(self.spec))
         self.db = sqlite3.connect(self.root / INDEX, timeout=60, isolation_level=None)
+        retry_while_locked(self._create_tables, timeout=60)
+
+    def _create_tables(self) -> None:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, shard TEXT NOT NULL, row INTEGER NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, hash TEXT)")

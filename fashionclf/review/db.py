@@ -24,6 +24,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fashionclf.core.io import retry_while_locked
+
 STATUSES = ("auto", "needs_review", "reviewed", "unknown")
 ACTIONS = ("accept", "correct", "unknown")
 LEASE_S = 120  # how long an item shown to a reviewer stays theirs
@@ -93,22 +95,33 @@ def connect(path: str | Path, create: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # a committed decision survives a power cut, not just a killed process
-        conn.execute("PRAGMA foreign_keys=ON")
-        if create:
-            conn.executescript(SCHEMA)
-        elif conn.execute("SELECT name FROM sqlite_master WHERE name='items'").fetchone() is None:
-            raise CatalogueError(f"{path} is an SQLite file but not a fashionclf catalogue (no items table)")
-        have = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
-        added = (("predicted_unknown", "INTEGER NOT NULL DEFAULT 0"), ("audit", "INTEGER NOT NULL DEFAULT 0"), ("queue_key", "REAL"))
-        for column, kind in added:
-            if column not in have:  # a catalogue from before it
-                conn.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+        retry_while_locked(lambda: _prepare(conn, path, create), timeout=10)
     except sqlite3.DatabaseError as e:
         conn.close()
         raise CatalogueError(f"{path}: {e}; is it a catalogue written by `fashionclf label`?") from None
+    except CatalogueError:
+        conn.close()
+        raise
     return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # a committed decision survives a power cut, not just a killed process
+    conn.execute("PRAGMA foreign_keys=ON")
+    if create:
+        conn.executescript(SCHEMA)
+    elif conn.execute("SELECT name FROM sqlite_master WHERE name='items'").fetchone() is None:
+        raise CatalogueError(f"{path} is an SQLite file but not a fashionclf catalogue (no items table)")
+    have = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+    added = (("predicted_unknown", "INTEGER NOT NULL DEFAULT 0"), ("audit", "INTEGER NOT NULL DEFAULT 0"), ("queue_key", "REAL"))
+    for column, kind in added:
+        if column not in have:  # a catalogue from before it
+            try:
+                conn.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):  # else another process added it meanwhile
+                    raise
 
 
 class Transaction:
