@@ -210,6 +210,49 @@ def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_say
     np.testing.assert_allclose(served, stored, atol=0.02)
 
 
+def test_a_store_run_says_none_of_these_by_distances_to_its_training_photos(photos, tmp_path):
+    """The run's "none of these" score is the embedding one (kNN + Mahalanobis + energy), its threshold fitted on
+    validation; predict computes it from the served network's features as training computed it from the store; a
+    photo unlike any training photo scores above every training photo; a damaged or missing novelty file is refused."""
+    from fashionclf import api
+    from fashionclf.engine.runs import NOVELTY, RunError, load_run, read_tensors
+    from fashionclf.evaluation.novelty import embedding_score
+    from fashionclf.study.compare import evaluate_run
+    from fashionclf.training.embedded import view_logits
+
+    files = _files(photos)
+    st, model = open_store(tmp_path / "s", **SMALL)
+    embed_files(st, model, files, precision="fp32")  # the served network computes in fp32 too: one rounding to compare
+    st.close()
+    run = api.train_on_store(photos, tmp_path / "run", tmp_path / "s", test_fraction=0.25, val_fraction=0.25, precision="fp32")
+    unknown = run.metrics["unknown"]
+    assert unknown["score"] == "embedding" and unknown["thresholds"]["embedding"] is not None
+    assert unknown["thresholds"]["msp"] is not None  # what an ONNX graph, with probabilities only, falls back on
+    stranger = tmp_path / "stranger.png"
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(stranger)  # coloured noise, no bar
+    rows = run.predict([*files, stranger])
+    served = torch.tensor([r["unknown_score"] for r in rows])
+    nov = read_tensors(tmp_path / "run" / NOVELTY)
+    v = torch.from_numpy(_vectors(tmp_path / "s", files))
+    stored = embedding_score(nov, v, view_logits(run.model.head, v)[1])
+    assert (served[:-1] - stored).abs().max() < 0.05 * stored.abs().max()  # the stored vectors are float16
+    assert served[-1] > served[:-1].max() and rows[-1]["unknown"] and rows[-1]["label"] is None
+    x = torch.stack([torch.from_numpy(letterbox(load_rgb(f), 64).transpose(2, 0, 1)) for f in files])
+    labels = torch.tensor([run.classes.index(f.parent.name) for f in files])
+    assert 0 < evaluate_run(load_run(tmp_path / "run"), x, labels)["unknown_known_share"] <= 1
+    import safetensors.torch
+
+    safetensors.torch.save_file({**nov, "std": nov["std"][:5]}, str(tmp_path / "run" / NOVELTY))
+    with pytest.raises(RunError, match="novelty.safetensors: std has shape"):
+        api.load_run(tmp_path / "run").predict(files[:1])
+    (tmp_path / "run" / NOVELTY).unlink()
+    with pytest.raises(RunError, match="novelty.safetensors is missing"):
+        api.load_run(tmp_path / "run")
+
+
 def test_hashes_follow_content_not_path_and_read_only_changed_files(tmp_path, monkeypatch):
     """Known files (same size and mtime) are not read again; a file changed in place is; a path given twice is one
     file; more paths than one query holds (500) are answered in order."""

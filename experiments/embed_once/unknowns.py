@@ -1,5 +1,8 @@
 """"None of these" on stored embeddings: kNN and Mahalanobis distances against the head's energy and confidence.
 
+The distances are the library's (fashionclf/evaluation/novelty.py, what a store run keeps and predict computes); the
+combinations are z-scores against the known validation photos, summed, as its embedding_score sums its three parts.
+
 The protocol of docs/results/unknown-categories.md, on the store's vectors instead of a fine-tuned run: a head
 is fitted on six of clothing-photos' folders (dress, longsleeve, outwear, pants, shirt, t-shirt); hat, shoes, shorts
 and skirt are never seen. validation/'s photos of the four choose the score (AUROC against the known validation
@@ -24,6 +27,7 @@ import torch
 from fashionclf.data.images import find_images
 from fashionclf.engine.autotune import cpu_info
 from fashionclf.evaluation.calibrate import calibrate
+from fashionclf.evaluation.novelty import fit_novelty, part_scores
 from fashionclf.training.embedded import _open, fit_head, out_of_fold, view_logits
 
 KNOWN = ("dress", "longsleeve", "outwear", "pants", "shirt", "t-shirt")
@@ -45,33 +49,6 @@ def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
     return ((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()).item()
 
 
-class Distances:
-    """kNN (cosine, k-th neighbour among the training vectors) and class-conditional Mahalanobis (shared covariance,
-    on the top principal components, whitened); both on the mean of the two views."""
-
-    def __init__(self, train_v: torch.Tensor, train_y: torch.Tensor, k: int = 10, dims: int = 256):
-        x = train_v.mean(1)
-        self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
-        z = (x - self.mean) / self.std
-        self.bank, self.k = torch.nn.functional.normalize(z, dim=1), k
-        _, s, v = torch.linalg.svd(z - z.mean(0), full_matrices=False)
-        self.proj = v[:dims].T / (s[:dims] / (len(z) - 1) ** 0.5).clamp_min(1e-6)
-        p = z @ self.proj
-        self.centres = torch.stack([p[train_y == c].mean(0) for c in train_y.unique()])
-        r = p - self.centres[train_y]
-        cov = r.T @ r / len(r) + 1e-3 * torch.eye(r.shape[1])
-        self.prec = torch.linalg.inv(cov)
-
-    def knn(self, v: torch.Tensor) -> torch.Tensor:
-        q = torch.nn.functional.normalize((v.mean(1) - self.mean) / self.std, dim=1)
-        return 1 - (q @ self.bank.T).topk(self.k, dim=1).values[:, -1]
-
-    def maha(self, v: torch.Tensor) -> torch.Tensor:
-        p = ((v.mean(1) - self.mean) / self.std) @ self.proj
-        d = p[:, None, :] - self.centres[None]
-        return torch.einsum("ncd,de,nce->nc", d, self.prec, d).min(1).values
-
-
 def one(st, root: Path, seed: int) -> dict:
     x, y = load(st, root, "train", KNOWN)
     g = torch.Generator().manual_seed(seed)
@@ -88,11 +65,12 @@ def one(st, root: Path, seed: int) -> dict:
     cal_logits = torch.cat([oof[0], view_logits(head, va_x)[0]])
     rule = calibrate(cal_logits, torch.cat([tr_y, va_y]))
     t, thr = rule["temperature"], rule["threshold"]
-    dist = Distances(tr_x, tr_y)
+    nov = fit_novelty(tr_x, tr_y, va_x, view_logits(head, va_x)[1], seed=seed)  # what a store run keeps (novelty.safetensors)
 
     def raw_scores(v):
         logits, raw = view_logits(head, v)
-        return {"msp": -(logits / t).softmax(1).max(1).values, "energy": -raw.logsumexp(1), "knn": dist.knn(v), "maha": dist.maha(v)}
+        parts = part_scores(nov, v, raw)
+        return {"msp": -(logits / t).softmax(1).max(1).values, "energy": parts["energy"], "knn": parts["knn"], "maha": parts["mahalanobis"]}
 
     sv, st_, su_v, su_t = (raw_scores(v) for v in (va_x, te_x, unk_val, unk_test))
     # combinations: each score as a z-score against the known validation photos, summed

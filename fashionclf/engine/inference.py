@@ -67,6 +67,31 @@ def infer(
     return (logits, torch.cat(means) if means else logits) if raw else logits
 
 
+def head_view_logits(head: nn.Module, v: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, raw) of (n, views, dim) features through a head, as infer(raw=True) gives them for the network the
+    head ends: with tta the log of the views' mean softmax and the views' mean raw logits, else the first view's."""
+    with torch.no_grad():
+        if not tta:
+            logits = head(v[:, 0].float())
+            return logits, logits
+        return average_views(head(v.float()).transpose(0, 1))
+
+
+@torch.no_grad()
+def infer_features(model, x_u8, batch_size=1024, device=None, amp_dtype=None, channels_last=True, tta=False) -> torch.Tensor:
+    """(N, views, dim) float32 features (model.features, an embed-once network's: models/frozen.py) of each image and,
+    with tta, of its mirror: infer's passes, stopped before the head."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = []
+    for i in range(0, len(x_u8), batch_size):
+        x = to_input(x_u8[i : i + batch_size], device, channels_last)
+        with autocast(device, amp_dtype):
+            views = [model.features(x).float()] + ([model.features(x.flip(-1)).float()] if tta else [])
+        out.append(torch.stack(views, 1).cpu())
+    return torch.cat(out) if out else torch.empty(0, 1 + tta, model.dim)
+
+
 def evaluate(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, **kw) -> dict:
     """Loss and accuracy of a model on a labelled set."""
     logits = infer(model, x_u8, **kw)

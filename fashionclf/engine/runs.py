@@ -10,9 +10,7 @@ a damaged or out-of-range field is one RunError naming the file, the field and w
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
-import math
 import os
 import platform
 import shutil
@@ -35,16 +33,14 @@ from fashionclf.engine import distributed
 from fashionclf.engine.card import hub_mismatch, write_hub_files
 from fashionclf.engine.checkpoint import CHECKPOINT, STATE
 from fashionclf.engine.device import inference_precision
-from fashionclf.engine.inference import infer
+from fashionclf.engine.inference import infer, infer_features
+from fashionclf.engine.schema import DAMAGED, META_FIELDS, METRICS_FIELDS, RunError, check_metadata, check_model_kwargs, read_json
 from fashionclf.models import build_model, model_info, resolved_kwargs
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
 PREDICTIONS = "test_predictions.safetensors"  # stored logits and labels of the test and calibration splits
+NOVELTY = "novelty.safetensors"  # a store run's "none of these" distances (evaluation/novelty.py)
 LOCK = ".lock"  # held (flock) by the training writing the folder
-
-
-class RunError(Exception):
-    """A run folder is missing, incomplete or would be overwritten."""
 
 
 def versions() -> dict:
@@ -130,8 +126,8 @@ def save_run(
     files: dict[str, str] | None = None,
 ) -> Path:
     """Write a run folder complete, then rename it into place. claimed: the caller holds `out` (claim) and has
-    checked it; what it holds (a checkpoint, an old run with overwrite) is replaced. files: more text files of the
-    run by plain name (a store run's labelled.json), written with the rest."""
+    checked it; what it holds (a checkpoint, an old run with overwrite) is replaced. files: more files of the run
+    by plain name, text or bytes (a store run's labelled.json and novelty.safetensors), written with the rest."""
     out = Path(out)
     if not claimed:
         check_writable(out, overwrite)
@@ -160,8 +156,8 @@ def save_run(
         (tmp / HISTORY).write_text(csv_text(history))
         if predictions is not None:
             safetensors.torch.save_file({k: v.contiguous().clone() for k, v in predictions.items()}, str(tmp / PREDICTIONS))
-        for name, text in (files or {}).items():
-            (tmp / Path(name).name).write_text(text)
+        for name, content in (files or {}).items():
+            (tmp / Path(name).name).write_bytes(content if isinstance(content, bytes) else content.encode())
         write_hub_files(tmp, name=out.name)  # config.json (id2label, input, normalisation) and the model card README.md
         for f in tmp.iterdir():  # durable before the rename makes the run visible
             os.chmod(f, 0o666 & ~UMASK)  # safetensors creates its files 0600; every file as open() would make it
@@ -192,6 +188,7 @@ class LoadedRun:
     config: TrainConfig
     partners: list = field(default_factory=list)  # a ready model's other runs, asked beside this one (fashionclf/infer/ready.py)
     review: dict | None = None  # and their review rule together, fitted on photos
+    novelty: dict | None = None  # a store run's NOVELTY tensors
 
     @property
     def classes(self) -> list[str]:
@@ -201,135 +198,19 @@ class LoadedRun:
         """Logits for model-ready uint8 images with the run's TTA: in fp32 where it was trained in fp32 (with its
         channels_last), else in the precision and memory format measured fastest for inference on this machine.
         raw=True: (logits, the raw logits "none of these" scores take), from the same passes (engine.inference.infer)."""
+        dev, model, p = self._on(device, x_u8)
+        return infer(model, x_u8, device=dev, amp_dtype=p.dtype, channels_last=p.channels_last, tta=self.config.tta, raw=raw)
+
+    def features(self, x_u8: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """(N, views, dim) features of an embed-once run's network (models/frozen.py), computed as `logits` computes."""
+        dev, model, p = self._on(device, x_u8)
+        return infer_features(model, x_u8, device=dev, amp_dtype=p.dtype, channels_last=p.channels_last, tta=self.config.tta)
+
+    def _on(self, device, x_u8):
         dev = torch.device(device)
         model = self.model.to(dev)
         p = inference_precision(self.config.precision, dev, model, x_u8, channels_last=self.config.channels_last, name=self.config.model)
-        return infer(model, x_u8, device=dev, amp_dtype=p.dtype, channels_last=p.channels_last, tta=self.config.tta, raw=raw)
-
-
-DAMAGED = "the run folder is damaged or was not written by this version of fashionclf; train it again"
-
-
-@dataclass(frozen=True)
-class Field:
-    """One field of a metadata file: its kind (number: finite; int: whole; str; table; names: a non-empty list of
-    strings), whether it must be there or may be null, its valid range ([lo, hi], or above a bound) and choices."""
-
-    kind: str
-    required: bool = False
-    nullable: bool = False
-    lo: float | None = None
-    hi: float | None = None
-    above: float | None = None
-    choices: tuple = ()
-    fields: dict | None = None  # a table's own fields
-
-    def problem(self, v) -> str | None:
-        """What is wrong with v, as 'expected ...', or None."""
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        kinds = {
-            "number": (number and math.isfinite(v), "a finite number"),
-            "int": (number and isinstance(v, int), "a whole number"),
-            "str": (isinstance(v, str), "a string"),
-            "table": (isinstance(v, dict), "a table of named fields (a JSON object)"),
-            "names": (isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) for s in v), "a non-empty list of names"),
-        }
-        ok, want = kinds[self.kind]
-        if not ok:
-            return want
-        if self.choices and v not in self.choices:
-            return f"one of {', '.join(map(str, self.choices))}"
-        if self.above is not None and not v > self.above:
-            return f"a number above {self.above}"
-        if self.lo is not None and not self.lo <= v <= self.hi:
-            return f"a value in [{self.lo}, {self.hi}]"
-        return None
-
-
-# The schema of a run folder's JSON files: what load_run relies on. Other keys are allowed (a newer version may
-# record more); the config's own settings are checked by TrainConfig (config_from_dict), the ranges of the flags.
-SIDE, FRACTION = Field("int", True, lo=1, hi=4096), Field("number", nullable=True, lo=0, hi=1)
-INPUT_FIELDS = {"channels": Field("int", True, choices=(1, 3)), "height": SIDE, "width": SIDE}
-META_FIELDS = {
-    "format": Field("int", choices=(1,)),
-    "model": Field("str", True),
-    "model_kwargs": Field("table"),
-    "classes": Field("names", True),
-    "input": Field("table", fields=INPUT_FIELDS),
-    "config": Field("table"),
-    "data": Field("table"),
-}
-# What predict applies: no calibration, or a null threshold, flags every item; no "rule" marks the old point estimate.
-CALIBRATION_FIELDS = {"temperature": Field("number", True, above=0), "threshold": FRACTION, "target_precision": FRACTION}
-CALIBRATION_FIELDS |= {"delta": FRACTION, "rule": Field("str"), "calibration_items": Field("int", lo=0, hi=2**62)}
-# "None of these" (evaluation/unknown.py); runs saved before it have none and never say unknown.
-THRESHOLDS = {s: Field("number", nullable=True) for s in ("energy", "msp", "maxlogit")}
-SHARE, NAMES = Field("number", True, above=0, lo=0, hi=1), Field("names")
-UNKNOWN_FIELDS = {"score": Field("str", True, choices=tuple(THRESHOLDS)), "known_share": SHARE, "negative_classes": NAMES}
-UNKNOWN_FIELDS |= {"temperature": Field("number", above=0), "thresholds": Field("table", True, fields=THRESHOLDS)}
-CAL, UNK = Field("table", nullable=True, fields=CALIBRATION_FIELDS), Field("table", nullable=True, fields=UNKNOWN_FIELDS)
-METRICS_FIELDS = {"calibration": CAL, "unknown": UNK, "val_auto_share": FRACTION, "val_auto_precision": FRACTION}
-
-
-def check_metadata(path: Path, doc, fields: dict, prefix: str = "") -> dict:
-    """doc (read from path) against its fields; a RunError naming the file, the field and what is valid."""
-    if not isinstance(doc, dict):
-        raise RunError(f"{path} holds {json.dumps(doc)[:40]}, not a JSON object of named fields; {DAMAGED}")
-    for name, f in fields.items():
-        where = prefix + name
-        if name not in doc:
-            if f.required:
-                raise RunError(f"{path} has no {where!r} field; {DAMAGED}")
-            continue
-        v = doc[name]
-        if v is None and f.nullable:
-            continue
-        want = f.problem(v)
-        if want is not None:
-            got = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-            raise RunError(f"{path}: {where} = {got}: expected {want}; {DAMAGED}")
-        if f.fields:
-            check_metadata(path, v, f.fields, where + ".")
-    return doc
-
-
-def check_model_kwargs(name: str, kwargs: dict) -> None:
-    """Each recorded constructor argument is one the builder takes, of its default's type, in a sane range."""
-    info = model_info(name)
-    params = {k: p.default for k, p in inspect.signature(info.build).parameters.items() if p.default is not inspect.Parameter.empty}
-    params.pop("num_classes", None)
-
-    def whole(v, lo=1, hi=4096):
-        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-    for k, v in kwargs.items():
-        if k not in params:
-            raise ValueError(f"model_kwargs.{k}: {name} takes no such argument (it takes {', '.join(params)})")
-        d = params[k]
-        if k == "in_chans":
-            ok, want = whole(v) and v in info.in_chans, f"one of {', '.join(map(str, info.in_chans))}"
-        elif isinstance(d, bool):
-            ok, want = isinstance(v, bool), "true or false"
-        elif isinstance(d, int):
-            ok, want = whole(v), "a whole number in [1, 4096]"
-        elif isinstance(d, float):
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1
-            want = "a rate in [0, 1)"
-        elif isinstance(d, tuple):
-            ok, want = isinstance(v, (list, tuple)) and len(v) > 0 and all(map(whole, v)), "a list of whole numbers in [1, 4096]"
-        else:
-            ok, want = isinstance(v, type(d)), f"a {type(d).__name__}"
-        if not ok:
-            raise ValueError(f"model_kwargs.{k} = {v!r}: expected {want}")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing; is {path.parent} a run folder written by `fashionclf train`?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path} is not valid JSON ({e}); the run folder is damaged, train again") from None
+        return dev, model, p
 
 
 def read_metadata(path: Path) -> tuple[dict, dict, TrainConfig]:
@@ -366,13 +247,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     weights = path / WEIGHTS
     if not weights.exists():
         raise RunError(f"{weights} is missing; the run did not finish, train again")
-    try:
-        state = safetensors.torch.load_file(str(weights), device="cpu")
-    except safetensors.SafetensorError as e:
-        raise RunError(f"{weights} is not a valid safetensors file ({e}); train again") from None
-    bad = next((k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
-    if bad is not None:
-        raise RunError(f"{weights}: tensor {bad!r} holds NaN or infinite values; {DAMAGED}")
+    state = read_tensors(weights)
     try:
         model.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in state.items()}, assign=True)
     except RuntimeError as e:
@@ -380,7 +255,22 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     model.to(device).eval()
     if config.channels_last:  # as it was trained: with channels_last input, NCHW weights cost oneDNN a 3.7x slowdown here
         model.to(memory_format=torch.channels_last)
-    return LoadedRun(path, model, meta, metrics, config)
+    novelty = read_tensors(path / NOVELTY) if (path / NOVELTY).exists() else None
+    if novelty is None and (metrics.get("unknown") or {}).get("score") == "embedding":
+        raise RunError(f"{path / NOVELTY} is missing, and the run's 'none of these' score needs it; {DAMAGED}")
+    return LoadedRun(path, model, meta, metrics, config, novelty=novelty)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A run's safetensors file (no pickle), every floating-point tensor finite; a RunError naming the file otherwise."""
+    try:
+        state = safetensors.torch.load_file(str(path), device="cpu")
+    except safetensors.SafetensorError as e:
+        raise RunError(f"{path} is not a valid safetensors file ({e}); train again") from None
+    bad = next((k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise RunError(f"{path}: tensor {bad!r} holds NaN or infinite values; {DAMAGED}")
+    return state
 
 
 def load_predictions(run_dir: str | Path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:

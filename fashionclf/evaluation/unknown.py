@@ -16,7 +16,9 @@ Two ways, both recorded in the run's metrics.json under "unknown" (plain JSON, r
 
 experiments/unknown_categories/ measured these and two scores on penultimate features (Mahalanobis, kNN)
 on four clothing categories left out of training; energy stayed, none beating it beyond noise on
-validation (docs/results/unknown-categories.md).
+validation (docs/results/unknown-categories.md). A run on stored embeddings (training/embedded.py) uses the
+"embedding" score instead (evaluation/novelty.py: kNN and Mahalanobis distances to its training photos plus the
+energy), which did beat it there (docs/results/embed-once.md); its threshold is fitted on validation alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from fashionclf.evaluation.novelty import EMBEDDING_SCORE
 
 DEFAULT_KNOWN_SHARE = 0.95  # share of in-distribution validation images counted known (the usual TPR 95%)
 DEFAULT_SCORE = "energy"
@@ -70,12 +74,14 @@ def fit_unknown(
     known_share: float = DEFAULT_KNOWN_SHARE,
     score_name: str = DEFAULT_SCORE,
     raw: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
 ) -> dict | None:
     """The "unknown" record of metrics.json: the score, its setting and every score's threshold fitted on the
     validation logits (None without validation images), and the negative classes. None where there is neither
     a validation split nor a negative class: such a run says nothing is unknown.
 
-    val_logits as the run predicts (with its TTA); raw: the views' mean raw logits where they differ (view_logits)."""
+    val_logits as the run predicts (with its TTA); raw: the views' mean raw logits where they differ (view_logits).
+    embedding: the validation photos' embedding scores (evaluation/novelty.py); with them the run's score is that one."""
     if not 0 < known_share <= 1:
         raise ValueError(f"known share {known_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
     if score_name not in SCORES:
@@ -88,6 +94,8 @@ def fit_unknown(
     if val_logits is not None and len(val_logits):
         scores = all_scores(val_logits, temperature, raw)
         out["thresholds"] = {name: threshold_for(s, known_share) for name, s in scores.items()}
+    if embedding is not None and len(embedding):
+        out["score"], out["thresholds"][EMBEDDING_SCORE] = EMBEDDING_SCORE, threshold_for(embedding, known_share)
     if negative:
         out["negative_classes"] = negative
     return out
@@ -109,10 +117,17 @@ def view_logits(model, x_u8: torch.Tensor, tta: bool, **infer_kw) -> tuple[torch
     return infer(model, x_u8, tta=tta, raw=True, **infer_kw)
 
 
-def scores_for(params: dict, logits: torch.Tensor | None, probs: torch.Tensor) -> tuple[str, torch.Tensor]:
-    """(score name, per-row scores) for a run's "unknown" record: its own score where the raw logits are there
-    (view_logits), else the probability score (an ONNX graph or a caller that has calibrated probabilities only)."""
+def scores_for(
+    params: dict, logits: torch.Tensor | None, probs: torch.Tensor, embedding: torch.Tensor | None = None
+) -> tuple[str, torch.Tensor]:
+    """(score name, per-row scores) for a run's "unknown" record: its own score where what it takes is there (the
+    raw logits, view_logits; for the "embedding" score its scores, infer.predict.run_scores), else the probability
+    score (an ONNX graph or a caller that has calibrated probabilities only)."""
     name = params["score"] if logits is not None else PROBABILITY_SCORE
+    if name == EMBEDDING_SCORE:
+        if embedding is not None:
+            return name, embedding
+        name = PROBABILITY_SCORE
     if name == PROBABILITY_SCORE:
         return name, score(name, probs=probs)
     return name, score(name, logits, temperature=params.get("temperature", ENERGY_TEMPERATURE))
@@ -158,11 +173,13 @@ def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
     return float(u / (len(known) * len(unknown)))
 
 
-def known_share(params: dict, logits: torch.Tensor, calibration_temperature: float, raw: torch.Tensor | None = None) -> float | None:
+def known_share(
+    params: dict, logits: torch.Tensor, calibration_temperature: float, raw: torch.Tensor | None = None, embedding=None
+) -> float | None:
     """The share of a labelled set's items that the run's score counts known (about known_share on new
-    in-distribution data); None where the run has no fitted threshold. raw: as for all_scores."""
+    in-distribution data); None where the run has no fitted threshold. raw: as for all_scores; embedding: scores_for's."""
     probs = (logits.float() / calibration_temperature).softmax(1)
-    name, s = scores_for(params, logits if raw is None else raw, probs)
+    name, s = scores_for(params, logits if raw is None else raw, probs, embedding)
     threshold = (params.get("thresholds") or {}).get(name)
     if threshold is None or len(s) == 0:
         return None

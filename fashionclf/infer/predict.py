@@ -17,8 +17,10 @@ import torch
 from fashionclf.core.io import atomic_write_bytes
 from fashionclf.data.images import MAX_PIXELS, ImageError, load_rgb
 from fashionclf.data.photos import to_fashion_mnist
-from fashionclf.engine.runs import LoadedRun, RunError, load_predictions
+from fashionclf.engine.inference import head_view_logits
+from fashionclf.engine.runs import DAMAGED, NOVELTY, LoadedRun, RunError, load_predictions
 from fashionclf.evaluation.calibrate import RULE, Promise, guaranteed_rule
+from fashionclf.evaluation.novelty import EMBEDDING_SCORE, check_novelty, embedding_score
 
 
 def calibrated_probs(run: LoadedRun, logits: torch.Tensor) -> torch.Tensor:
@@ -55,14 +57,14 @@ def with_promise(run: LoadedRun, promise: Promise) -> LoadedRun:
     return out
 
 
-def unknown_scores(run: LoadedRun, logits: torch.Tensor | None, probs: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+def unknown_scores(run: LoadedRun, logits: torch.Tensor | None, probs: torch.Tensor, embedding=None) -> tuple[str, torch.Tensor] | None:
     """The run's "none of these" score per row (evaluation/unknown.py), named; None for runs saved without one.
     Without logits (an ONNX backend gives calibrated probabilities) it is the probability score, with its own
-    threshold."""
+    threshold. embedding: the embedding scores of run_scores, for a run whose score is that one."""
     from fashionclf.evaluation.unknown import scores_for
 
     params = run.metrics.get("unknown")
-    return scores_for(params, logits, probs) if params else None
+    return scores_for(params, logits, probs, embedding) if params else None
 
 
 def results_from_probs(
@@ -121,9 +123,22 @@ def predict_scored(
     if backend is not None:
         probs = torch.from_numpy(backend.probs(images_u8))
         return probs, unknown_scores(run, None, probs)
-    logits, raw = run_logits(run, torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8), device)
+    logits, raw, embedding = run_scores(run, torch.as_tensor(np.asarray(images_u8), dtype=torch.uint8), device)
     probs = calibrated_probs(run, logits)
-    return probs, unknown_scores(run, raw, probs)
+    return probs, unknown_scores(run, raw, probs, embedding)
+
+
+def run_scores(run: LoadedRun, x_u8: torch.Tensor, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """run_logits, and the embedding "none of these" scores (evaluation/novelty.py) where that is the run's score
+    (else None): the network then runs up to its features once, and both the head and the distances take them."""
+    params = run.metrics.get("unknown")
+    if not params or params["score"] != EMBEDDING_SCORE or run.novelty is None:
+        return (*run_logits(run, x_u8, device), None)
+    if problem := check_novelty(run.novelty):
+        raise RunError(f"{run.path / NOVELTY}: {problem}; {DAMAGED}")
+    v = run.features(x_u8, device)
+    logits, raw = head_view_logits(run.model.head, v, run.config.tta)
+    return logits, raw, embedding_score(run.novelty, v, raw)
 
 
 def run_logits(run: LoadedRun, x_u8: torch.Tensor, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -38,9 +38,9 @@ def evaluate_run(run: LoadedRun, x_u8: torch.Tensor, y: torch.Tensor, device: st
         raise DataError("the evaluation set holds no images")
     if int(y.max()) >= len(run.classes):
         raise DataError(f"label {int(y.max())} in the evaluation set, but the run knows {len(run.classes)} classes")
-    from fashionclf.infer.predict import run_logits
+    from fashionclf.infer.predict import run_scores
 
-    logits, raw = run_logits(run, x_u8, device)
+    logits, raw, embedding = run_scores(run, x_u8, device)
     report = classification_report(logits, y, run.classes)
     calibration = run.metrics.get("calibration")
     if calibration:  # runs saved before calibration existed have none
@@ -48,7 +48,7 @@ def evaluate_run(run: LoadedRun, x_u8: torch.Tensor, y: torch.Tensor, device: st
     report["promise"] = promise(calibration)
     if run.metrics.get("unknown"):  # the share the "none of these" score counts known (about its known_share)
         report["unknown_known_share"] = unknown_known_share(
-            run.metrics["unknown"], logits, (calibration or {}).get("temperature", 1.0), raw
+            run.metrics["unknown"], logits, (calibration or {}).get("temperature", 1.0), raw, embedding
         )
     return report
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from fashionclf.core.config import TrainConfig
@@ -25,9 +26,10 @@ from fashionclf.data.folders import load_image_folder
 from fashionclf.data.images import ImageError
 from fashionclf.embed.extract import embed_files, open_store
 from fashionclf.embed.store import EmbeddingStore, read_spec
-from fashionclf.engine.inference import average_views
-from fashionclf.engine.runs import claim
+from fashionclf.engine.inference import head_view_logits as view_logits  # noqa: F401 (refit and the experiments take it from here)
+from fashionclf.engine.runs import NOVELTY, claim
 from fashionclf.evaluation.calibrate import Promise
+from fashionclf.evaluation.novelty import embedding_score, fit_novelty
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.models.frozen import FrozenLites
 from fashionclf.training.base import Job
@@ -73,16 +75,6 @@ class StoreDecoder:
         that the review desk can refit the head on them and a person's decisions (training/refit.py)."""
         hashes = self.rows[id(ds.train_x)] + self.rows[id(ds.val_x)]
         return {"format": 1, "hashes": hashes, "labels": torch.cat([ds.train_y, ds.val_y]).tolist()}
-
-
-def view_logits(head: torch.nn.Linear, v: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, raw) of (n, views, dim) vectors as engine.inference.infer gives them for the run: with TTA the log
-    of the views' mean softmax, and the views' mean raw logits for the "none of these" scores."""
-    with torch.no_grad():
-        if not tta:
-            logits = head(v[:, 0])
-            return logits, logits
-        return average_views(head(v).transpose(0, 1))
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, decay: float, init: torch.nn.Linear | None = None) -> torch.nn.Linear:
@@ -241,8 +233,12 @@ def train_on_store(
             "calibration_items": "validation" if calibration == "val" else "validation + out-of-fold training photos (5 folds)",
         }
         job = Job(Path(out), overwrite, unknown_share=unknown_share, promise=promise, meta=extra)
-        labelled = {LABELLED: to_json(dec.labelled(ds))}
-        metrics = score_and_save(cfg, ds, res, job, scored=(val, test), calibration_items=items, files=labelled)
+        files, embedding = {LABELLED: to_json(dec.labelled(ds))}, None
+        if len(ds.val_y) >= 2:  # "none of these" by distances to the training photos (evaluation/novelty.py)
+            novelty = fit_novelty(ds.train_x, ds.train_y, ds.val_x, val[1], seed=split_seed)
+            embedding = tuple(embedding_score(novelty, v, r) for v, (_, r) in ((ds.val_x, val), (ds.test_x, test)))
+            files[NOVELTY] = safetensors.torch.save({k: t.contiguous() for k, t in novelty.items()})
+        metrics = score_and_save(cfg, ds, res, job, scored=(val, test), calibration_items=items, files=files, embedding=embedding)
     metrics["embedding"] = dec.reports
     metrics["skipped"] = skipped
     return metrics

@@ -122,23 +122,25 @@ def usable_unknown(unknown: dict | None) -> dict | None:
 
 
 def score_and_save(
-    cfg: TrainConfig, data: FashionMNIST, res, job: Job, scored: tuple | None = None, calibration_items: tuple | None = None, files=None
+    cfg: TrainConfig,
+    data: FashionMNIST,
+    res,
+    job: Job,
+    scored: tuple | None = None,
+    calibration_items: tuple | None = None,
+    files=None,
+    embedding=None,
 ) -> dict:
     """Score a fitted model (res: loop.FitResult) on validation and test, fit its review and unknown rules, write
     job.out (already claimed by the caller).
     scored: ((val logits, raw), (test logits, raw)) where they were computed without the images (a head on stored
     embeddings, training/embedded.py); inference speed is then not measured here. calibration_items: (logits, raw,
     labels) the temperature, review rule and unknown rule are fitted on, where more than validation (the default).
-    files: more text files of the run folder (save_run's)."""
-    device, inf, speed, promise = torch.device(res.device), None, None, job.promise
+    files: more files of the run folder (save_run's). embedding: (validation, test) scores of the embedding "none of
+    these" score (evaluation/novelty.py), which the run then uses, its threshold fitted on validation alone."""
+    promise, (inf, speed) = job.promise, (None, None)
     if scored is None:
-        inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
-        amp, cl = inf.dtype, inf.channels_last
-        # raw: the logits the "none of these" score takes (under TTA the views' mean), from the same passes
-        scored = [
-            infer(res.model, x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta, raw=True) for x in (data.val_x, data.test_x)
-        ]
-        speed = measure_inference(res.model, data.test_x, device, amp, cl, cfg.tta)
+        scored, inf, speed = _infer_splits(cfg, data, res)
     (val_logits, val_raw), (test_logits, test_raw) = scored
     val_rep = classification_report(val_logits, data.val_y, data.classes)
     cal_logits, cal_raw, cal_y = calibration_items or (val_logits, val_raw, data.val_y)
@@ -146,7 +148,10 @@ def score_and_save(
     # Temperature and the guaranteed review rule from the validation split; the test set only reports what they do.
     calibration = usable_calibration(calibrate(cal_logits, cal_y, promise.target, promise.delta)) if len(cal_y) else None
     temperature = (calibration or {}).get("temperature", 1.0)
-    unknown = fit_unknown(cal_logits if len(cal_y) else None, temperature, list(data.classes), job.unknown_share, raw=cal_raw)
+    emb_val, emb_test = embedding or (None, None)
+    unknown = fit_unknown(
+        cal_logits if len(cal_y) else None, temperature, list(data.classes), job.unknown_share, raw=cal_raw, embedding=emb_val
+    )
     metrics = {
         "model": cfg.model,
         "seed": cfg.seed,
@@ -174,7 +179,7 @@ def score_and_save(
     if calibration is not None:
         metrics["test_calibration"] = calibration_report(test_logits, data.test_y, calibration)
     if metrics["unknown"] is not None and len(data.test_y):  # about unknown_share on new photos of the classes
-        metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, test_raw)}
+        metrics["test_unknown"] = {"known_share": unknown_known_share(metrics["unknown"], test_logits, temperature, test_raw, emb_test)}
     predictions = {"logits": test_logits, "labels": data.test_y, "val_logits": cal_logits, "val_labels": cal_y}
     shape, extra_meta = tuple(data.train_x.shape[1:]), job.meta
     if len(shape) == 3:  # image-folder data: (3, S, S) RGB; Fashion-MNIST keeps save_run's 28x28 gray default
@@ -194,6 +199,16 @@ def score_and_save(
         files=files,
     )
     return metrics
+
+
+def _infer_splits(cfg: TrainConfig, data: FashionMNIST, res) -> tuple[list, object, float]:
+    """((val logits, raw), (test logits, raw)) of the fitted network, its measured inference precision and speed.
+    raw: the logits the "none of these" score takes (under TTA the views' mean), from the same passes."""
+    device = torch.device(res.device)
+    inf = inference_precision(cfg.precision, device, res.model, data.test_x, channels_last=cfg.channels_last, name=cfg.model)
+    amp, cl = inf.dtype, inf.channels_last
+    scored = [infer(res.model, x, device=device, amp_dtype=amp, channels_last=cl, tta=cfg.tta, raw=True) for x in (data.val_x, data.test_x)]
+    return scored, inf, measure_inference(res.model, data.test_x, device, amp, cl, cfg.tta)
 
 
 def data_info(data: FashionMNIST) -> dict:
