@@ -153,11 +153,11 @@ def test_compare_writes_results_and_report(tmp_path, capsys, real_data_dir):
 @pytest.mark.data
 def test_train_best_cpu_preset(tmp_path, capsys, real_data_dir):
     run = tmp_path / "run"
-    args = ["train", "--preset", "best-cpu", "--epochs", "1", "--train-limit", "1000", "--test-limit", "1000", "--out", str(run), "--quiet"]
+    args = ["train", "--preset", "best-cpu", "--epochs", "1", "--train-limit", "400", "--test-limit", "300", "--out", str(run), "--quiet"]
     assert main(args + ["--data-dir", str(real_data_dir)]) == 0
     meta = json.loads((run / "meta.json").read_text())
     assert meta["model"] == "resnet" and meta["config"]["tta"] and meta["config"]["optimizer"] == "sgd"
-    assert (meta["data"]["train"], meta["data"]["test"]) == (1000, 1000)  # --train-limit and --test-limit kept their word
+    assert (meta["data"]["train"], meta["data"]["test"]) == (400, 300)  # --train-limit and --test-limit kept their word
     assert "resnet: test accuracy" in capsys.readouterr().out
 
 
