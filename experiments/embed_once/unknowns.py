@@ -27,9 +27,10 @@ import torch
 from fashionclf.data.images import find_images
 from fashionclf.engine.autotune import cpu_info
 from fashionclf.evaluation.calibrate import calibrate
-from fashionclf.evaluation.novelty import fit_novelty, part_scores
+from fashionclf.evaluation.novelty import PARTS, fit_novelty, part_scores
 from fashionclf.training.embedded import _open, fit_head, out_of_fold, view_logits
 
+BACKBONE_DIM = 1280  # each EfficientNet-Lite's pooled features: the store's vectors are three of them side by side
 KNOWN = ("dress", "longsleeve", "outwear", "pants", "shirt", "t-shirt")
 UNSEEN = ("hat", "shoes", "shorts", "skirt")
 
@@ -65,17 +66,28 @@ def one(st, root: Path, seed: int) -> dict:
     cal_logits = torch.cat([oof[0], view_logits(head, va_x)[0]])
     rule = calibrate(cal_logits, torch.cat([tr_y, va_y]))
     t, thr = rule["temperature"], rule["threshold"]
-    nov = fit_novelty(tr_x, tr_y, va_x, view_logits(head, va_x)[1], seed=seed)  # what a store run keeps (novelty.safetensors)
+    val_raw = view_logits(head, va_x)[1]
+    nov = fit_novelty(tr_x, tr_y, va_x, val_raw, seed=seed)  # what a store run keeps (novelty.safetensors)
+    # the same distances on each backbone's own features (1,280 numbers each), scaled on validation and summed
+    slices = [slice(i, i + BACKBONE_DIM) for i in range(0, tr_x.shape[2], BACKBONE_DIM)]
+    per = [fit_novelty(tr_x[..., sl], tr_y, va_x[..., sl], val_raw, seed=seed) for sl in slices]
+
+    def summed(v, raw, part):
+        i = PARTS.index(part)
+        return sum((part_scores(n, v[..., sl], raw)[part] - n["scale"][i, 0]) / n["scale"][i, 1] for n, sl in zip(per, slices))
 
     def raw_scores(v):
         logits, raw = view_logits(head, v)
         parts = part_scores(nov, v, raw)
-        return {"msp": -(logits / t).softmax(1).max(1).values, "energy": parts["energy"], "knn": parts["knn"], "maha": parts["mahalanobis"]}
+        out = {"msp": -(logits / t).softmax(1).max(1).values, "energy": parts["energy"], "knn": parts["knn"], "maha": parts["mahalanobis"]}
+        return out | {"knn/backbone": summed(v, raw, "knn"), "maha/backbone": summed(v, raw, "mahalanobis")}
 
     sv, st_, su_v, su_t = (raw_scores(v) for v in (va_x, te_x, unk_val, unk_test))
     # combinations: each score as a z-score against the known validation photos, summed
     z = {n: (sv[n].mean(), sv[n].std()) for n in sv}
-    for combo in (("knn", "energy"), ("maha", "energy"), ("knn", "maha", "energy"), ("knn", "maha")):
+    combos = (("knn", "energy"), ("maha", "energy"), ("knn", "maha", "energy"), ("knn", "maha"))
+    combos += (("knn/backbone", "maha/backbone", "energy"), ("knn", "maha", "energy", "knn/backbone", "maha/backbone"))
+    for combo in combos:
         name = "+".join(combo)
         for s in (sv, st_, su_v, su_t):
             s[name] = sum((s[n] - z[n][0]) / z[n][1] for n in combo)
