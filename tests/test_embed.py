@@ -174,6 +174,7 @@ def test_train_store_on_the_command_line_embeds_what_is_missing_and_says_what_it
     assert code == 0, err
     assert "frozen_lites (lite0): test accuracy" in stdout and "chosen on validation" in stdout
     assert "validation + out-of-fold training photos" in stdout and "embedding:" not in err  # nothing new to embed
+    assert "none of these: distances to the training photos" in stdout and "95% of validation counted known" in stdout
     meta = json.loads((out / "meta.json").read_text())
     assert meta["config"]["model"] == "frozen_lites" and meta["trainer"]["store_spec"]["backbones"] == "lite0"
     code, stdout, _ = _cli(capsys, "predict", out, photos / "pants" / "0.png")

@@ -18,7 +18,16 @@ import fashionclf
 from fashionclf import api
 from fashionclf.data.fashion_mnist import FashionMNIST
 from fashionclf.engine.runs import METRICS, RunError
-from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE, SCORES, all_scores, auroc, fit_unknown, negative_classes, threshold_for
+from fashionclf.evaluation.unknown import (
+    DEFAULT_KNOWN_SHARE,
+    SCORES,
+    all_scores,
+    auroc,
+    fit_unknown,
+    negative_classes,
+    scores_for,
+    threshold_for,
+)
 from fashionclf.infer.predict import predict_arrays, predict_scored, results_from_probs
 from fashionclf.training.supervised import train_and_save
 
@@ -65,6 +74,21 @@ def test_auroc_and_threshold_basics():
     assert threshold_for(s, 1.0) == 99.0
     assert threshold_for(torch.tensor([float("nan")]), 0.95) is None
     assert negative_classes(["dress", "Other", "none", "pants", "Negatives", "others"]) == ["Other", "none", "Negatives", "others"]
+
+
+def test_the_embedding_score_is_used_where_given_and_the_probability_score_stands_in_otherwise():
+    """A store run's record names the embedding score, fitted on validation alone; a caller with its scores uses
+    them, one with logits only or probabilities only (an ONNX graph) gets the confidence score and its threshold."""
+    g = torch.Generator().manual_seed(0)
+    val_logits, emb = torch.randn(200, 4, generator=g), torch.randn(200, generator=g)
+    params = fit_unknown(val_logits, 1.0, ["a", "b", "c", "d"], 0.9, embedding=emb)
+    assert params["score"] == "embedding" and params["thresholds"]["embedding"] == threshold_for(emb, 0.9)
+    assert (emb <= params["thresholds"]["embedding"]).float().mean().item() == pytest.approx(0.9, abs=0.01)
+    logits, probs, mine = torch.randn(5, 4, generator=g), torch.softmax(torch.randn(5, 4, generator=g), 1), torch.arange(5.0)
+    assert scores_for(params, logits, probs, mine)[0] == "embedding" and torch.equal(scores_for(params, logits, probs, mine)[1], mine)
+    for name, got in (scores_for(params, logits, probs), scores_for(params, None, probs)):
+        assert name == "msp" and torch.allclose(got, 1 - probs.max(1).values)
+    assert fit_unknown(val_logits, 1.0, ["a", "b"], 0.9)["score"] == "energy"  # without it: the energy, as before
 
 
 def test_score_separates_far_inputs_from_the_classes(bars_run):

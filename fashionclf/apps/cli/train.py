@@ -257,5 +257,9 @@ def _train_on_store(args, quiet: bool) -> Path:
     )
     items = (m.get("calibration") or {}).get("calibration_items")
     print(f"review rule ({items} calibration photos, {run.meta['calibration_items']}): {(m.get('calibration') or {}).get('promise')}")
+    unknown = m.get("unknown") or {}
+    if unknown.get("score") == "embedding":
+        share = unknown["known_share"]
+        print(f"none of these: distances to the training photos (kNN, Mahalanobis) and the energy; {share:.0%} of validation counted known")
     print(f"run folder: {out}")
     return out
