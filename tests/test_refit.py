@@ -61,7 +61,7 @@ def test_decisions_train_every_head_but_never_become_calibration_items():
     calibrated on the run's own photos, each scored by the fold head that left it out and learned the decisions."""
     x, y = _vectors(n_per_class=100, spread=4.0)
     first, rest = torch.arange(len(y)) % 5 != 0, torch.arange(len(y)) % 5 == 0
-    head = ReviewHead(x[first], y[first], 3, 1e-3)
+    head = ReviewHead(x[first], y[first], 3, 1e-3, views="rows")
     before = head.cal_logits.clone()
     head.add(x[rest][:20], y[rest][:20])
     assert len(head.labels) == first.sum() + 20 and len(head.cal_logits) == first.sum()
@@ -92,3 +92,15 @@ def test_heads_fitted_together_are_each_heads_own_fit():
     for k in range(3):
         alone = fit_linear(xs[masks[k]], ys[masks[k]], 3, 1e-2)
         torch.testing.assert_close(together[k, :, :-1] @ xs.T + together[k, :, -1:], alone(xs).T, atol=2e-3, rtol=1e-3)
+
+
+def test_a_head_fitted_on_averaged_views_learns_decisions_as_averaged_views():
+    """The default, as store runs fit their head since 2026-12-07 (embedded.fit_rows): one row per photo, the mean of
+    its views, for the run's photos and the decided ones alike; the refitted head is that fit's."""
+    x, y = _vectors(n_per_class=60, spread=4.0)
+    head = ReviewHead(x[10:], y[10:], 3, 1e-3)
+    head.add(x[:10], y[:10])
+    assert head.xs.shape == (len(y), 16) and len(head.labels) == len(y)  # one row per photo
+    xs, ys = torch.cat([x[10:], x[:10]]).mean(1), torch.cat([y[10:], y[:10]])
+    cold = to_raw(fit_linear((xs - head.mean) / head.std, ys, 3, 1e-3), head.mean, head.std)
+    torch.testing.assert_close(view_logits(head.head, x)[0], view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)

@@ -120,14 +120,14 @@ class DeskLearner:
         self.conn = db.connect(self.catalogue)
         labelled = json.loads((self.run.path / LABELLED).read_text())
         self.base = (torch.from_numpy(self.store.vectors(labelled["hashes"])), torch.tensor(labelled["labels"]))
-        self.decay = trainer["decay"]
+        self.decay, self.views = trainer["decay"], trainer.get("views", "rows")  # as the run's head was fitted
         items = self.conn.execute("SELECT path, sha256 FROM items").fetchall()
         lacking = set(self.store.missing([r["sha256"] for r in items]))
         files = [Path(r["path"]) for r in items if r["sha256"] in lacking]
         for i in range(0, len(files), EMBED_CHUNK):  # catalogue photos the store lacks, once, by the run's own backbones
             with self.model_lock:
                 embed_files(self.store, self.run.model, files[i : i + EMBED_CHUNK])  # precision as `fashionclf embed` chooses
-        self.head = ReviewHead(*self.base, len(self.run.classes), self.decay, init=self.run.model.head)
+        self.head = ReviewHead(*self.base, len(self.run.classes), self.decay, init=self.run.model.head, views=self.views)
         self.record["started_s"] = round(time.perf_counter() - start, 3)
         self._rerank()
 
@@ -150,7 +150,10 @@ class DeskLearner:
         lacking = set(self.store.missing(hashes))
         have = {h for h in hashes if h not in lacking}
         if undone:  # start again from the run's photos and the decisions that stand
-            self.head, self.added = ReviewHead(*self.base, len(self.run.classes), self.decay, init=self.run.model.head), set()
+            self.head, self.added = (
+                ReviewHead(*self.base, len(self.run.classes), self.decay, init=self.run.model.head, views=self.views),
+                set(),
+            )
         new = [(i, h, y) for i, h, y in zip(ids, hashes, labels) if i not in self.added and h in have]
         if new:
             v = torch.from_numpy(self.store.vectors([h for _, h, _ in new]))

@@ -24,9 +24,9 @@ import time
 import torch
 
 from fashionclf.evaluation.calibrate import Promise, calibrate
-from fashionclf.training.embedded import fit_heads, stacked, to_linear, to_raw, to_standardised, view_logits
+from fashionclf.training.embedded import fit_heads, fit_rows, stacked, to_linear, to_raw, to_standardised, view_logits
 
-# Objective evaluations per refit after the first fit: 3.6 s at 10,000 photos on two cores. A refit goes on from where
+# Objective evaluations per refit after the first fit: 1.55 s at 10,000 photos on two cores (one row per photo). A refit goes on from where
 # the last one stopped, so a few refits reach the optimum the first fit would; see the module's docstring.
 REFIT_EVALS = 16
 
@@ -38,7 +38,9 @@ class ReviewHead:
     weight (meta.json's trainer.decay); init: its head, where the first fit starts. The features are standardised once,
     by the run's rows (decisions are a few dozen rows among thousands: they move the statistics by nothing that matters,
     and fixed statistics keep each refit's start where the last one ended). After each fit, `head_seconds` is the fit of
-    the head and its fold heads together (what re-ranking a queue waits for) and `seconds` all of it, the rule included."""
+    the head and its fold heads together (what re-ranking a queue waits for) and `seconds` all of it, the rule included.
+    views: how each photo's views become rows, as the run's head was fitted (embedded.fit_rows; meta.json's
+    trainer.views, "rows" for runs saved before it was recorded)."""
 
     def __init__(
         self,
@@ -51,11 +53,13 @@ class ReviewHead:
         seed: int = 0,
         folds: int = 5,
         refit_evals: int = REFIT_EVALS,
+        views: str = "mean",
     ):
         _check(vectors, labels)
-        self.classes, self.decay, self.promise, self.views = classes, decay, promise, vectors.shape[1]
+        fitted = fit_rows(vectors, views)
+        self.classes, self.decay, self.promise, self.fit_views, self.views = classes, decay, promise, views, fitted.shape[1]
         self.refit_evals = refit_evals
-        rows = vectors.reshape(-1, vectors.shape[2])
+        rows = fitted.reshape(-1, vectors.shape[2])
         self.mean, self.std = rows.mean(0), rows.std(0).clamp_min(1e-6)
         self.base, self.labels_base = vectors, labels
         self.xs = (rows - self.mean) / self.std  # every row a head learns, standardised: the run's, then the decided
@@ -94,7 +98,7 @@ class ReviewHead:
             return self
         if labels.min() < 0 or labels.max() >= self.classes:
             raise ValueError(f"decided labels must be class indices 0..{self.classes - 1}; got {labels.min()}..{labels.max()}")
-        rows = (vectors.reshape(-1, vectors.shape[2]) - self.mean) / self.std
+        rows = (fit_rows(vectors, self.fit_views).reshape(-1, vectors.shape[2]) - self.mean) / self.std
         self.xs, self.ys = torch.cat([self.xs, rows]), torch.cat([self.ys, labels.repeat_interleave(self.views)])
         self.masks = torch.cat([self.masks, torch.ones(len(self.masks), len(rows), dtype=torch.bool)], 1)
         self._fit_all(self.refit_evals)
