@@ -183,7 +183,7 @@ def test_train_store_on_the_command_line_embeds_what_is_missing_and_says_what_it
 
 def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_says(photos, tmp_path):
     from fashionclf import api
-    from fashionclf.training.embedded import view_logits
+    from fashionclf.engine.inference import head_view_logits
 
     files = _files(photos)
     st, model = open_store(tmp_path / "s", **SMALL)
@@ -205,7 +205,7 @@ def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_say
     # The served network (backbones + head, from the run folder) and the head on the stored vectors agree.
     with torch.no_grad():
         served = torch.tensor([r["confidence"] for r in rows])
-        logits, _ = view_logits(run.model.head, torch.from_numpy(_vectors(tmp_path / "s", files)))
+        logits, _ = head_view_logits(run.model.head, torch.from_numpy(_vectors(tmp_path / "s", files)))
         temperature = m["calibration"]["temperature"] if m.get("calibration") else 1.0
         stored = (logits / temperature).softmax(1).max(1).values
     np.testing.assert_allclose(served, stored, atol=0.02)
@@ -216,10 +216,10 @@ def test_a_store_run_says_none_of_these_by_distances_to_its_training_photos(phot
     validation; predict computes it from the served network's features as training computed it from the store; a
     photo unlike any training photo scores above every training photo; a damaged or missing novelty file is refused."""
     from fashionclf import api
+    from fashionclf.engine.inference import head_view_logits
     from fashionclf.engine.runs import NOVELTY, RunError, load_run, read_tensors
     from fashionclf.evaluation.novelty import embedding_score
     from fashionclf.study.compare import evaluate_run
-    from fashionclf.training.embedded import view_logits
 
     files = _files(photos)
     st, model = open_store(tmp_path / "s", **SMALL)
@@ -238,7 +238,7 @@ def test_a_store_run_says_none_of_these_by_distances_to_its_training_photos(phot
     served = torch.tensor([r["unknown_score"] for r in rows])
     nov = read_tensors(tmp_path / "run" / NOVELTY)
     v = torch.from_numpy(_vectors(tmp_path / "s", files))
-    stored = embedding_score(nov, v, view_logits(run.model.head, v)[1])
+    stored = embedding_score(nov, v, head_view_logits(run.model.head, v)[1])
     assert (served[:-1] - stored).abs().max() < 0.05 * stored.abs().max()  # the stored vectors are float16
     assert served[-1] > served[:-1].max() and rows[-1]["unknown"] and rows[-1]["label"] is None
     x = torch.stack([torch.from_numpy(letterbox(load_rgb(f), 64).transpose(2, 0, 1)) for f in files])

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from fashionclf.training.embedded import fit_head, fit_linear, to_raw, to_standardised, view_logits
+from fashionclf.engine.inference import head_view_logits
+from fashionclf.training.embedded import fit_head, fit_linear, to_raw, to_standardised
 from fashionclf.training.refit import ReviewHead, fit_heads
 
 
@@ -41,7 +42,7 @@ def test_a_warm_start_reaches_the_cold_fit():
     cold, _ = fit_head(x, y, *none, 3, decays=(1e-2,))
     start, _ = fit_head(x[:90], y[:90], *none, 3, decays=(1e-2,))
     warm, _ = fit_head(x, y, *none, 3, decays=(1e-2,), init=start)
-    torch.testing.assert_close(view_logits(warm, x)[0], view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(head_view_logits(warm, x)[0], head_view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)
 
 
 def test_decisions_that_do_not_match_their_vectors_are_refused():
@@ -72,12 +73,12 @@ def test_decisions_train_every_head_but_never_become_calibration_items():
     xs = torch.cat([x[first][~out], x[rest][:20]]).reshape(-1, 16)
     ys = torch.cat([y[first][~out], y[rest][:20]]).repeat_interleave(2)
     fresh = to_raw(fit_linear((xs - head.mean) / head.std, ys, 3, 1e-3), head.mean, head.std)
-    torch.testing.assert_close(head.cal_logits[out], view_logits(fresh, x[first][out])[0], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(head.cal_logits[out], head_view_logits(fresh, x[first][out])[0], atol=2e-3, rtol=1e-3)
     # and the head is the fit on all rows (on the same standardisation)
     xs = torch.cat([x[first], x[rest][:20]]).reshape(-1, 16)
     ys = torch.cat([y[first], y[rest][:20]]).repeat_interleave(2)
     cold = to_raw(fit_linear((xs - head.mean) / head.std, ys, 3, 1e-3), head.mean, head.std)
-    torch.testing.assert_close(view_logits(head.head, x)[0], view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(head_view_logits(head.head, x)[0], head_view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)
     assert 0 < head.head_seconds <= head.seconds
 
 
@@ -103,4 +104,4 @@ def test_a_head_fitted_on_averaged_views_learns_decisions_as_averaged_views():
     assert head.xs.shape == (len(y), 16) and len(head.labels) == len(y)  # one row per photo
     xs, ys = torch.cat([x[10:], x[:10]]).mean(1), torch.cat([y[10:], y[:10]])
     cold = to_raw(fit_linear((xs - head.mean) / head.std, ys, 3, 1e-3), head.mean, head.std)
-    torch.testing.assert_close(view_logits(head.head, x)[0], view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(head_view_logits(head.head, x)[0], head_view_logits(cold, x)[0], atol=2e-3, rtol=1e-3)

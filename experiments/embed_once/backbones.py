@@ -20,8 +20,9 @@ from fashionclf.data.folders import load_image_folder
 from fashionclf.embed.extract import features
 from fashionclf.engine.autotune import cpu_info
 from fashionclf.engine.device import inference_precision
+from fashionclf.engine.inference import head_view_logits
 from fashionclf.models.frozen import FrozenLites
-from fashionclf.training.embedded import StoreDecoder, _open, fit_head, view_logits
+from fashionclf.training.embedded import StoreDecoder, _open, fit_head
 
 
 def backbone_ms(key: str, side: int = 260, batch: int = 32, reps: int = 3) -> dict:
@@ -60,7 +61,7 @@ def main() -> None:
                     pick = [v[:, :views][:, :, cols] for v in (ds.train_x, ds.val_x, ds.test_x)]
                     head, chosen = fit_head(pick[0], ds.train_y, pick[1], ds.val_y, len(ds.classes))
                     acc = [
-                        (view_logits(head, v)[0].argmax(1) == y).float().mean().item()
+                        (head_view_logits(head, v)[0].argmax(1) == y).float().mean().item()
                         for v, y in ((pick[1], ds.val_y), (pick[2], ds.test_y))
                     ]
                     name = "+".join(model.keys[i] for i in subset)

@@ -15,7 +15,8 @@ import time
 import torch
 
 from fashionclf.data.folders import load_image_folder
-from fashionclf.training.embedded import StoreDecoder, _open, fit_head, view_logits
+from fashionclf.engine.inference import head_view_logits
+from fashionclf.training.embedded import StoreDecoder, _open, fit_head
 
 
 def l2_per_backbone(v: torch.Tensor, parts: int) -> torch.Tensor:
@@ -52,7 +53,7 @@ def mlp(train_v, train_y, val_v, val_y, classes, hidden=512, epochs=150, decay=0
 
 
 def acc(head, v, y):
-    return (view_logits(head, v)[0].argmax(1) == y).float().mean().item()
+    return (head_view_logits(head, v)[0].argmax(1) == y).float().mean().item()
 
 
 def main():

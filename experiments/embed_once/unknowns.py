@@ -26,9 +26,10 @@ import torch
 
 from fashionclf.data.images import find_images
 from fashionclf.engine.autotune import cpu_info
+from fashionclf.engine.inference import head_view_logits
 from fashionclf.evaluation.calibrate import calibrate
 from fashionclf.evaluation.novelty import PARTS, fit_novelty, part_scores
-from fashionclf.training.embedded import _open, fit_head, out_of_fold, view_logits
+from fashionclf.training.embedded import _open, fit_head, out_of_fold
 
 BACKBONE_DIM = 1280  # each EfficientNet-Lite's pooled features: the store's vectors are three of them side by side
 KNOWN = ("dress", "longsleeve", "outwear", "pants", "shirt", "t-shirt")
@@ -63,10 +64,10 @@ def one(st, root: Path, seed: int) -> dict:
     unk_test, _ = load(st, root, "train", UNSEEN)
     head, chosen = fit_head(tr_x, tr_y, va_x, va_y, len(KNOWN))
     oof = out_of_fold(tr_x, tr_y, len(KNOWN), chosen["decay"], seed=seed)
-    cal_logits = torch.cat([oof[0], view_logits(head, va_x)[0]])
+    cal_logits = torch.cat([oof[0], head_view_logits(head, va_x)[0]])
     rule = calibrate(cal_logits, torch.cat([tr_y, va_y]))
     t, thr = rule["temperature"], rule["threshold"]
-    val_raw = view_logits(head, va_x)[1]
+    val_raw = head_view_logits(head, va_x)[1]
     nov = fit_novelty(tr_x, tr_y, va_x, val_raw, seed=seed)  # what a store run keeps (novelty.safetensors)
     # the same distances on each backbone's own features (1,280 numbers each), scaled on validation and summed
     slices = [slice(i, i + BACKBONE_DIM) for i in range(0, tr_x.shape[2], BACKBONE_DIM)]
@@ -77,7 +78,7 @@ def one(st, root: Path, seed: int) -> dict:
         return sum((part_scores(n, v[..., sl], raw)[part] - n["scale"][i, 0]) / n["scale"][i, 1] for n, sl in zip(per, slices))
 
     def raw_scores(v):
-        logits, raw = view_logits(head, v)
+        logits, raw = head_view_logits(head, v)
         parts = part_scores(nov, v, raw)
         out = {"msp": -(logits / t).softmax(1).max(1).values, "energy": parts["energy"], "knn": parts["knn"], "maha": parts["mahalanobis"]}
         return out | {"knn/backbone": summed(v, raw, "knn"), "maha/backbone": summed(v, raw, "mahalanobis")}
@@ -91,8 +92,8 @@ def one(st, root: Path, seed: int) -> dict:
         name = "+".join(combo)
         for s in (sv, st_, su_v, su_t):
             s[name] = sum((s[n] - z[n][0]) / z[n][1] for n in combo)
-    out = {"seed": seed, "test_accuracy": (view_logits(head, te_x)[0].argmax(1) == te_y).float().mean().item(), "threshold": thr}
-    conf = {k: (view_logits(head, v)[0] / t).softmax(1).max(1).values for k, v in (("test", te_x), ("unk", unk_test))}
+    out = {"seed": seed, "test_accuracy": (head_view_logits(head, te_x)[0].argmax(1) == te_y).float().mean().item(), "threshold": thr}
+    conf = {k: (head_view_logits(head, v)[0] / t).softmax(1).max(1).values for k, v in (("test", te_x), ("unk", unk_test))}
     auto = {k: conf[k] >= thr if thr is not None else torch.zeros(len(conf[k]), dtype=torch.bool) for k in conf}
     out["known_auto_no_rule"] = auto["test"].float().mean().item()
     out["unknown_auto_no_rule"] = auto["unk"].float().mean().item()

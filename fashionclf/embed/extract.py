@@ -20,8 +20,8 @@ import torch
 from fashionclf.data.folders import letterbox
 from fashionclf.data.images import ImageError, load_rgb
 from fashionclf.embed.store import EmbeddingStore
-from fashionclf.engine.device import autocast, inference_precision
-from fashionclf.engine.inference import to_input
+from fashionclf.engine.device import inference_precision
+from fashionclf.engine.inference import infer_features
 from fashionclf.models import create_model
 from fashionclf.models.frozen import DEFAULT_BACKBONES, FrozenLites
 
@@ -52,11 +52,9 @@ def open_store(
 
 @torch.no_grad()
 def features(model: FrozenLites, x_u8: torch.Tensor, dtype, channels_last: bool) -> np.ndarray:
-    """(n, views, dim) for (n, 3, S, S) uint8 photos: each view's pooled backbone features."""
-    x = to_input(x_u8, torch.device("cpu"), channels_last)
-    with autocast(torch.device("cpu"), dtype):
-        both = model.features(torch.cat([x, x.flip(-1)]))  # both views in one pass per backbone
-    return torch.stack(both.float().chunk(2), 1).numpy()
+    """(n, views, dim) for (n, 3, S, S) uint8 photos: each view's pooled backbone features (engine.inference's
+    infer_features, the served run's own computation, in one batch)."""
+    return infer_features(model, x_u8, max(1, len(x_u8)), torch.device("cpu"), dtype, channels_last, tta=True).numpy()
 
 
 def decode_photo(path: Path, side: int) -> np.ndarray | str:

@@ -80,15 +80,15 @@ def head_view_logits(head: nn.Module, v: torch.Tensor, tta: bool = True) -> tupl
 @torch.no_grad()
 def infer_features(model, x_u8, batch_size=1024, device=None, amp_dtype=None, channels_last=True, tta=False) -> torch.Tensor:
     """(N, views, dim) float32 features (model.features, an embed-once network's: models/frozen.py) of each image and,
-    with tta, of its mirror: infer's passes, stopped before the head."""
+    with tta, of its mirror, both views in one batch: what `fashionclf embed` stores and what the served run computes."""
     device = device or next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(x_u8), batch_size):
         x = to_input(x_u8[i : i + batch_size], device, channels_last)
         with autocast(device, amp_dtype):
-            views = [model.features(x).float()] + ([model.features(x.flip(-1)).float()] if tta else [])
-        out.append(torch.stack(views, 1).cpu())
+            f = model.features(torch.cat([x, x.flip(-1)]) if tta else x).float()
+        out.append(torch.stack(f.chunk(2 if tta else 1), 1).cpu())
     return torch.cat(out) if out else torch.empty(0, 1 + tta, model.dim)
 
 

@@ -134,7 +134,7 @@ def run_scores(run: LoadedRun, x_u8: torch.Tensor, device: str = "cpu") -> tuple
     params = run.metrics.get("unknown")
     if not params or params["score"] != EMBEDDING_SCORE or run.novelty is None:
         return (*run_logits(run, x_u8, device), None)
-    if problem := check_novelty(run.novelty):
+    if problem := check_novelty(run.novelty, finite=False):  # load_run refused non-finite values once
         raise RunError(f"{run.path / NOVELTY}: {problem}; {DAMAGED}")
     v = run.features(x_u8, device)
     logits, raw = head_view_logits(run.model.head, v, run.config.tta)

@@ -27,7 +27,7 @@ from fashionclf.data.folders import load_image_folder
 from fashionclf.data.images import ImageError
 from fashionclf.embed.extract import embed_files, open_store
 from fashionclf.embed.store import EmbeddingStore, read_spec
-from fashionclf.engine.inference import head_view_logits as view_logits  # noqa: F401 (refit and the experiments take it from here)
+from fashionclf.engine.inference import head_view_logits
 from fashionclf.engine.runs import NOVELTY, claim
 from fashionclf.evaluation.calibrate import Promise
 from fashionclf.evaluation.novelty import embedding_score, fit_novelty
@@ -155,11 +155,11 @@ def fit_head(
         h = fit_linear(xs, ys, classes, d, init=prev)
         prev = h
         folded = to_raw(h, mean, std)
-        loss = torch.nn.functional.cross_entropy(view_logits(folded, val_v)[0], val_y).item() if len(val_y) else float(d)
-        if scored and loss > scored[min(scored)]:  # worse than the next stronger decay: past the minimum
-            scored[d] = loss
-            break
+        loss = torch.nn.functional.cross_entropy(head_view_logits(folded, val_v)[0], val_y).item() if len(val_y) else float(d)
+        before = scored[min(scored)] if scored else float("inf")  # the last decay tried: the next stronger one
         scored[d] = loss
+        if loss > before:  # past the minimum
+            break
         if head is None or loss < scored[head[0]]:
             head = (d, folded)
     return head[1], {"decay": head[0], "val_log_loss": {str(k): round(v, 5) for k, v in sorted(scored.items())}, "views": views}
@@ -181,7 +181,7 @@ def out_of_fold(
     logits, raw = torch.empty(len(y), classes), torch.empty(len(y), classes)
     for k in range(folds):
         held = part == k
-        logits[held], raw[held] = view_logits(to_raw(to_linear(heads[k]), mean, std), x[held])
+        logits[held], raw[held] = head_view_logits(to_raw(to_linear(heads[k]), mean, std), x[held])
     return logits, raw
 
 
@@ -243,7 +243,7 @@ def train_on_store(
             model, [{"epoch": 1, "seconds": seconds}], seconds, best_epoch=1, params=sum(p.numel() for p in head.parameters()),
             device="cpu", precision="fp32", precision_choice={"embedding": [r.get("precision") for r in dec.reports]},
         )  # fmt: skip
-        val, test = view_logits(head, ds.val_x), view_logits(head, ds.test_x)
+        val, test = head_view_logits(head, ds.val_x), head_view_logits(head, ds.test_x)
         items = None
         if calibration == "oof":  # more calibration items: the training photos, each scored by a head that did not see it
             oof = out_of_fold(ds.train_x, ds.train_y, len(ds.classes), chosen["decay"], seed=split_seed)

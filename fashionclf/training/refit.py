@@ -23,8 +23,9 @@ import time
 
 import torch
 
+from fashionclf.engine.inference import head_view_logits
 from fashionclf.evaluation.calibrate import Promise, calibrate
-from fashionclf.training.embedded import fit_heads, fit_rows, stacked, to_linear, to_raw, to_standardised, view_logits
+from fashionclf.training.embedded import fit_heads, fit_rows, stacked, to_linear, to_raw, to_standardised
 
 # Objective evaluations per refit after the first fit: 1.55 s at 10,000 photos on two cores (one row per photo). A refit goes on from where
 # the last one stopped, so a few refits reach the optimum the first fit would; see the module's docstring.
@@ -85,7 +86,7 @@ class ReviewHead:
         logits = torch.empty(len(self.labels_base), self.classes)
         for k in range(len(self.params) - 1):
             out = self.part == k
-            logits[out] = view_logits(to_raw(to_linear(self.params[k + 1]), self.mean, self.std), self.base[out])[0]
+            logits[out] = head_view_logits(to_raw(to_linear(self.params[k + 1]), self.mean, self.std), self.base[out])[0]
         self.cal_logits = logits
         self.rule = calibrate(logits, self.labels_base, self.promise.target, self.promise.delta)
         self.seconds = time.perf_counter() - start
@@ -106,7 +107,7 @@ class ReviewHead:
 
     def decide(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(predicted class, calibrated confidence, labelled with no person) for (n, views, dim) stored vectors."""
-        logits, _ = view_logits(self.head, vectors)
+        logits, _ = head_view_logits(self.head, vectors)
         conf, pred = (logits / self.rule["temperature"]).softmax(1).max(1)
         threshold = self.rule.get("threshold")
         auto = conf >= threshold if threshold is not None else torch.zeros(len(conf), dtype=torch.bool)
