@@ -162,8 +162,34 @@ def test_embed_and_train_store_errors_are_one_clear_line(photos, tmp_path, capsy
     assert code == 2 and "--store fits a head" in err
     code, _, err = _cli(capsys, "train", "--data", photos, "--store", tmp_path / "s", "--model", "mlp")
     assert code == 2 and "leave out --model" in err
-    code, _, err = _cli(capsys, "train", "--data", photos, "--calibrate-on", "oof")
+    code, _, err = _cli(capsys, "train", "--data", photos, "--model", "mlp", "--calibrate-on", "oof")
     assert code == 2 and "--calibrate-on goes with --store" in err
+    code, _, err = _cli(capsys, "train", "--data", photos, "--store", tmp_path / "s", "--epochs", "3", "--seed", "1")
+    assert code == 2 and "not a network: leave out --epochs, --seed" in err
+
+
+def test_train_data_with_no_model_fits_a_head_in_the_default_store_and_network_flags_fine_tune(photos, tmp_path, capsys, monkeypatch):
+    from fashionclf.apps.cli import build_parser
+    from fashionclf.apps.cli.train import on_store_by_default
+    from fashionclf.embed.extract import STORE_ENV, default_store
+
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_store() == tmp_path / "cache" / "fashionclf" / "embeddings"
+    store = tmp_path / "shared-store"
+    monkeypatch.setenv(STORE_ENV, str(store))
+    parse = build_parser().parse_args
+    for flags in (["--epochs", "2"], ["--image-size", "64"], ["--seed", "1"], ["--model", "mlp"], ["--no-pretrained"], ["--lr", "0.1"]):
+        assert not on_store_by_default(parse(["train", "--data", str(photos), *flags])), flags  # a network is asked for
+    assert not on_store_by_default(parse(["train"]))  # Fashion-MNIST: the recipe's network
+    assert on_store_by_default(parse(["train", "--data", str(photos), "--split-seed", "2", "--quiet"]))
+    # The route itself, in the default store (made small here, as a user's `fashionclf embed` would make it)
+    assert _cli(capsys, *_embed_cmd(photos, store)[3:], "--quiet")[0] == 0
+    code, stdout, err = _cli(capsys, "train", "--data", photos, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert f"no --model: a head on the frozen backbones' features; vectors kept in {store}" in err
+    assert "frozen_lites (lite0): test accuracy" in stdout and "embedding:" not in err  # nothing new to embed
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["trainer"]["store"] == str(store.resolve())
 
 
 def test_train_store_on_the_command_line_embeds_what_is_missing_and_says_what_it_fitted(photos, tmp_path, capsys):

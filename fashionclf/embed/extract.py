@@ -9,6 +9,7 @@ differ (engine/autotune.py's cache key).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,18 @@ from fashionclf.models import create_model
 from fashionclf.models.frozen import DEFAULT_BACKBONES, FrozenLites
 
 VIEWS = ("photo", "mirror")
+
+
+STORE_ENV = "FASHIONCLF_STORE"  # where `train --data` with no model keeps its vectors, if set
+
+
+def default_store() -> Path:
+    """The store `fashionclf train --data FOLDER` uses when no --store is given: $FASHIONCLF_STORE, or
+    $XDG_CACHE_HOME/fashionclf/embeddings (default ~/.cache). Vectors are kept by content hash, so one store serves
+    every folder of every project on the machine: a photo is embedded once whichever folder it is trained from."""
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashionclf" / "embeddings"
 
 
 def embedding_model(backbones: str = DEFAULT_BACKBONES, image_size: int = 260, pretrained: bool = True) -> FrozenLites:

@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--model",
         help=f"one of: {', '.join(list_models())} (default: the recipe's; with no --preset or --config, the `photos` preset "
-        "(resnet), measured best on photos, or efficientnet_lite0 with --data; the seed's Model 4 is --model advanced_cnn)",
+        "(resnet) on Fashion-MNIST; with --data, a head on the frozen backbones' stored features (frozen_lites, see --store), "
+        "measured best, or efficientnet_lite0 fine-tuned where a flag of network training (--epochs, --image-size, --seed, "
+        "...) is given; the seed's Model 4 is --model advanced_cnn)",
     )
     s.add_argument(
         "--preset", help=f"a recipe by name: {', '.join(list_recipes())} (fashionclf recipes); its model unless --model is given"
@@ -58,7 +60,8 @@ def add_parser(sub) -> None:
         "--store",
         metavar="DIR",
         help="fit a linear head on the frozen backbones' features of --data kept in this embedding store (`fashionclf embed`; "
-        "photos it lacks are embedded first): seconds instead of minutes, model frozen_lites",
+        "photos it lacks are embedded first): seconds instead of minutes, model frozen_lites (default with --data and no "
+        "--model: $FASHIONCLF_STORE, or the store in ~/.cache/fashionclf/embeddings)",
     )
     s.add_argument(
         "--calibrate-on",
@@ -181,7 +184,7 @@ def _train(args, quiet: bool) -> Path:
         raise ValueError(f"--unknown-share {args.unknown_share}: expected a share in (0, 1], e.g. {DEFAULT_KNOWN_SHARE}")
     if args.teacher and not args.unlabelled:  # before the data are loaded
         raise ValueError("--teacher needs --unlabelled FOLDER: the photos whose soft labels the teachers give the student")
-    if args.store:
+    if args.store or on_store_by_default(args):
         return _train_on_store(args, quiet)
     if args.calibrate_on:
         raise ValueError("--calibrate-on goes with --store (a head on stored embeddings); other runs calibrate on validation")
@@ -229,6 +232,36 @@ def _train(args, quiet: bool) -> Path:
     return out
 
 
+def network_flags(args) -> list[str]:
+    """The flags given that only a network's training uses (--epochs, --image-size, --seed, ...): with --store they are
+    refused, and with --data and no --model they choose fine-tuning efficientnet_lite0 over the store route."""
+    given = [dest for dest, v in options.overrides(args).items() if v is not None and dest != "split_seed"]
+    given += [
+        n
+        for n in ("seed", "image_size", "train_limit", "test_limit", "drop_path", "class_map", "data_dir")
+        if getattr(args, n, None) is not None
+    ]
+    given += [n for n in ("no_pretrained",) if getattr(args, n, False)]
+    given += ["data_cache"] if getattr(args, "data_cache", "auto") != "auto" else []
+    return ["--" + n.replace("_", "-") for n in given]
+
+
+def on_store_by_default(args) -> bool:
+    """train --data FOLDER with nothing that asks for a network: the store route, measured best on a shop's photos
+    (docs/results/embed-once.md), in the default store (embed.extract.default_store)."""
+    from fashionclf.embed.extract import default_store
+
+    chosen = (args.model, args.preset, args.config, args.resume, args.unlabelled, args.teacher)
+    if not args.data or any(chosen) or network_flags(args):
+        return False
+    args.store = str(default_store())
+    if not args.quiet:
+        print(
+            f"no --model: a head on the frozen backbones' features; vectors kept in {args.store} (--store DIR to choose)", file=sys.stderr
+        )
+    return True
+
+
 def _train_on_store(args, quiet: bool) -> Path:
     """train --data FOLDER --store DIR: a head on stored embeddings (training/embedded.py)."""
     from datetime import datetime
@@ -242,6 +275,8 @@ def _train_on_store(args, quiet: bool) -> Path:
     if args.model not in (None, "frozen_lites") or args.preset or args.config or other:
         given = other + [f for f, v in (("--model", args.model), ("--preset", args.preset), ("--config", args.config)) if v]
         raise ValueError(f"--store trains model frozen_lites on the store's features; leave out {', '.join(given)}")
+    if network_flags(args):
+        raise ValueError(f"--store fits a head on stored features, not a network: leave out {', '.join(network_flags(args))}")
     out = Path(args.out) if args.out else Path(f"runs/frozen_lites-s{args.split_seed or 0}-{datetime.now():%Y%m%d-%H%M%S}")
 
     progress = options.embedding_progress
