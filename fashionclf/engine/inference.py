@@ -77,6 +77,9 @@ def head_view_logits(head: nn.Module, v: torch.Tensor, tta: bool = True) -> tupl
         return average_views(head(v.float()).transpose(0, 1))
 
 
+FEATURE_PIXELS = 32 * 260 * 260  # infer_features: 32 photos of 260 px a batch (1,024 Fashion-MNIST scans)
+
+
 @torch.no_grad()
 def infer_features(model, x_u8, batch_size=1024, device=None, amp_dtype=None, channels_last=True, tta=False) -> torch.Tensor:
     """(N, views, dim) float32 features (model.features, an embed-once network's: models/frozen.py) of each image and,
@@ -84,6 +87,10 @@ def infer_features(model, x_u8, batch_size=1024, device=None, amp_dtype=None, ch
     device = device or next(model.parameters()).device
     model.eval()
     out = []
+    # photos at once, at most, at the side the backbones work at (a 28x28 scan is enlarged to it): three backbones'
+    # activations for 1,024 photos of 260 px and their mirrors took over 20 GB (a ready-model build was killed)
+    side = max(getattr(model, "sides", None) or [x_u8.shape[-1]])
+    batch_size = max(1, min(batch_size, FEATURE_PIXELS // (side * side)))
     for i in range(0, len(x_u8), batch_size):
         x = to_input(x_u8[i : i + batch_size], device, channels_last)
         with autocast(device, amp_dtype):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fashionclf.core.io import to_json
-from fashionclf.engine.runs import META, METRICS, WEIGHTS, LoadedRun, RunError, load_run, read_json
+from fashionclf.engine.runs import META, METRICS, NOVELTY, WEIGHTS, LoadedRun, RunError, load_run, read_json
 from fashionclf.evaluation.calibrate import DEFAULT_DELTA, DEFAULT_TARGET_PRECISION, ece, fit_temperature, guaranteed_rule
 from fashionclf.evaluation.unknown import DEFAULT_KNOWN_SHARE
 from fashionclf.infer.predict import class_order, joint_calibrated
@@ -32,7 +32,8 @@ BUNDLE = "ready.json"
 DEFAULT = "default"
 SHIPPED = Path(__file__).parent.parent / "weights"  # fashionclf/weights: data, not code
 MEMBER_FILES = (WEIGHTS, META, METRICS)  # what load_run reads; all checksummed
-OPTIONAL_FILES = ("config.json", "README.md", "history.csv")  # the hub files and the history, kept when present
+# the hub files, the history and a store run's "none of these" distances, kept (and checksummed) when present
+OPTIONAL_FILES = ("config.json", "README.md", "history.csv", NOVELTY)
 DAMAGED = "reinstall fashionclf (pip install --force-reinstall fashionclf) or rebuild it with `python tools/ready_model.py`"
 
 
