@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from fashionclf import load_run
 from fashionclf.data.folders import _split
 from fashionclf.data.layouts import read_layout
-from fashionclf.engine.runs import load_run
 
 CLI = [sys.executable, "-m", "fashionclf"]
 
