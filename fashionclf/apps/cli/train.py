@@ -235,7 +235,8 @@ def _train(args, quiet: bool) -> Path:
 def network_flags(args) -> list[str]:
     """The flags given that only a network's training uses (--epochs, --image-size, --seed, ...): with --store they are
     refused, and with --data and no --model they choose fine-tuning efficientnet_lite0 over the store route."""
-    given = [dest for dest, v in options.overrides(args).items() if v is not None and dest != "split_seed"]
+    neutral = ("split_seed", "precision", "device", "threads", "extra_class_map")  # the store route's too; --class-map below
+    given = [dest for dest, v in options.overrides(args).items() if v is not None and dest not in neutral]
     given += [
         n
         for n in ("seed", "image_size", "train_limit", "test_limit", "drop_path", "class_map", "data_dir")
@@ -277,13 +278,15 @@ def _train_on_store(args, quiet: bool) -> Path:
         raise ValueError(f"--store trains model frozen_lites on the store's features; leave out {', '.join(given)}")
     if network_flags(args):
         raise ValueError(f"--store fits a head on stored features, not a network: leave out {', '.join(network_flags(args))}")
+    if args.precision not in (None, "auto", "fp32") or args.device not in (None, "auto", "cpu"):
+        raise ValueError("--store runs embed and fit on the CPU in --precision auto or fp32; leave out --device and other precisions")
     out = Path(args.out) if args.out else Path(f"runs/frozen_lites-s{args.split_seed or 0}-{datetime.now():%Y%m%d-%H%M%S}")
 
     progress = options.embedding_progress
     run = api.train_on_store(
         args.data, out, args.store, val_data=args.val_data, split_seed=args.split_seed or 0, overwrite=args.overwrite,
         promise=options.promise(args) or Promise(), unknown_share=args.unknown_share, on_embed=None if quiet else progress,
-        calibration=args.calibrate_on or "oof",
+        calibration=args.calibrate_on or "oof", precision=args.precision or "auto",
     )  # fmt: skip
     m, t = run.metrics, run.meta["trainer"]
     print(
