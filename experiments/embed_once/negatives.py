@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from unknowns import KNOWN, UNSEEN, auroc, load  # the same protocol's pieces (this folder is sys.path[0])
 
 from fashionclf.data.images import find_images
 from fashionclf.engine.autotune import cpu_info
@@ -40,23 +41,7 @@ from fashionclf.evaluation.calibrate import calibrate
 from fashionclf.evaluation.novelty import fit_novelty, part_scores
 from fashionclf.training.embedded import _open, fit_head, out_of_fold
 
-KNOWN = ("dress", "longsleeve", "outwear", "pants", "shirt", "t-shirt")
-UNSEEN = ("hat", "shoes", "shorts", "skirt")
 BASE = ("knn", "mahalanobis", "energy")  # the score store runs keep (evaluation/novelty.py)
-
-
-def load(st, root: Path, split: str, classes) -> tuple[torch.Tensor, torch.Tensor]:
-    files, labels = [], []
-    for i, c in enumerate(classes):
-        f = find_images([root / split / c])
-        files += f
-        labels += [i] * len(f)
-    return torch.from_numpy(st.vectors(st.hashes(files))), torch.tensor(labels)
-
-
-def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
-    diff = unknown[:, None] - known[None, :]
-    return ((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()).item()
 
 
 def mixtures(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:

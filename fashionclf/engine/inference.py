@@ -55,7 +55,7 @@ def infer(
     device = device or next(model.parameters()).device
     model.eval()
     out, means = [], []
-    batch_size = bounded_batch(model, x_u8, batch_size)
+    batch_size = bounded_batch(model, batch_size)
     for i in range(0, len(x_u8), batch_size):
         x = to_input(x_u8[i : i + batch_size], device, channels_last)
         with autocast(device, amp_dtype):
@@ -81,7 +81,7 @@ def head_view_logits(head: nn.Module, v: torch.Tensor, tta: bool = True) -> tupl
 FEATURE_PIXELS = 32 * 260 * 260  # frozen backbones: 32 photos of 260 px a batch
 
 
-def bounded_batch(model, x_u8: torch.Tensor, batch_size: int) -> int:
+def bounded_batch(model, batch_size: int) -> int:
     """Photos at once, at most, for an embed-once network (models/frozen.py): FEATURE_PIXELS at the side its backbones
     work at (a 28x28 scan is enlarged to it). Its three backbones' activations for 1,024 photos of 260 px and their
     mirrors took over 20 GB (a ready-model build was killed). Other networks keep batch_size."""
@@ -96,7 +96,7 @@ def infer_features(model, x_u8, batch_size=1024, device=None, amp_dtype=None, ch
     device = device or next(model.parameters()).device
     model.eval()
     out = []
-    batch_size = bounded_batch(model, x_u8, batch_size)
+    batch_size = bounded_batch(model, batch_size)
     for i in range(0, len(x_u8), batch_size):
         x = to_input(x_u8[i : i + batch_size], device, channels_last)
         with autocast(device, amp_dtype):

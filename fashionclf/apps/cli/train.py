@@ -276,8 +276,8 @@ def _train_on_store(args, quiet: bool) -> Path:
     if args.model not in (None, "frozen_lites") or args.preset or args.config or other:
         given = other + [f for f, v in (("--model", args.model), ("--preset", args.preset), ("--config", args.config)) if v]
         raise ValueError(f"--store trains model frozen_lites on the store's features; leave out {', '.join(given)}")
-    if network_flags(args):
-        raise ValueError(f"--store fits a head on stored features, not a network: leave out {', '.join(network_flags(args))}")
+    if flags := network_flags(args):
+        raise ValueError(f"--store fits a head on stored features, not a network: leave out {', '.join(flags)}")
     if args.precision not in (None, "auto", "fp32") or args.device not in (None, "auto", "cpu"):
         raise ValueError("--store runs embed and fit on the CPU in --precision auto or fp32; leave out --device and other precisions")
     out = Path(args.out) if args.out else Path(f"runs/frozen_lites-s{args.split_seed or 0}-{datetime.now():%Y%m%d-%H%M%S}")
